@@ -1,0 +1,91 @@
+"""`create_app(settings)`: the one place where the parts are chosen and wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import socketio
+from aiohttp import web
+
+from handlers.http import error_middleware, setup_routes
+from handlers.socket import GatewayNamespace
+from realtime.auth import TokenVerifier
+from realtime.config import Settings
+from realtime.gateway import GATEWAY, Gateway
+from realtime.mapping import DocumentMapping, StoreReservations
+from realtime.pipeline import Emitter
+from realtime.rooms import RoomPolicy
+from realtime.sessions import Sessions
+from realtime.transport import configure_compression, release_long_polls_on_client_close
+from storage.base import Store
+
+logger = logging.getLogger(__name__)
+
+
+def make_store(settings: Settings) -> Store:
+    """The configured store, not yet opened."""
+    if settings.uses_mongodb:
+        from storage.mongo import MongoStore
+
+        return MongoStore(settings.mongodb_url, settings.mongodb_db)
+    from storage.sqlite import SqliteStore
+
+    return SqliteStore(settings.store_path)
+
+
+def make_socketio_server(settings: Settings) -> socketio.AsyncServer:
+    client_manager = None
+    if settings.redis_url:
+        client_manager = socketio.AsyncRedisManager(settings.redis_url)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=client_manager,
+        # Events of one socket are handled in arrival order: `authenticate` then `join_room`
+        # never race.
+        async_handlers=False,
+        # None: same origin only (clients that send no Origin, like mobile SDKs, pass)
+        cors_allowed_origins=list(settings.cors_origins) or None,
+        max_http_buffer_size=settings.max_payload_bytes,
+        logger=False,
+        engineio_logger=False,
+    )
+    configure_compression(sio.eio, settings.ws_compression)
+    release_long_polls_on_client_close(sio.eio)
+    return sio
+
+
+def create_app(settings: Settings, store: Store | None = None) -> web.Application:
+    """The aiohttp application with the Socket.IO server mounted on `settings.socketio_path`."""
+    store = store or make_store(settings)
+    mapping = DocumentMapping(settings)
+    sio = make_socketio_server(settings)
+    emitter = Emitter(sio)
+    sessions = Sessions(
+        sio, settings, TokenVerifier(settings), RoomPolicy(StoreReservations(store, mapping)),
+        emitter,
+    )
+    sio.register_namespace(GatewayNamespace(sessions, emitter))
+
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=settings.max_payload_bytes)
+    app[GATEWAY] = Gateway(settings=settings, store=store, sio=sio, emitter=emitter,
+                           sessions=sessions, mapping=mapping)
+    sio.attach(app, socketio_path=settings.socketio_path)
+    setup_routes(app)
+    app.cleanup_ctx.append(_store_lifetime)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.store.open()
+    logger.info("store open", extra={"store": gateway.store.describe()})
+    yield
+    await gateway.sessions.shutdown()
+    await gateway.store.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[GATEWAY].sio.shutdown()

@@ -1,0 +1,57 @@
+"""The one error catalogue: codes of the spec, their default messages and HTTP statuses.
+
+Acks, `error` events, `auth_error` events, `connect_error` data and HTTP bodies all speak
+these codes, so a client handles one vocabulary whatever the channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# code -> (HTTP status, default message)
+CATALOGUE: dict[str, tuple[int, str]] = {
+    "unauthenticated": (401, "authentication required"),
+    "invalid_payload": (400, "the payload is not valid"),
+    "unknown_room": (400, "no such room name"),
+    "forbidden": (403, "not allowed"),
+    "not_found": (404, "not found"),
+    "payload_too_large": (413, "the payload is too large"),
+    "unsupported_media_type": (415, "the body must be JSON (application/json)"),
+    "idempotency_conflict": (422, "this Idempotency-Key was used with another body"),
+    "rate_limited": (429, "too many requests"),
+    "internal": (500, "internal error"),
+    # authentication
+    "missing_token": (401, "a token is required"),
+    "invalid_token": (401, "the token is not valid"),
+    "token_expired": (401, "the token has expired"),
+    "auth_timeout": (401, "not authenticated in time"),
+    "identity_changed": (403, "a token for another user cannot replace the current one"),
+    "unavailable": (503, "a dependency is unavailable"),
+}
+
+AUTH_CODES = frozenset(
+    {"missing_token", "invalid_token", "token_expired", "auth_timeout", "identity_changed"}
+)
+
+
+class GatewayError(Exception):
+    """An expected failure with a catalogue code; handlers turn it into an answer."""
+
+    def __init__(self, code: str, message: str | None = None, details: Any = None):
+        if code not in CATALOGUE:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message or CATALOGUE[code][1]
+        self.details = details
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def http_status(self) -> int:
+        return CATALOGUE[self.code][0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `{code, message, details?}` object used everywhere an error is answered."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return body

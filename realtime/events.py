@@ -1,0 +1,74 @@
+"""Event names and the schemas of what clients and services send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from realtime.errors import GatewayError
+
+# server -> client, control (no eventId, never replayed)
+AUTH_SUCCESS = "auth_success"
+AUTH_ERROR = "auth_error"
+AUTH_EXPIRING = "auth_expiring"
+ROOMS_REVOKED = "rooms_revoked"
+ERROR = "error"
+RESYNC = "resync"
+CONTROL_EVENTS = frozenset({AUTH_SUCCESS, AUTH_ERROR, AUTH_EXPIRING, ROOMS_REVOKED, ERROR, RESYNC})
+
+# server -> client, data events driven by changes
+RESERVATION_UPDATE = "reservation_update"
+PAYMENT_UPDATE = "payment_update"
+AVAILABILITY_UPDATE = "availability_update"
+CHANGE_EVENTS = frozenset({RESERVATION_UPDATE, PAYMENT_UPDATE, AVAILABILITY_UPDATE})
+
+# server -> client, data events only services send (POST /broadcast)
+BROADCAST_EVENTS = frozenset(
+    {"notification", "admin_notification", "payout_update", "settings_update", "user_activity"}
+)
+
+# client -> server
+AUTHENTICATE = "authenticate"
+JOIN_ROOM = "join_room"
+LEAVE_ROOM = "leave_room"
+
+_EVENT_ID = fields.String(allow_none=True, validate=validate.Length(max=64))
+
+
+class _Lenient(Schema):
+    # Frontends send extra fields (the seeds send `userId` with every join): ignore them.
+    class Meta:
+        unknown = EXCLUDE
+
+
+class HandshakeAuthSchema(_Lenient):
+    token = fields.String(allow_none=True)
+    lastEventId = _EVENT_ID
+
+
+class AuthenticateSchema(_Lenient):
+    token = fields.String(allow_none=True)
+
+
+class JoinRoomSchema(_Lenient):
+    roomId = fields.String(required=True, validate=validate.Length(min=1, max=160))
+    lastEventId = _EVENT_ID
+
+
+class LeaveRoomSchema(_Lenient):
+    roomId = fields.String(required=True, validate=validate.Length(min=1, max=160))
+
+
+def load(schema: Schema, payload: Any) -> dict[str, Any]:
+    """The validated payload, or `GatewayError("invalid_payload")` with the field errors."""
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise GatewayError("invalid_payload", "the payload must be an object",
+                           details={"_schema": [f"got {type(payload).__name__}"]})
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        raise GatewayError("invalid_payload", "the payload has invalid fields",
+                           details=exc.normalized_messages()) from None

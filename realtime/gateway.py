@@ -1,0 +1,29 @@
+"""The running gateway's parts, reachable from handlers through one app key."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import socketio
+from aiohttp import web
+
+from realtime.config import Settings
+from realtime.mapping import DocumentMapping
+from realtime.pipeline import Emitter
+from realtime.sessions import Sessions
+from storage.base import Store
+
+
+@dataclasses.dataclass
+class Gateway:
+    settings: Settings
+    store: Store
+    sio: socketio.AsyncServer
+    emitter: Emitter
+    sessions: Sessions
+    mapping: DocumentMapping
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

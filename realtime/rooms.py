@@ -1,0 +1,109 @@
+"""Room names and who may join them: every rule about rooms lives here."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Protocol
+
+from realtime.auth import Principal
+from realtime.errors import GatewayError
+
+ADMIN_ROOMS = ("admin-general", "admin-reservations", "admin-payments")
+# ids in room names: what ObjectId hex, UUIDs, numbers and most provider ids are made of
+_ID = r"[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}"
+_KEYED_ROOM = re.compile(rf"^(user|shop|reservation|availability)-({_ID})$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Room:
+    kind: str  # user, shop, reservation, availability, admin
+    key: str  # the id after the prefix; for admin rooms the full name
+
+    @property
+    def name(self) -> str:
+        return self.key if self.kind == "admin" else f"{self.kind}-{self.key}"
+
+
+def parse_room(room_id: object) -> Room:
+    """The room a name stands for, or `GatewayError("unknown_room")`."""
+    if not isinstance(room_id, str):
+        raise GatewayError("unknown_room", "a room name is a string")
+    if room_id in ADMIN_ROOMS:
+        return Room("admin", room_id)
+    match = _KEYED_ROOM.match(room_id)
+    if match is None:
+        raise GatewayError(
+            "unknown_room",
+            f"no such room: {room_id[:80]!r}",
+            details={"known": ["user-{userId}", "shop-{shopId}", "reservation-{id}",
+                               "availability-{shopId}", *ADMIN_ROOMS]},
+        )
+    return Room(match.group(1), match.group(2))
+
+
+def user_room(user_id: str) -> str:
+    return f"user-{user_id}"
+
+
+def shop_room(shop_id: str) -> str:
+    return f"shop-{shop_id}"
+
+
+def reservation_room(reservation_id: str) -> str:
+    return f"reservation-{reservation_id}"
+
+
+def availability_room(shop_id: str) -> str:
+    return f"availability-{shop_id}"
+
+
+def home_rooms(principal: Principal) -> list[str]:
+    """The rooms a socket is put in when it authenticates."""
+    rooms = [user_room(principal.user_id)]
+    if principal.is_admin:
+        rooms.append("admin-general")
+    return rooms
+
+
+@dataclasses.dataclass(frozen=True)
+class ReservationParties:
+    """Who a reservation concerns, as far as room access is decided."""
+
+    customer_id: str | None
+    shop_id: str | None
+    therapist_id: str | None = None
+
+
+class ReservationDirectory(Protocol):
+    async def reservation_parties(self, reservation_id: str) -> ReservationParties | None: ...
+
+
+class RoomPolicy:
+    """Decides every join: the spec's table, with reservations looked up in storage."""
+
+    def __init__(self, reservations: ReservationDirectory):
+        self._reservations = reservations
+
+    async def authorize(self, principal: Principal, room: Room) -> None:
+        """Return if `principal` may join `room`; raise forbidden / not_found otherwise."""
+        if principal.is_admin:
+            return
+        if room.kind == "user":
+            allowed = room.key == principal.user_id
+        elif room.kind == "shop":
+            allowed = principal.role == "staff" and room.key in principal.shop_ids
+        elif room.kind == "availability":
+            allowed = True
+        elif room.kind == "reservation":
+            parties = await self._reservations.reservation_parties(room.key)
+            if parties is None:
+                raise GatewayError("not_found", f"no reservation {room.key!r}")
+            allowed = (
+                (principal.role == "customer" and parties.customer_id == principal.user_id)
+                or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
+            )
+        else:  # admin rooms
+            allowed = False
+        if not allowed:
+            raise GatewayError("forbidden", f"not allowed to join {room.name!r}")

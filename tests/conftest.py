@@ -1,0 +1,113 @@
+"""Fixtures built on each other: settings -> app -> real server on a free port -> clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+
+import jwt
+import pytest
+from aiohttp import web
+
+from realtime.app import create_app
+from realtime.auth import issue_token
+from realtime.config import Settings, load_settings
+from realtime.gateway import GATEWAY
+from tests.clients import KINDS, Client, make_client
+
+SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture
+def environ(tmp_path, request) -> dict[str, str]:
+    """The environment the gateway under test reads; `@pytest.mark.env(NAME=value)` adds to it."""
+    variables = {
+        "STORE_PATH": str(tmp_path / "realtime.db"),
+        "JWT_SECRET": SECRET,
+        "LOG_LEVEL": "debug",
+    }
+    for marker in reversed(list(request.node.iter_markers("env"))):
+        variables.update(marker.kwargs)
+    return variables
+
+
+@pytest.fixture
+def settings(environ) -> Settings:
+    return load_settings(environ)
+
+
+@pytest.fixture
+def app(settings) -> web.Application:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def server(aiohttp_server, app):
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+def gateway(app):
+    return app[GATEWAY]
+
+
+@pytest.fixture
+def base_url(server) -> str:
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def token(settings) -> Callable[..., str]:
+    """token(sub, role, shops=(), ttl=3600, **claims): a token signed with the test key."""
+
+    def make(sub: str = "u1", role: str = "customer", shops=(), ttl: float = 3600, **claims):
+        return issue_token(settings, sub, role, shops, ttl, extra=claims or None)
+
+    return make
+
+
+@pytest.fixture
+def raw_token() -> Callable[..., str]:
+    """raw_token(claims, key=SECRET, algorithm="HS256"): any token at all, for bad input."""
+
+    def make(claims: dict, key=SECRET, algorithm: str = "HS256", headers=None) -> str:
+        return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+
+    return make
+
+
+@pytest.fixture(params=KINDS)
+def client_kind(request) -> str:
+    if request.param.startswith("js") and not os.path.isdir(
+            os.path.join(os.path.dirname(__file__), "..", "node_modules", "socket.io-client")):
+        pytest.fail("socket.io-client is not installed: run `npm ci` (scripts/test does)")
+    return request.param
+
+
+@pytest.fixture
+async def clients(base_url, settings) -> AsyncIterator[Callable[..., Client]]:
+    """clients(kind) -> an unconnected client of that kind; all are closed in teardown."""
+    made: list[Client] = []
+
+    def make(kind: str = "py-websocket") -> Client:
+        client = make_client(kind, base_url, settings.socketio_path)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+@pytest.fixture
+def connect(clients, token):
+    """connect(kind, sub=..., role=..., shops=...) -> a client authenticated in the handshake."""
+
+    async def make(kind: str = "py-websocket", sub: str = "u1", role: str = "customer",
+                   shops=(), **auth) -> Client:
+        client = clients(kind)
+        await client.connect({"token": token(sub, role, shops), **auth})
+        await client.next_event("auth_success")
+        return client
+
+    return make

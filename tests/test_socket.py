@@ -1,0 +1,193 @@
+"""The Socket.IO contract, end to end: a real server, real clients of every kind."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.clients import Refused
+
+
+# -- authentication ----------------------------------------------------------------------------
+async def test_handshake_token_authenticates_and_joins_the_user_room(clients, token, client_kind):
+    client = clients(client_kind)
+    await client.connect({"token": token("alice", "customer")})
+    success = await client.next_event("auth_success")
+    assert success["userId"] == "alice"
+    assert success["role"] == "customer"
+    assert success["rooms"] == ["user-alice"]
+    assert success["expiresAt"].endswith("Z") and len(success["expiresAt"]) == 24
+    # in the room: a join of it is a no-op answer, and an admin room stays closed
+    assert (await client.call("join_room", {"roomId": "user-alice"}))["ok"] is True
+
+
+async def test_admin_is_also_put_in_admin_general(clients, token, client_kind):
+    client = clients(client_kind)
+    await client.connect({"token": token("root", "admin")})
+    assert (await client.next_event("auth_success"))["rooms"] == ["admin-general", "user-root"]
+
+
+async def test_authenticate_event_after_connecting(clients, token, client_kind):
+    client = clients(client_kind)
+    await client.connect()
+    answer = await client.call("authenticate", {"token": token("bob", "staff", ["s1"])})
+    assert answer["ok"] is True
+    assert answer["userId"] == "bob" and answer["role"] == "staff"
+    assert answer["rooms"] == ["user-bob"]
+    event = await client.next_event("auth_success")
+    assert event == {k: v for k, v in answer.items() if k != "ok"}
+
+
+async def test_a_user_id_sent_by_the_client_is_ignored(clients, token, client_kind):
+    client = clients(client_kind)
+    await client.connect()
+    answer = await client.call("authenticate", {"token": token("bob"), "userId": "mallory"})
+    assert answer["userId"] == "bob"
+    refused = await client.call("join_room", {"roomId": "user-mallory", "userId": "mallory"})
+    assert refused["error"]["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("case", ["other_key", "alg_none", "no_exp", "expired", "garbage",
+                                  "bad_role"])
+async def test_bad_handshake_token_is_refused_with_a_code(clients, raw_token, case, client_kind):
+    now = int(time.time())
+    tokens = {
+        "other_key": raw_token({"sub": "u", "role": "customer", "exp": now + 60},
+                               key="another-secret-0123456789-0123456789"),
+        "alg_none": raw_token({"sub": "u", "role": "customer", "exp": now + 60}, key=None,
+                              algorithm="none"),
+        "no_exp": raw_token({"sub": "u", "role": "customer"}),
+        "expired": raw_token({"sub": "u", "role": "customer", "exp": now - 10}),
+        "garbage": "not.a.token",
+        "bad_role": raw_token({"sub": "u", "role": "superuser", "exp": now + 60}),
+    }
+    client = clients(client_kind)
+    with pytest.raises(Refused) as refused:
+        await client.connect({"token": tokens[case]})
+    expected = "token_expired" if case == "expired" else "invalid_token"
+    assert refused.value.data["code"] == expected
+    assert refused.value.data["message"]
+    assert refused.value.message == refused.value.data["message"]
+
+
+async def test_bad_authenticate_event_answers_auth_error_and_keeps_the_socket(
+        clients, token, raw_token, client_kind):
+    client = clients(client_kind)
+    await client.connect()
+    answer = await client.call("authenticate", {"token": "x.y.z"})
+    assert answer == {"ok": False, "error": {"code": "invalid_token",
+                                              "message": answer["error"]["message"]}}
+    assert (await client.next_event("auth_error"))["code"] == "invalid_token"
+    missing = await client.call("authenticate", {})
+    assert missing["error"]["code"] == "missing_token"
+    assert (await client.next_event("auth_error"))["code"] == "missing_token"
+    wrong_type = await client.call("authenticate", {"token": 42})
+    assert wrong_type["error"]["code"] == "invalid_payload"
+    assert wrong_type["error"]["details"] == {"token": ["Not a valid string."]}
+    # the socket still works
+    assert (await client.call("authenticate", {"token": token("u1")}))["ok"] is True
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.3")
+async def test_unauthenticated_socket_is_disconnected_after_the_auth_timeout(clients, client_kind):
+    client = clients(client_kind)
+    await client.connect()
+    error = await client.next_event("auth_error")
+    assert error["code"] == "auth_timeout"
+    await client.wait_disconnected()
+
+
+@pytest.mark.env(AUTH_EXPIRING_LEAD="1")
+async def test_expiring_token_is_warned_then_refreshed_then_expires(clients, token, client_kind):
+    client = clients(client_kind)
+    await client.connect({"token": token("u1", ttl=2)})
+    await client.next_event("auth_success")
+    expiring = await client.next_event("auth_expiring")
+    assert 0 <= expiring["secondsLeft"] <= 1
+    refreshed = await client.call("authenticate", {"token": token("u1", ttl=3)})
+    assert refreshed["ok"] is True and refreshed["expiresAt"] > expiring["expiresAt"]
+    # the refreshed token is warned about and expires in its turn
+    assert (await client.next_event("auth_expiring"))["expiresAt"] == refreshed["expiresAt"]
+    assert (await client.next_event("auth_error"))["code"] == "token_expired"
+    await client.wait_disconnected()
+
+
+async def test_a_token_for_another_user_is_refused_and_the_identity_stays(connect, token,
+                                                                           client_kind):
+    client = await connect(client_kind, sub="alice")
+    answer = await client.call("authenticate", {"token": token("bob")})
+    assert answer["error"]["code"] == "identity_changed"
+    assert (await client.next_event("auth_error"))["code"] == "identity_changed"
+    assert (await client.call("join_room", {"roomId": "user-alice"}))["ok"] is True
+    assert (await client.call("join_room", {"roomId": "user-bob"}))["error"]["code"] == "forbidden"
+
+
+async def test_refresh_with_fewer_rights_revokes_rooms(connect, token, client_kind):
+    client = await connect(client_kind, sub="st", role="staff", shops=["s1", "s2"])
+    assert (await client.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    assert (await client.call("join_room", {"roomId": "shop-s2"}))["ok"]
+    answer = await client.call("authenticate", {"token": token("st", "staff", ["s2"])})
+    assert answer["rooms"] == ["shop-s2", "user-st"]
+    assert (await client.next_event("rooms_revoked")) == {"rooms": ["shop-s1"]}
+
+
+# -- rooms -------------------------------------------------------------------------------------
+async def test_join_and_leave_answer_through_the_ack(connect, client_kind):
+    client = await connect(client_kind, sub="st", role="staff", shops=["s1"])
+    joined = await client.call("join_room", {"roomId": "shop-s1"})
+    assert joined == {"ok": True, "roomId": "shop-s1", "replayed": 0, "lastEventId": None}
+    left = await client.call("leave_room", {"roomId": "shop-s1"})
+    assert left == {"ok": True, "roomId": "shop-s1"}
+
+
+async def test_refused_join_answers_and_sends_an_error_event(connect, client_kind):
+    client = await connect(client_kind, sub="c1")
+    answer = await client.call("join_room", {"roomId": "admin-payments"})
+    assert answer["ok"] is False
+    assert answer["error"]["code"] == "forbidden"
+    error = await client.next_event("error")
+    assert error == {**answer["error"], "event": "join_room"}
+
+
+async def test_join_before_authenticating_is_unauthenticated(clients, client_kind):
+    client = clients(client_kind)
+    await client.connect()
+    answer = await client.call("join_room", {"roomId": "availability-s1"})
+    assert answer["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("payload, code", [
+    (None, "invalid_payload"),
+    ("shop-s1", "invalid_payload"),
+    ({}, "invalid_payload"),
+    ({"roomId": 5}, "invalid_payload"),
+    ({"roomId": "lobby"}, "unknown_room"),
+    ({"roomId": "shop-"}, "unknown_room"),
+    ({"roomId": "shop-a b"}, "unknown_room"),
+    ({"roomId": "x" * 500}, "invalid_payload"),
+])
+async def test_malformed_join_payloads_get_coded_errors(connect, payload, code):
+    client = await connect("py-websocket")
+    answer = await client.call("join_room", payload)
+    assert answer["ok"] is False and answer["error"]["code"] == code
+    assert (await client.next_event("error"))["code"] == code
+    assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"] is True
+
+
+async def test_an_unknown_event_gets_an_error_event_and_the_socket_stays(connect, client_kind):
+    client = await connect(client_kind)
+    await client.emit("joinRoom", {"roomId": "availability-s1"})
+    error = await client.next_event("error")
+    assert error["code"] == "invalid_payload" and error["event"] == "joinRoom"
+    assert "unknown event" in error["message"]
+    assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"] is True
+
+
+@pytest.mark.env(MAX_PAYLOAD_BYTES="2048")
+async def test_a_message_over_the_size_limit_closes_only_that_transport(connect, client_kind):
+    big = await connect(client_kind, sub="u1")
+    small = await connect("py-websocket", sub="u2")
+    await big.emit("join_room", {"roomId": "availability-s1", "padding": "x" * 4096})
+    await big.wait_disconnected()
+    assert (await small.call("join_room", {"roomId": "availability-s1"}))["ok"] is True

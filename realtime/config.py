@@ -131,8 +131,8 @@ class SettingsSchema(Schema):
                 "listen address", "127.0.0.1")
     port = _env(fields.Integer(strict=False, validate=validate.Range(0, 65535)), "PORT",
                 "listen port (0: any free port)", "8000")
-    jwt_secret = _env(fields.String(validate=validate.Length(min=16)), "JWT_SECRET",
-                      "HS256 key (at least 16 characters, 32+ recommended)",
+    jwt_secret = _env(fields.String(validate=validate.Length(min=32)), "JWT_SECRET",
+                      "HS256 key (at least 32 characters)",
                       "unset: on the embedded store a random secret is kept in "
                       "STORE_PATH + '.jwt-secret' (mode 0600); with MONGODB_URL a key is required")
     jwt_public_key = _env(fields.String(), "JWT_PUBLIC_KEY",

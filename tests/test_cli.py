@@ -1,0 +1,110 @@
+"""`python -m realtime` as a person uses it: help, bad configuration, token, store, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jwt
+import pytest
+
+from realtime.config import describe_variables
+from storage.sqlite import SqliteStore
+from tests.clients import ROOT, make_client
+
+
+def run(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "realtime", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, **kwargs)
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "MONGODB_"))}
+    env.update(STORE_PATH=str(tmp_path / "cli.db"), PYTHONPATH=ROOT, LOG_LEVEL="warning")
+    return env
+
+
+def test_help_explains_every_option_and_variable(cli_env):
+    result = run("--help", env=cli_env)
+    assert result.returncode == 0
+    for name, _, _ in describe_variables():
+        assert name in result.stdout
+    for command in ("serve", "token", "store", "--host", "--port"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("variable, value", [("PORT", "abc"), ("AUTH_TIMEOUT", "0"),
+                                             ("LOG_LEVEL", "chatty")])
+def test_a_bad_configuration_stops_start_up_with_one_clear_line(cli_env, variable, value):
+    result = run(env={**cli_env, variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"configuration error: {variable}: ")
+
+
+def test_token_is_signed_with_the_development_secret(cli_env, tmp_path):
+    result = run("token", "--sub", "u1", "--role", "staff", "--shop", "s1", "--shop", "s2",
+                 "--ttl", "120", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    secret = (tmp_path / "cli.db.jwt-secret").read_text().strip()
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert (claims["sub"], claims["role"], claims["shop_ids"]) == ("u1", "staff", ["s1", "s2"])
+    assert claims["exp"] - claims["iat"] == 120
+
+
+async def test_store_commands_write_documents(cli_env, tmp_path):
+    inserted = run("store", "insert", "bookings",
+                   json.dumps({"customerId": "c1", "shopId": "s1", "status": "PENDING"}),
+                   env=cli_env)
+    assert inserted.returncode == 0, inserted.stderr
+    doc_id = inserted.stdout.strip()
+    assert len(doc_id) == 24 and inserted.stdout.count("\n") == 1
+    kept = run("store", "insert", "bookings", '{"_id": "b-7", "status": "confirmed"}', env=cli_env)
+    assert kept.stdout.strip() == "b-7"
+    assert run("store", "update", "bookings", doc_id, '{"status": "confirmed"}',
+               env=cli_env).returncode == 0
+    assert run("store", "delete", "bookings", "b-7", env=cli_env).returncode == 0
+
+    store = SqliteStore(str(tmp_path / "cli.db"))
+    await store.open()
+    try:
+        assert (await store.get_document("bookings", doc_id))["status"] == "confirmed"
+        assert await store.get_document("bookings", "b-7") is None
+    finally:
+        await store.close()
+
+    missing = run("store", "update", "bookings", "nope", '{"status": "x"}', env=cli_env)
+    assert missing.returncode == 1 and "no document 'nope'" in missing.stderr
+    bad = run("store", "insert", "bookings", "{oops", env=cli_env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: not JSON")
+    twice = run("store", "insert", "bookings", f'{{"_id": "{doc_id}"}}', env=cli_env)
+    assert twice.returncode == 1 and "already holds" in twice.stderr
+
+
+async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
+    token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "realtime", "--port", "0", cwd=ROOT, env=cli_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        assert line.startswith("realtime gateway listening on http://127.0.0.1:")
+        assert "(store: sqlite:" in line and "cli.db" in line
+        url = line.split(" on ")[1].split(" ")[0]
+        client = make_client("py-websocket", url)
+        await client.connect({"token": token})
+        assert (await client.next_event("auth_success"))["userId"] == "u1"
+        await client.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        stderr = (await process.stderr.read()).decode()
+        assert "JWT_SECRET is not set" in stderr  # the loud development-secret warning
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

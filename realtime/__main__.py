@@ -15,6 +15,8 @@ from aiohttp import web
 
 from realtime.app import create_app, make_store
 from realtime.auth import ROLES, issue_token
+from realtime.demo import DemoWriter
+from realtime.mapping import DocumentMapping
 from realtime.config import ConfigError, Settings, describe_variables, load_settings
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
@@ -42,9 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", help="listen address (overrides HOST)")
     parser.add_argument("--port", type=int, help="listen port (overrides PORT)")
+    parser.add_argument("--demo", action="store_true",
+                        help="also write a demo stream of bookings and payments to the store")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     commands.add_parser("serve", help="run the gateway (the default)")
+    demo = commands.add_parser(
+        "demo", help="write a demo stream of bookings and payments to the store, to watch a "
+                     "running gateway")
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between writes [1]")
+    demo.add_argument("--count", type=int, default=0, help="stop after this many writes [0: never]")
 
     token = commands.add_parser(
         "token", help="print a signed development token for the configured HS key")
@@ -82,7 +91,25 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "store":
         return asyncio.run(_store_command(settings, args))
-    return _serve(settings)
+    if args.command == "demo":
+        return asyncio.run(_demo_command(settings, args.interval, args.count))
+    return _serve(settings, demo=args.demo)
+
+
+async def _demo_command(settings: Settings, interval_s: float, count: int) -> int:
+    store = make_store(settings)
+    await store.open()
+    writer = DemoWriter(store, DocumentMapping(settings), interval_s)
+    try:
+        written = 0
+        while count == 0 or written < count:
+            await writer.step()
+            written += 1
+            if count == 0 or written < count:
+                await asyncio.sleep(interval_s)
+    finally:
+        await store.close()
+    return 0
 
 
 async def _store_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -124,22 +151,22 @@ def _json_object(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, demo: bool = False) -> int:
     if settings.jwt_secret_generated:
         warning = (f"JWT_SECRET is not set: using the development secret kept in "
                    f"{settings.store_path}.jwt-secret; set JWT_SECRET in production")
         logger.warning("development jwt secret", extra={"detail": warning})
         print(f"WARNING: {warning}", file=sys.stderr)
     try:
-        asyncio.run(_run(settings))
+        asyncio.run(_run(settings, demo))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-async def _run(settings: Settings) -> None:
-    app = create_app(settings)
+async def _run(settings: Settings, demo: bool) -> None:
+    app = create_app(settings, demo=demo)
     runner = web.AppRunner(app, handle_signals=False,
                            shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
@@ -149,6 +176,9 @@ async def _run(settings: Settings) -> None:
     where = app[GATEWAY].store.describe()
     print(f"realtime gateway listening on http://{host}:{port} (store: {where})", flush=True)
     logger.info("listening", extra={"host": host, "port": port, "store": where})
+    if demo:
+        print("demo mode: bookings and payments are written every second; watch them with a "
+              "token from `python -m realtime token --sub admin-1 --role admin`", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,11 +16,12 @@ from realtime.auth import TokenVerifier
 from realtime.config import Settings
 from realtime.gateway import GATEWAY, Gateway
 from realtime.mapping import DocumentMapping, StoreReservations
-from realtime.pipeline import Emitter
+from realtime.pipeline import ChangePublisher, Emitter
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.transport import configure_compression, release_long_polls_on_client_close
-from storage.base import Store
+from storage.base import Store, StoreError
+from storage.changes import ChangeFeed
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +31,10 @@ def make_store(settings: Settings) -> Store:
     if settings.uses_mongodb:
         from storage.mongo import MongoStore
 
-        return MongoStore(settings.mongodb_url, settings.mongodb_db)
+        return MongoStore(settings.mongodb_url, settings.mongodb_db, settings.event_retention_s)
     from storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.store_path)
+    return SqliteStore(settings.store_path, poll_ms=settings.watcher_poll_ms)
 
 
 def make_socketio_server(settings: Settings) -> socketio.AsyncServer:
@@ -55,12 +58,18 @@ def make_socketio_server(settings: Settings) -> socketio.AsyncServer:
     return sio
 
 
-def create_app(settings: Settings, store: Store | None = None) -> web.Application:
-    """The aiohttp application with the Socket.IO server mounted on `settings.socketio_path`."""
+def create_app(settings: Settings, store: Store | None = None,
+               demo: bool = False) -> web.Application:
+    """The aiohttp application with the Socket.IO server mounted on `settings.socketio_path`.
+
+    With `demo`, it also writes a plausible stream of bookings and payments to its store.
+    """
     store = store or make_store(settings)
     mapping = DocumentMapping(settings)
     sio = make_socketio_server(settings)
-    emitter = Emitter(sio)
+    emitter = Emitter(sio, store)
+    feed = ChangeFeed(store, mapping.collections, ChangePublisher(mapping, emitter),
+                      on_history_lost=emitter.resync_everyone)
     sessions = Sessions(
         sio, settings, TokenVerifier(settings), RoomPolicy(StoreReservations(store, mapping)),
         emitter,
@@ -70,10 +79,13 @@ def create_app(settings: Settings, store: Store | None = None) -> web.Applicatio
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.max_payload_bytes)
     app[GATEWAY] = Gateway(settings=settings, store=store, sio=sio, emitter=emitter,
-                           sessions=sessions, mapping=mapping)
+                           sessions=sessions, mapping=mapping, feed=feed)
     sio.attach(app, socketio_path=settings.socketio_path)
     setup_routes(app)
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_feed_lifetime)
+    if demo:
+        app.cleanup_ctx.append(_demo_lifetime)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -85,6 +97,43 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     await gateway.sessions.shutdown()
     await gateway.store.close()
+
+
+async def _feed_lifetime(app: web.Application) -> AsyncIterator[None]:
+    feed = app[GATEWAY].feed
+    try:
+        # opened before serving: a change written once the server answers is never missed
+        await feed.open()
+    except StoreError as exc:
+        logger.error("change stream not open yet", extra={"error": str(exc)})
+    async with _background(feed.run()):
+        yield
+
+
+async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
+    from realtime.demo import DemoWriter
+
+    gateway = app[GATEWAY]
+    async with _background(DemoWriter(gateway.store, gateway.mapping).run()):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _background(coroutine) -> AsyncIterator[asyncio.Task]:
+    """Run a coroutine as a task for the block's duration; a crash is logged, not hidden."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    task.add_done_callback(_log_crash)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task crashed", exc_info=task.exception())
 
 
 async def _close_sockets(app: web.Application) -> None:

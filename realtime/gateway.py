@@ -13,6 +13,7 @@ from realtime.mapping import DocumentMapping
 from realtime.pipeline import Emitter
 from realtime.sessions import Sessions
 from storage.base import Store
+from storage.changes import ChangeFeed
 
 
 @dataclasses.dataclass
@@ -23,6 +24,7 @@ class Gateway:
     emitter: Emitter
     sessions: Sessions
     mapping: DocumentMapping
+    feed: ChangeFeed
     started_at: float = dataclasses.field(default_factory=time.time)
 
 

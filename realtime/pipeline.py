@@ -1,21 +1,82 @@
-"""The single path by which events leave the server."""
+"""The single path by which events leave the server.
+
+Data events (from changes and from `POST /broadcast` alike) are first written to the event log,
+which gives each its `eventId` from one ordered sequence and refuses a source it has seen
+(a change processed again after a crash), and only then emitted to their rooms.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import socketio
 
+from realtime import events
+from realtime.auth import iso_timestamp
+from realtime.mapping import DocumentMapping
+from storage.base import Change, NewEvent, Store, StoredEvent
+
 logger = logging.getLogger(__name__)
+
+# what a lost change history concerns: every room a change event can reach
+CHANGE_ROOM_PATTERNS = ["reservation-*", "user-*", "shop-*", "availability-*",
+                        "admin-reservations", "admin-payments"]
+
+
+def wire_payload(stored: StoredEvent) -> dict[str, Any]:
+    """The payload as clients receive it: the event's fields, its id and its time."""
+    return {**stored.payload, "eventId": stored.event_id,
+            "timestamp": iso_timestamp(stored.timestamp_ms / 1000)}
 
 
 class Emitter:
-    """Sends control events to one socket, and data events to rooms."""
+    """Logs and sends data events to rooms; sends control events to sockets."""
 
-    def __init__(self, sio: socketio.AsyncServer):
+    def __init__(self, sio: socketio.AsyncServer, store: Store):
         self._sio = sio
+        self._store = store
+        self.emitted: dict[str, int] = {}
+
+    async def publish(self, new_events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+        """Log, then emit, these events in order; an already logged source is not emitted
+        again (None in its place)."""
+        stored = await self._store.append_events(new_events)
+        for event in stored:
+            if event is None:
+                continue
+            await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
+            self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
+        return stored
 
     async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
-        """A control event (auth_*, error, rooms_revoked) to one socket; never logged for replay."""
+        """A control event (auth_*, error, rooms_revoked) to one socket; never logged."""
         await self._sio.emit(event, payload, to=sid)
+
+    async def resync_everyone(self, reason: str) -> None:
+        """Tell every client that the history of change events was lost: refetch."""
+        await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": CHANGE_ROOM_PATTERNS})
+
+
+class ChangePublisher:
+    """Turns each change into its events and publishes them, sourced by the change's token."""
+
+    def __init__(self, mapping: DocumentMapping, emitter: Emitter):
+        self._mapping = mapping
+        self._emitter = emitter
+
+    async def __call__(self, change: Change) -> None:
+        outgoing = self._mapping.events_for_change(change)
+        if not outgoing:
+            return
+        token = _token_text(change.token)
+        await self._emitter.publish([
+            NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
+            for position, event in enumerate(outgoing)
+        ])
+
+
+def _token_text(token: Any) -> str:
+    data = token.get("_data") if isinstance(token, dict) else None
+    return data if isinstance(data, str) else repr(token)

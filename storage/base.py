@@ -8,11 +8,104 @@ and `tests/test_store_contract.py` holds both to the same behaviour.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
 class StoreError(Exception):
-    """The store could not do what was asked (unreachable, bad document)."""
+    """The store could not do what was asked (unreachable, bad document); worth retrying."""
+
+
+class ChangeHistoryLost(StoreError):
+    """The change stream cannot resume from the token it was given (aged out of the oplog,
+    unknown, or corrupt). Retrying cannot help: reopen from now and tell clients to resync."""
+
+
+ResumeToken = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One change event, read out of MongoDB's change-event shape (both stores produce it)."""
+
+    token: ResumeToken
+    operation: str  # insert, update, replace, delete, invalidate, drop, ...
+    collection: str | None
+    document_id: Any
+    document: dict[str, Any] | None  # the post-image (updateLookup)
+    before: dict[str, Any] | None  # the pre-image, where the store keeps them
+    updated_fields: dict[str, Any] | None
+    wall_time: dt.datetime | None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> Change:
+        description = event.get("updateDescription") or {}
+        wall_time = event.get("wallTime")
+        cluster_time = event.get("clusterTime")
+        if wall_time is None and cluster_time is not None and hasattr(cluster_time, "time"):
+            wall_time = dt.datetime.fromtimestamp(cluster_time.time, tz=dt.timezone.utc)
+        if isinstance(wall_time, dt.datetime) and wall_time.tzinfo is None:
+            wall_time = wall_time.replace(tzinfo=dt.timezone.utc)
+        return cls(
+            token=event["_id"],
+            operation=event.get("operationType", ""),
+            collection=(event.get("ns") or {}).get("coll"),
+            document_id=(event.get("documentKey") or {}).get("_id"),
+            document=event.get("fullDocument"),
+            before=event.get("fullDocumentBeforeChange"),
+            updated_fields=description.get("updatedFields"),
+            wall_time=wall_time if isinstance(wall_time, dt.datetime) else None,
+        )
+
+
+class ChangeStream(abc.ABC):
+    """An open change stream, read like PyMongo's: `try_next()` and `resume_token`."""
+
+    @abc.abstractmethod
+    async def try_next(self) -> Mapping[str, Any] | None:
+        """The next change event, or None after waiting a short while for one."""
+
+    @property
+    @abc.abstractmethod
+    def resume_token(self) -> ResumeToken | None:
+        """Where to resume after everything returned so far; it also advances while the
+        stream is idle, so a quiet collection's token does not age out of the history."""
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """A data event about to be logged and emitted."""
+
+    name: str
+    payload: dict[str, Any]
+    rooms: Sequence[str]
+    source: str  # unique: the change's resume token and position, or a broadcast's key
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEvent:
+    event_id: str
+    timestamp_ms: int
+    name: str
+    payload: dict[str, Any]
+    rooms: Sequence[str]
+
+
+def event_id(sequence: int) -> str:
+    """Event ids are the event log's sequence, zero-padded so they sort as strings."""
+    return f"{sequence:016d}"
+
+
+def event_sequence(event_id_text: str) -> int:
+    """The sequence behind an event id; ValueError when it is not one."""
+    if not (isinstance(event_id_text, str) and event_id_text.isdigit() and len(event_id_text) <= 19):
+        raise ValueError(f"not an event id: {event_id_text!r}")
+    return int(event_id_text)
 
 
 class Store(abc.ABC):
@@ -50,3 +143,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_document(self, collection: str, doc_id: str) -> bool:
         """Delete; False when there is no such document."""
+
+    # -- changes -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def watch(self, collections: Sequence[str],
+                    resume_after: ResumeToken | None) -> ChangeStream:
+        """One ordered stream of the changes to these collections, after `resume_after`
+        (from now when None). Raises `ChangeHistoryLost` when the token cannot be used."""
+
+    @abc.abstractmethod
+    async def load_resume_token(self, name: str) -> ResumeToken | None:
+        """The token saved under `name`, or None."""
+
+    @abc.abstractmethod
+    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
+        """Persist where the consumer `name` resumes; None forgets it (resume from now)."""
+
+    # -- event log ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_events(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+        """Log these events in one transaction, each taking the next id of the one sequence.
+        An event whose source is already logged is not logged again: None in its place."""

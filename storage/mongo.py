@@ -9,14 +9,44 @@ import re
 from typing import Any
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+import datetime as dt
+import time
+from collections.abc import Mapping, Sequence
 
-from storage.base import Store, StoreError
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from storage.base import (
+    ChangeHistoryLost,
+    ChangeStream,
+    NewEvent,
+    ResumeToken,
+    Store,
+    StoreError,
+    StoredEvent,
+    event_id,
+)
 
 logger = logging.getLogger(__name__)
 
 SERVER_SELECTION_TIMEOUT_MS = 5_000
+AWAIT_TIME_MS = 500
+# server error codes after which a change stream cannot be resumed from its token
+CHANGE_STREAM_HISTORY_LOST = 286
+INVALID_RESUME_TOKEN = 260
+CHANGE_STREAM_FATAL_ERROR = 280
+UNUSABLE_TOKEN_CODES = frozenset(
+    {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR})
+EVENTS = "realtime_events"
+COUNTERS = "realtime_counters"
+RESUME_TOKENS = "realtime_resume_tokens"
+
+
+def translate_error(exc: PyMongoError) -> StoreError:
+    """PyMongo's errors in the store's terms: history lost (never retried) or transient."""
+    if isinstance(exc, OperationFailure) and exc.code in UNUSABLE_TOKEN_CODES:
+        return ChangeHistoryLost(f"change stream cannot resume (code {exc.code}): {exc}")
+    return StoreError(f"mongodb: {exc}")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
@@ -30,10 +60,12 @@ def id_filter(doc_id: str) -> dict[str, Any]:
 class MongoStore(Store):
     name = "mongodb"
 
-    def __init__(self, url: str, database: str):
+    def __init__(self, url: str, database: str, event_retention_s: float = 7 * 86400):
         self._url = url
         self._database_name = database
+        self._event_retention_s = event_retention_s
         self._client: AsyncMongoClient | None = None
+        self.pre_images = False
 
     def describe(self) -> str:
         host = self._url.split("@")[-1].split("/")[0]  # never the credentials
@@ -43,6 +75,16 @@ class MongoStore(Store):
         self._client = AsyncMongoClient(self._url, tz_aware=True,
                                         serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
         await self.ping()
+        try:
+            info = await self.db.command("buildInfo")
+            # pre-images (`fullDocumentBeforeChange`) exist from MongoDB 6.0 on
+            self.pre_images = info.get("versionArray", [0])[0] >= 6
+            events = self.db[EVENTS]
+            await events.create_index("source", unique=True)
+            await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
+            await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
 
     async def close(self) -> None:
         if self._client is not None:
@@ -85,3 +127,86 @@ class MongoStore(Store):
     async def delete_document(self, collection: str, doc_id: str) -> bool:
         result = await self.db[collection].delete_one(id_filter(str(doc_id)))
         return result.deleted_count > 0
+
+    # -- changes -----------------------------------------------------------------------------
+    async def watch(self, collections: Sequence[str],
+                    resume_after: ResumeToken | None) -> ChangeStream:
+        pipeline = [{"$match": {"$or": [
+            {"ns.coll": {"$in": list(collections)}},
+            {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
+        ]}}]
+        options: dict[str, Any] = {"full_document": "updateLookup",
+                                   "max_await_time_ms": AWAIT_TIME_MS}
+        if self.pre_images:
+            options["full_document_before_change"] = "whenAvailable"
+        if resume_after is not None:
+            options["start_after"] = resume_after
+        try:
+            stream = await self.db.watch(pipeline, **options)
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        return MongoChangeStream(stream)
+
+    async def load_resume_token(self, name: str) -> ResumeToken | None:
+        try:
+            found = await self.db[RESUME_TOKENS].find_one({"_id": name})
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        return found["token"] if found else None
+
+    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
+        try:
+            if token is None:
+                await self.db[RESUME_TOKENS].delete_one({"_id": name})
+            else:
+                await self.db[RESUME_TOKENS].replace_one(
+                    {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True)
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+
+    # -- event log ---------------------------------------------------------------------------
+    async def append_events(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+        try:
+            known = {doc["source"] async for doc in self.db[EVENTS].find(
+                {"source": {"$in": [e.source for e in events]}}, {"source": 1})}
+            fresh = [e for e in events if e.source not in known]
+            if not fresh:
+                return [None] * len(events)
+            counter = await self.db[COUNTERS].find_one_and_update(
+                {"_id": "events"}, {"$inc": {"seq": len(fresh)}}, upsert=True,
+                return_document=ReturnDocument.AFTER)
+            first = counter["seq"] - len(fresh) + 1
+            now_ms = int(time.time() * 1000)
+            created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.timezone.utc)
+            stored: dict[str, StoredEvent | None] = {}
+            for seq, event in enumerate(fresh, start=first):
+                try:
+                    await self.db[EVENTS].insert_one({
+                        "_id": seq, "source": event.source, "name": event.name,
+                        "payload": event.payload, "rooms": list(event.rooms),
+                        "created": created})
+                    stored[event.source] = StoredEvent(event_id(seq), now_ms, event.name,
+                                                       event.payload, tuple(event.rooms))
+                except DuplicateKeyError:  # another instance logged it first
+                    stored[event.source] = None
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        return [stored.get(e.source) for e in events]
+
+
+class MongoChangeStream(ChangeStream):
+    def __init__(self, stream):
+        self._stream = stream
+
+    @property
+    def resume_token(self) -> ResumeToken | None:
+        return self._stream.resume_token
+
+    async def try_next(self) -> Mapping[str, Any] | None:
+        try:
+            return await self._stream.try_next()
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+
+    async def close(self) -> None:
+        await self._stream.close()

@@ -15,9 +15,18 @@ import time
 from typing import Any
 
 import aiosqlite
-from bson import ObjectId
+from bson import ObjectId, Timestamp
 
-from storage.base import Store, StoreError
+from storage.base import (
+    ChangeHistoryLost,
+    ChangeStream,
+    NewEvent,
+    ResumeToken,
+    Store,
+    StoreError,
+    StoredEvent,
+    event_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,23 @@ CREATE TABLE IF NOT EXISTS documents (
     id TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (collection, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS resume_tokens (
+    name TEXT PRIMARY KEY,
+    token TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    rooms TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS event_rooms (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,8 +87,9 @@ def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
 class SqliteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str, database_name: str = "embedded"):
+    def __init__(self, path: str, database_name: str = "embedded", poll_ms: int = 50):
         self._path = path
+        self._poll_s = poll_ms / 1000
         self._database_name = database_name
         self._db: aiosqlite.Connection | None = None
         # one connection: its transactions must not interleave between coroutines
@@ -128,8 +155,8 @@ class SqliteStore(Store):
         fields = {k: v for k, v in fields.items() if k != "_id"}
         async with self._transaction() as db:
             before = await self._locked_get(db, collection, doc_id)
-            if before is None:
-                return False
+            if before is None or not fields:
+                return before is not None
             after = json.loads(_dumps(before))
             for path, value in fields.items():
                 _set_path(after, path, value)
@@ -173,6 +200,96 @@ class SqliteStore(Store):
              int(time.time() * 1000)),
         )
 
+    # -- changes -----------------------------------------------------------------------------
+    async def watch(self, collections, resume_after: ResumeToken | None) -> ChangeStream:
+        newest = await self._newest_change()
+        if resume_after is None:
+            after = newest
+        else:
+            after = _token_sequence(resume_after)
+            if after > newest:
+                raise ChangeHistoryLost(f"resume token {after} is ahead of the change log "
+                                        f"({newest}): the store was replaced")
+            oldest = await self._scalar("SELECT MIN(seq) FROM changes")
+            if oldest is not None and after < oldest - 1:
+                raise ChangeHistoryLost(f"changes after {after} were pruned (oldest {oldest})")
+        return SqliteChangeStream(self, tuple(collections), after, self._poll_s)
+
+    async def _newest_change(self) -> int:
+        newest = await self._scalar("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
+        return int(newest or 0)
+
+    async def _scalar(self, sql: str, params: tuple = ()) -> Any:
+        async with self.db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def read_changes(self, collections: tuple[str, ...], after: int,
+                           limit: int) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(collections))
+        async with self.db.execute(
+            "SELECT seq, collection, operation, doc_id, full_document, before_document,"
+            f" update_description, wall_time_ms FROM changes WHERE seq > ? AND collection IN"
+            f" ({marks}) ORDER BY seq LIMIT ?", (after, *collections, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [self._change_event(*row) for row in rows]
+
+    def _change_event(self, seq, collection, operation, doc_id, full_document, before_document,
+                      update_description, wall_time_ms) -> dict[str, Any]:
+        """A row of the change log in MongoDB's change-event shape."""
+        event: dict[str, Any] = {
+            "_id": _token(seq),
+            "operationType": operation,
+            "ns": {"db": self._database_name, "coll": collection},
+            "documentKey": {"_id": doc_id},
+            "clusterTime": Timestamp(wall_time_ms // 1000, seq % 2**32),
+            "wallTime": wall_time(wall_time_ms),
+        }
+        if full_document is not None:
+            event["fullDocument"] = json.loads(full_document)
+        if before_document is not None:
+            event["fullDocumentBeforeChange"] = json.loads(before_document)
+        if update_description is not None:
+            event["updateDescription"] = json.loads(update_description)
+        return event
+
+    async def load_resume_token(self, name: str) -> ResumeToken | None:
+        text = await self._scalar("SELECT token FROM resume_tokens WHERE name = ?", (name,))
+        return json.loads(text) if text else None
+
+    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
+        async with self._transaction() as db:
+            if token is None:
+                await db.execute("DELETE FROM resume_tokens WHERE name = ?", (name,))
+            else:
+                await db.execute(
+                    "INSERT INTO resume_tokens (name, token) VALUES (?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET token = excluded.token",
+                    (name, _dumps(dict(token))))
+
+    # -- event log ---------------------------------------------------------------------------
+    async def append_events(self, events) -> list[StoredEvent | None]:
+        stored: list[StoredEvent | None] = []
+        now_ms = int(time.time() * 1000)
+        async with self._transaction() as db:
+            for event in events:
+                async with db.execute(
+                    "INSERT INTO events (source, name, payload, rooms, created_ms)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(source) DO NOTHING RETURNING seq",
+                    (event.source, event.name, _dumps(event.payload), _dumps(list(event.rooms)),
+                     now_ms),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    stored.append(None)
+                    continue
+                await db.executemany("INSERT OR IGNORE INTO event_rooms (room, seq) VALUES (?, ?)",
+                                     [(room, row[0]) for room in event.rooms])
+                stored.append(StoredEvent(event_id(row[0]), now_ms, event.name, event.payload,
+                                          tuple(event.rooms)))
+        return stored
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db, self._write_lock)
 
@@ -203,3 +320,63 @@ class _Transaction:
 
 def wall_time(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+
+
+def _token(seq: int) -> dict[str, str]:
+    return {"_data": f"{seq:016x}"}
+
+
+def _token_sequence(token: ResumeToken) -> int:
+    data = token.get("_data") if isinstance(token, dict) else None
+    try:
+        if not isinstance(data, str) or len(data) != 16:
+            raise ValueError(data)
+        return int(data, 16)
+    except ValueError:
+        raise ChangeHistoryLost(f"not a resume token of this store: {str(token)[:80]}") from None
+
+
+class SqliteChangeStream(ChangeStream):
+    """Reads the change log after a sequence number, polling while it is idle."""
+
+    BATCH = 500
+
+    def __init__(self, store: SqliteStore, collections: tuple[str, ...], after: int,
+                 poll_s: float):
+        self._store = store
+        self._collections = collections
+        self._after = after
+        self._poll_s = poll_s
+        self._buffer: list[dict[str, Any]] = []
+        self._token = _token(after)
+
+    @property
+    def resume_token(self) -> ResumeToken:
+        return self._token
+
+    async def try_next(self) -> dict[str, Any] | None:
+        if not self._buffer:
+            newest = await self._read()
+            if not self._buffer:
+                await asyncio.sleep(self._poll_s)  # the idle wait, as max_await_time_ms
+                newest = await self._read()
+            if not self._buffer and newest > _token_sequence(self._token):
+                # like PyMongo's postBatchResumeToken: the token moves on past the changes of
+                # other collections, so it stays fresh while ours are quiet
+                self._token = _token(newest)
+        if self._buffer:
+            event = self._buffer.pop(0)
+            self._token = event["_id"]
+            return event
+        return None
+
+    async def _read(self) -> int:
+        """Fill the buffer; return the newest sequence committed before the read (every
+        change up to it is visible, as SQLite commits writers one at a time)."""
+        try:
+            newest = await self._store._newest_change()
+            self._buffer = await self._store.read_changes(
+                self._collections, _token_sequence(self._token), self.BATCH)
+            return newest
+        except aiosqlite.Error as exc:
+            raise StoreError(f"cannot read the change log: {exc}") from exc

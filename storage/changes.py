@@ -1,0 +1,168 @@
+"""The change consumer: reads a store's change stream, resumes where it stopped, retries.
+
+Each store supplies only the stream (`Store.watch`); resuming, saving tokens, backoff and the
+handling of lost history are here, shared by both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+
+from storage.base import Change, ChangeHistoryLost, ChangeStream, Store, StoreError
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 30.0
+
+
+class Backoff:
+    """Waits that double up to a cap, with full jitter; `reset()` after a success."""
+
+    def __init__(self, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S):
+        self._first_s = first_s
+        self._max_s = max_s
+        self._next_s = first_s
+
+    def reset(self) -> None:
+        self._next_s = self._first_s
+
+    def next_delay(self) -> float:
+        delay = random.uniform(self._next_s / 2, self._next_s)
+        self._next_s = min(self._max_s, self._next_s * 2)
+        return delay
+
+
+class ChangeFeed:
+    """Feeds every change of `collections` to `handle`, exactly once across restarts.
+
+    The token is saved after each handled change and whenever the stream advances while idle.
+    `handle` may raise `StoreError` (its own store is down): the change is then retried from
+    the saved token after a backoff; any other exception is logged and the change skipped.
+    """
+
+    def __init__(self, store: Store, collections: Sequence[str],
+                 handle: Callable[[Change], Awaitable[None]],
+                 on_history_lost: Callable[[str], Awaitable[None]],
+                 name: str = "changes", backoff: Backoff | None = None,
+                 clock: Callable[[], dt.datetime] | None = None):
+        if not collections:
+            raise ValueError("a change feed needs at least one collection")
+        self._store = store
+        self._collections = tuple(collections)
+        self._handle = handle
+        self._on_history_lost = on_history_lost
+        self.name = name
+        self._backoff = backoff or Backoff()
+        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._stream: ChangeStream | None = None
+        self._saved_token = None
+        self.running = False
+        self.lag_s: dict[str, float] = {}
+        self.last_change_at: dict[str, dt.datetime] = {}
+        self.changes_handled = 0
+        self._progress = asyncio.Condition()
+
+    async def open(self) -> None:
+        """Open the stream and persist a starting point, so that changes written from now on
+        are seen even by a first run (which has no saved token yet)."""
+        self._saved_token = await self._store.load_resume_token(self.name)
+        try:
+            self._stream = await self._store.watch(self._collections, self._saved_token)
+        except ChangeHistoryLost as exc:
+            await self._history_lost(exc)
+            self._stream = await self._store.watch(self._collections, None)
+        await self._save(self._stream.resume_token)
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        self.running = True
+        try:
+            while True:
+                try:
+                    if self._stream is None:
+                        await self.open()
+                    await self._consume(self._stream)
+                except asyncio.CancelledError:
+                    raise
+                except ChangeHistoryLost as exc:
+                    await self._close_stream()
+                    await self._history_lost(exc)
+                except StoreError as exc:
+                    await self._close_stream()
+                    delay_s = self._backoff.next_delay()
+                    logger.warning("change stream interrupted",
+                                   extra={"feed": self.name, "error": str(exc),
+                                          "retry_in_s": round(delay_s, 3)})
+                    await asyncio.sleep(delay_s)
+        finally:
+            self.running = False
+            await self._close_stream()
+
+    async def _consume(self, stream: ChangeStream) -> None:
+        while True:
+            event = await stream.try_next()
+            if event is None:
+                await self._save(stream.resume_token)
+                continue
+            change = Change.from_event(event)
+            if change.operation in ("invalidate", "dropDatabase"):
+                await self._invalidated(change)
+                return
+            self._measure(change)
+            try:
+                await self._handle(change)
+            except (asyncio.CancelledError, StoreError):
+                raise
+            except Exception:
+                logger.exception("change skipped", extra={
+                    "feed": self.name, "collection": change.collection,
+                    "document_id": str(change.document_id)})
+            await self._save(stream.resume_token or change.token)
+            self._backoff.reset()
+            async with self._progress:
+                self.changes_handled += 1
+                self._progress.notify_all()
+
+    async def wait_handled(self, count: int) -> None:
+        """Return once `count` changes have been handled (and their tokens saved)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.changes_handled >= count)
+
+    async def _invalidated(self, change: Change) -> None:
+        logger.error("change stream invalidated", extra={"feed": self.name,
+                                                         "operation": change.operation})
+        await self._on_history_lost("change_stream_invalidated")
+        await self._close_stream()
+        # resume after the invalidate event: the stream starts again from there
+        await self._save(change.token)
+        self._stream = await self._store.watch(self._collections, change.token)
+
+    async def _history_lost(self, exc: ChangeHistoryLost) -> None:
+        logger.error("change history lost", extra={"feed": self.name, "error": str(exc)})
+        await self._save(None)
+        await self._on_history_lost("change_history_lost")
+
+    def _measure(self, change: Change) -> None:
+        if change.collection is None or change.wall_time is None:
+            return
+        self.lag_s[change.collection] = max(
+            0.0, (self._clock() - change.wall_time).total_seconds())
+        self.last_change_at[change.collection] = change.wall_time
+
+    async def _save(self, token) -> None:
+        if token != self._saved_token:
+            await self._store.save_resume_token(self.name, token)
+            self._saved_token = token
+
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                await stream.close()
+            except Exception:
+                logger.debug("change stream close failed", exc_info=True)

@@ -1,0 +1,199 @@
+"""The change consumer's loop and error paths, fed finite scripted streams (no sleeps), and
+the MongoDB adapter's reading of PyMongo's real exceptions and error codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, OperationFailure
+
+from storage.base import ChangeHistoryLost, ChangeStream, StoreError
+from storage.changes import Backoff, ChangeFeed
+from storage.mongo import MongoChangeStream, translate_error
+
+NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.timezone.utc)
+
+
+class ScriptDone(Exception):
+    """The script ran out: ends the feed's loop."""
+
+
+def event(n: int, operation: str = "insert", seconds_ago: float = 0.0) -> dict:
+    return {"_id": {"_data": f"{n:04d}"}, "operationType": operation,
+            "ns": {"db": "d", "coll": "bookings"}, "documentKey": {"_id": f"b{n}"},
+            "fullDocument": {"_id": f"b{n}"},
+            "wallTime": NOW - dt.timedelta(seconds=seconds_ago)}
+
+
+class ScriptedStream(ChangeStream):
+    def __init__(self, script: list, start_token):
+        self._script = script
+        self._token = start_token
+
+    @property
+    def resume_token(self):
+        return self._token
+
+    async def try_next(self):
+        if not self._script:
+            raise ScriptDone()
+        step = self._script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        if isinstance(step, tuple):  # ("idle", token): nothing new, the token moves on
+            self._token = step[1]
+            return None
+        self._token = step["_id"]
+        return step
+
+
+class ScriptedStore:
+    """Just what the feed uses of a store: one scripted stream per `watch`."""
+
+    def __init__(self, *scripts: list, watch_errors: list | None = None):
+        self._scripts = list(scripts)
+        self._watch_errors = watch_errors or []
+        self.watched_from: list = []
+        self.tokens: dict = {}
+        self.saved: list = []
+
+    async def watch(self, collections, resume_after):
+        self.watched_from.append(resume_after)
+        if self._watch_errors:
+            raise self._watch_errors.pop(0)
+        return ScriptedStream(self._scripts.pop(0) if self._scripts else [],
+                              resume_after or {"_data": "start"})
+
+    async def load_resume_token(self, name):
+        return self.tokens.get(name)
+
+    async def save_resume_token(self, name, token):
+        self.tokens[name] = token
+        self.saved.append(token)
+
+
+def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
+    async def handle(change):
+        if fail_on and change.document_id in fail_on:
+            raise fail_on.pop(change.document_id)
+        handled.append(change.document_id)
+
+    async def resync(reason):
+        resyncs.append(reason)
+
+    return ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0),
+                      clock=lambda: NOW)
+
+
+async def test_changes_are_handled_in_order_and_every_token_is_saved():
+    store = ScriptedStore([event(1), ("idle", {"_data": "0005"}), event(6, seconds_ago=2.5)])
+    handled, resyncs = [], []
+    feed = feed_for(store, handled, resyncs)
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert handled == ["b1", "b6"]
+    assert store.saved == [{"_data": "start"}, {"_data": "0001"}, {"_data": "0005"},
+                           {"_data": "0006"}]
+    assert feed.lag_s == {"bookings": 2.5} and resyncs == []
+
+
+async def test_a_restart_resumes_from_the_saved_token():
+    store = ScriptedStore([event(1)], [event(2)])
+    with pytest.raises(ScriptDone):
+        await feed_for(store, [], []).run()
+    handled = []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, []).run()
+    assert store.watched_from == [None, {"_data": "0001"}]
+    assert handled == ["b2"]
+
+
+async def test_a_change_the_handler_cannot_map_is_skipped_and_its_token_saved(caplog):
+    store = ScriptedStore([event(1), event(2)])
+    handled = []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, [], fail_on={"b1": KeyError("shopId")}).run()
+    assert handled == ["b2"]
+    assert {"_data": "0001"} in store.saved
+    assert "change skipped" in caplog.text
+
+
+async def test_a_store_error_in_the_handler_retries_the_change_from_the_saved_token():
+    store = ScriptedStore([event(1), event(2)], [event(2), event(3)])
+    handled = []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, [], fail_on={"b2": StoreError("event log down")}).run()
+    assert handled == ["b1", "b2", "b3"]
+    assert store.watched_from == [None, {"_data": "0001"}]
+
+
+async def test_a_transient_stream_error_reopens_from_the_saved_token(caplog):
+    store = ScriptedStore([event(1), translate_error(AutoReconnect("primary stepped down"))],
+                          [event(2)])
+    handled = []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, []).run()
+    assert handled == ["b1", "b2"]
+    assert store.watched_from == [None, {"_data": "0001"}]
+    assert "change stream interrupted" in caplog.text
+
+
+async def test_lost_history_resyncs_and_reopens_from_now():
+    lost = translate_error(OperationFailure("resume point no longer in the oplog", code=286))
+    store = ScriptedStore([event(1), lost], [event(9)])
+    handled, resyncs = [], []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, resyncs).run()
+    assert resyncs == ["change_history_lost"]
+    assert store.watched_from == [None, None]  # from now, never the dead token again
+    assert handled == ["b1", "b9"]
+
+
+async def test_a_dead_token_at_start_resyncs_and_opens_from_now():
+    store = ScriptedStore([event(4)], watch_errors=[ChangeHistoryLost("token too old")])
+    store.tokens["changes"] = {"_data": "dead"}
+    handled, resyncs = [], []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, resyncs).run()
+    assert store.watched_from == [{"_data": "dead"}, None]
+    assert resyncs == ["change_history_lost"] and handled == ["b4"]
+
+
+async def test_an_invalidate_event_resyncs_and_starts_after_it():
+    invalidate = {"_id": {"_data": "0002"}, "operationType": "invalidate"}
+    store = ScriptedStore([event(1), invalidate], [event(3)])
+    handled, resyncs = [], []
+    with pytest.raises(ScriptDone):
+        await feed_for(store, handled, resyncs).run()
+    assert resyncs == ["change_stream_invalidated"]
+    assert store.watched_from == [None, {"_data": "0002"}]
+    assert handled == ["b1", "b3"]
+
+
+@pytest.mark.parametrize("error, lost", [
+    (OperationFailure("history lost", code=286), True),
+    (OperationFailure("invalid resume token", code=260), True),
+    (OperationFailure("fatal", code=280), True),
+    (OperationFailure("interrupted at shutdown", code=11600), False),
+    (ConnectionFailure("no route"), False),
+    (NetworkTimeout("timed out"), False),
+    (AutoReconnect("not primary"), False),
+])
+def test_pymongo_errors_are_read_as_lost_history_or_transient(error, lost):
+    translated = translate_error(error)
+    assert isinstance(translated, StoreError)
+    assert isinstance(translated, ChangeHistoryLost) is lost
+
+
+async def test_the_mongodb_stream_translates_what_pymongo_raises():
+    class PyMongoStream:  # stands in for pymongo's AsyncChangeStream: only what we call
+        resume_token = {"_data": "82"}
+
+        async def try_next(self):
+            raise OperationFailure("resume point gone", code=286)
+
+    stream = MongoChangeStream(PyMongoStream())
+    assert stream.resume_token == {"_data": "82"}
+    with pytest.raises(ChangeHistoryLost):
+        await stream.try_next()

@@ -1,0 +1,161 @@
+"""Changes become live events for exactly their audience, end to end: a store write (in this
+process or from `python -m realtime store` in another), the change feed, the event log, a real
+server and real clients of every kind.
+
+"Nobody else" is proven without sleeping: after the event under test, a sentinel booking in a
+shop everyone watches is written; events of one socket arrive in emission order, so a client
+that has its sentinel would already have had the event under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from realtime.app import create_app
+from realtime.gateway import GATEWAY
+from tests.clients import ROOT
+
+SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
+
+
+async def audience(connect, kind):
+    """The customer, a second customer, staff of the shop, staff of another shop, an admin,
+    each watching the sentinel shop's availability."""
+    people = {
+        "customer": await connect(kind, sub="c1"),
+        "other customer": await connect(kind, sub="c2"),
+        "staff": await connect(kind, sub="st1", role="staff", shops=["s1"]),
+        "other staff": await connect(kind, sub="st2", role="staff", shops=["s2"]),
+        "admin": await connect(kind, sub="a1", role="admin"),
+    }
+    joins = [("staff", "shop-s1"), ("other staff", "shop-s2"), ("admin", "admin-reservations"),
+             ("admin", "admin-payments")]
+    for who, room in joins:
+        assert (await people[who].call("join_room", {"roomId": room}))["ok"]
+    for client in people.values():
+        assert (await client.call("join_room", {"roomId": "availability-sentinel"}))["ok"]
+    return people
+
+
+async def sentinel(store, people) -> None:
+    await store.insert_document("bookings", {"customerId": "nobody", "shopId": "sentinel",
+                                             "status": "pending", **SLOT})
+    for client in people.values():
+        while (await client.next_event("availability_update"))["shopId"] != "sentinel":
+            pass
+
+
+def received(client, event):
+    """What `client` got of `event`, leaving out the sentinel booking's own events."""
+    return [payload for name, payload in client.log
+            if name == event and payload.get("shopId") != "sentinel"]
+
+
+async def test_a_booking_reaches_exactly_its_audience_in_order(gateway, connect, client_kind):
+    people = await audience(connect, client_kind)
+    store = gateway.store
+    booking = await store.insert_document("bookings", {
+        "customerId": "c1", "shopId": "s1", "status": "PENDING", **SLOT})
+    created = await people["customer"].next_event("reservation_update")
+    assert created["updateType"] == "created" and created["reservationId"] == booking
+    assert (await people["customer"].call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]
+    await store.update_document("bookings", booking, {"status": "CONFIRMED"})
+    await sentinel(store, people)
+
+    for who in ("customer", "staff", "admin"):
+        updates = received(people[who], "reservation_update")
+        # once each, although the customer is in both user-c1 and reservation-{id}
+        assert [u["updateType"] for u in updates] == ["created", "confirmed"], who
+        confirmed = updates[1]
+        assert confirmed["status"] == "confirmed" and confirmed["previousStatus"] == "pending"
+        assert confirmed["eventId"] > updates[0]["eventId"]
+        assert confirmed["timestamp"].endswith("Z")
+        assert set(confirmed) == {"reservationId", "status", "previousStatus", "updateType",
+                                  "userId", "shopId", "startsAt", "durationMinutes", "eventId",
+                                  "timestamp"}
+    for who in ("other customer", "other staff"):
+        assert received(people[who], "reservation_update") == [], who
+
+
+async def test_payments_and_availability_reach_their_rooms(gateway, connect, client_kind):
+    people = await audience(connect, client_kind)
+    for client in (people["customer"], people["staff"], people["other staff"]):
+        assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"]
+    store = gateway.store
+    booking = await store.insert_document("bookings", {
+        "customerId": "c1", "shopId": "s1", "therapistId": "t1", "status": "confirmed", **SLOT})
+    await store.insert_document("payments", {"bookingId": booking, "customerId": "c1",
+                                              "shopId": "s1", "status": "paid", "amount": 80,
+                                              "currency": "EUR"})
+    await store.update_document("bookings", booking, {"status": "cancelled"})
+    await sentinel(store, people)
+
+    for who in ("customer", "staff", "admin"):
+        [payment] = received(people[who], "payment_update")
+        assert payment["reservationId"] == booking and payment["amount"] == 80
+    for who in ("other customer", "other staff"):
+        assert received(people[who], "payment_update") == []
+    for who in ("customer", "staff", "other staff"):  # all three watch availability-s1
+        slots = [(e["available"], e["reservationId"]) for e in
+                 received(people[who], "availability_update") if e["shopId"] == "s1"]
+        assert slots == [(False, booking), (True, booking)], who
+    assert received(people["admin"], "availability_update") == []
+
+
+async def test_a_write_from_another_process_is_delivered(gateway, settings, connect, client_kind):
+    admin = await connect(client_kind, sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    env = {"STORE_PATH": settings.store_path, "JWT_SECRET": settings.jwt_secret,
+           "PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "realtime", "store", "insert", "bookings",
+        json.dumps({"_id": "from-cli", "customerId": "c1", "shopId": "s1", "status": "pending",
+                    **SLOT}), cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    stdout, _ = await process.communicate()
+    assert process.returncode == 0 and stdout.decode().strip() == "from-cli"
+    update = await admin.next_event("reservation_update")
+    assert (update["reservationId"], update["updateType"]) == ("from-cli", "created")
+
+
+async def test_a_restart_emits_every_change_once(aiohttp_server, settings, connect, token,
+                                                 clients):
+    first = create_app(settings)
+    server = await aiohttp_server(first)
+    store = first[GATEWAY].store
+    for n in range(3):
+        await store.insert_document("bookings", {"_id": f"before-{n}", "customerId": "c1",
+                                                 "shopId": "s1", "status": "pending", **SLOT})
+
+    await asyncio.wait_for(first[GATEWAY].feed.wait_handled(3), 10)
+    await server.close()
+
+    # written while no gateway runs: the next one must emit these, and only these
+    from storage.sqlite import SqliteStore
+
+    offline = SqliteStore(settings.store_path)
+    await offline.open()
+    for n in range(2):
+        await offline.insert_document("bookings", {"_id": f"while-down-{n}", "customerId": "c1",
+                                                   "shopId": "s1", "status": "cancelled", **SLOT})
+    # as after a crash between logging and saving the token: replayed changes are recognised
+    await offline.save_resume_token("changes", {"_data": f"{1:016x}"})
+    await offline.close()
+
+    second = create_app(settings)
+    await aiohttp_server(second)
+    gateway = second[GATEWAY]
+    store = gateway.store
+    # from the rewound token: two changes seen before, two new ones
+    await asyncio.wait_for(gateway.feed.wait_handled(4), 10)
+    async with store.db.execute("SELECT source, seq FROM events ORDER BY seq") as cursor:
+        rows = await cursor.fetchall()
+    sources = [source for source, _ in rows]
+    assert len(sources) == len(set(sources)) == 8
+    assert gateway.emitter.emitted == {"reservation_update": 2}  # only the two new changes
+    ids = [f"{seq:016d}" for _, seq in rows]
+    assert ids == sorted(ids)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
+import time
 
+import aiohttp_cors
 from aiohttp import web
 
+from realtime import health
 from realtime.errors import GatewayError
 from realtime.gateway import GATEWAY
+from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +28,7 @@ _STATUS_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
+IDEMPOTENCY_KEY_MAX = 200
 
 
 def error_response(error: GatewayError) -> web.Response:
@@ -30,27 +37,102 @@ def error_response(error: GatewayError) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    settings = request.app[GATEWAY].settings
+    is_socketio = request.path.startswith(settings.socketio_path)
     try:
-        return await handler(request)
+        response = await handler(request)
     except GatewayError as error:
         logger.info("request refused", extra={"path": request.path, "code": error.code})
-        return error_response(error)
+        response = error_response(error)
     except web.HTTPException as exc:
-        if exc.status < 400 or request.path.startswith(request.app[GATEWAY].settings.socketio_path):
+        if exc.status < 400 or is_socketio:
             raise
         code = _STATUS_CODES.get(exc.status, "internal" if exc.status >= 500 else "invalid_payload")
-        body = {"error": {"code": code, "message": exc.reason.lower()}}
-        return web.json_response(body, status=exc.status, headers={
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        body = {"error": {"code": code, "message": (exc.reason or code).lower()}}
+        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        response = web.json_response(body, status=exc.status, headers=allow)
     except Exception:
         logger.exception("request failed", extra={"path": request.path})
-        return error_response(GatewayError("internal"))
+        response = error_response(GatewayError("internal"))
+    if request.path == "/broadcast":
+        request.app[GATEWAY].metrics.broadcast_requests.labels(str(response.status)).inc()
+    if not is_socketio:
+        logger.info("request", extra={"method": request.method, "path": request.path,
+                                      "status": response.status,
+                                      "ms": round((time.perf_counter() - started) * 1000, 2)})
+    return response
 
 
-async def health(request: web.Request) -> web.Response:
+def require_service_token(request: web.Request) -> None:
+    """Bearer BROADCAST_TOKEN, compared in constant time; no token configured: 403 for all."""
+    expected = request.app[GATEWAY].settings.broadcast_token
+    if expected is None:
+        raise GatewayError("forbidden", "no BROADCAST_TOKEN is configured on this gateway")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                             expected.encode()):
+        raise GatewayError("unauthenticated", "a valid bearer token is required")
+
+
+async def broadcast(request: web.Request) -> web.Response:
+    """Push a service's event to rooms and users."""
+    require_service_token(request)
+    if request.content_type != "application/json":
+        raise GatewayError("unsupported_media_type")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GatewayError("invalid_payload", f"the body is not valid JSON: {exc}") from None
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX and key.isprintable()):
+        raise GatewayError("invalid_payload",
+                           f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+    result = await request.app[GATEWAY].broadcaster.broadcast(body, key)
+    return web.json_response(result, status=202)
+
+
+async def health_check(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"status": "ok"})
 
 
-def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/health", health)
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the store, the change watcher and Redis (when used) all answer."""
+    checks = await health.readiness(request.app[GATEWAY])
+    down = sorted(name for name, state in checks.items() if state != health.OK)
+    if down:
+        error = GatewayError("unavailable", f"not ready: {', '.join(down)}", details=checks)
+        return error_response(error)
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+async def status(request: web.Request) -> web.Response:
+    """Operators' view: connections, users, rooms, watcher lag."""
+    require_service_token(request)
+    return web.json_response(health.status(request.app[GATEWAY]))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+def setup_routes(app: web.Application, cors_origins: tuple[str, ...]) -> None:
+    routes = [
+        app.router.add_post("/broadcast", broadcast),
+        app.router.add_get("/health", health_check),
+        app.router.add_get("/ready", ready),
+        app.router.add_get("/status", status),
+        app.router.add_get("/metrics", metrics),
+    ]
+    if cors_origins:
+        # only these routes: the Socket.IO route does its own CORS (cors_allowed_origins)
+        cors = aiohttp_cors.setup(app, defaults={
+            origin: aiohttp_cors.ResourceOptions(
+                allow_headers=("Authorization", "Content-Type", "Idempotency-Key"),
+                allow_methods=("GET", "POST"), max_age=3600)
+            for origin in cors_origins
+        })
+        for route in routes:
+            cors.add(route)

@@ -14,6 +14,7 @@ import socketio
 
 from realtime import events
 from realtime.errors import AUTH_CODES, GatewayError
+from realtime.metrics import Metrics
 from realtime.pipeline import Emitter
 from realtime.sessions import Sessions
 
@@ -26,10 +27,12 @@ _LEAVE = events.LeaveRoomSchema()
 
 
 class GatewayNamespace(socketio.AsyncNamespace):
-    def __init__(self, sessions: Sessions, emitter: Emitter, namespace: str = "/"):
+    def __init__(self, sessions: Sessions, emitter: Emitter, metrics: Metrics,
+                 namespace: str = "/"):
         super().__init__(namespace)
         self._sessions = sessions
         self._emitter = emitter
+        self._metrics = metrics
         self._handlers = {
             events.AUTHENTICATE: self._authenticate,
             events.JOIN_ROOM: self._join_room,
@@ -63,6 +66,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
         if error.code in AUTH_CODES:
             await self._emitter.send_control(sid, events.AUTH_ERROR, error.to_dict())
         else:
+            self._metrics.socket_errors.labels(error.code).inc()
             await self._emitter.send_control(
                 sid, events.ERROR, {**error.to_dict(), "event": str(event)[:64]})
         return {"ok": False, "error": error.to_dict()}

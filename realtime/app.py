@@ -13,9 +13,11 @@ from aiohttp import web
 from handlers.http import error_middleware, setup_routes
 from handlers.socket import GatewayNamespace
 from realtime.auth import TokenVerifier
+from realtime.broadcast import Broadcaster
 from realtime.config import Settings
 from realtime.gateway import GATEWAY, Gateway
 from realtime.mapping import DocumentMapping, StoreReservations
+from realtime.metrics import Metrics
 from realtime.pipeline import ChangePublisher, Emitter
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
@@ -70,19 +72,25 @@ def create_app(settings: Settings, store: Store | None = None,
     emitter = Emitter(sio, store)
     feed = ChangeFeed(store, mapping.collections, ChangePublisher(mapping, emitter),
                       on_history_lost=emitter.resync_everyone)
+    metrics = Metrics()
     sessions = Sessions(
         sio, settings, TokenVerifier(settings), RoomPolicy(StoreReservations(store, mapping)),
-        emitter,
+        emitter, metrics,
     )
-    sio.register_namespace(GatewayNamespace(sessions, emitter))
+    sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
+    metrics.observe(connections=sessions.counts, emitted=lambda: emitter.emitted,
+                    changes_handled=lambda: feed.changes_handled, lag_s=lambda: feed.lag_s)
 
     app = web.Application(middlewares=[error_middleware],
                           client_max_size=settings.max_payload_bytes)
     app[GATEWAY] = Gateway(settings=settings, store=store, sio=sio, emitter=emitter,
-                           sessions=sessions, mapping=mapping, feed=feed)
+                           sessions=sessions, mapping=mapping, feed=feed,
+                           broadcaster=Broadcaster(settings, store, emitter), metrics=metrics)
     sio.attach(app, socketio_path=settings.socketio_path)
-    setup_routes(app)
+    setup_routes(app, settings.cors_origins)
     app.cleanup_ctx.append(_store_lifetime)
+    if settings.redis_url:
+        app.cleanup_ctx.append(_redis_lifetime)
     app.cleanup_ctx.append(_feed_lifetime)
     if demo:
         app.cleanup_ctx.append(_demo_lifetime)
@@ -99,6 +107,16 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     await gateway.store.close()
 
 
+async def _redis_lifetime(app: web.Application) -> AsyncIterator[None]:
+    import redis.asyncio
+
+    gateway = app[GATEWAY]
+    gateway.redis = redis.asyncio.Redis.from_url(gateway.settings.redis_url,
+                                                 socket_connect_timeout=2, socket_timeout=2)
+    yield
+    await gateway.redis.aclose()
+
+
 async def _feed_lifetime(app: web.Application) -> AsyncIterator[None]:
     feed = app[GATEWAY].feed
     try:
@@ -106,7 +124,8 @@ async def _feed_lifetime(app: web.Application) -> AsyncIterator[None]:
         await feed.open()
     except StoreError as exc:
         logger.error("change stream not open yet", extra={"error": str(exc)})
-    async with _background(feed.run()):
+    async with _background(feed.run()) as task:
+        app[GATEWAY].feed_task = task
         yield
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from realtime.errors import GatewayError
 
@@ -60,7 +60,7 @@ class LeaveRoomSchema(_Lenient):
     roomId = fields.String(required=True, validate=validate.Length(min=1, max=160))
 
 
-def load(schema: Schema, payload: Any) -> dict[str, Any]:
+def load(schema: Schema, payload: Any, unknown_fields: str = "ignore") -> dict[str, Any]:
     """The validated payload, or `GatewayError("invalid_payload")` with the field errors."""
     if payload is None:
         payload = {}
@@ -68,7 +68,24 @@ def load(schema: Schema, payload: Any) -> dict[str, Any]:
         raise GatewayError("invalid_payload", "the payload must be an object",
                            details={"_schema": [f"got {type(payload).__name__}"]})
     try:
-        return schema.load(payload)
+        return schema.load(payload, unknown=RAISE if unknown_fields == "refuse" else EXCLUDE)
     except ValidationError as exc:
         raise GatewayError("invalid_payload", "the payload has invalid fields",
                            details=exc.normalized_messages()) from None
+
+
+_TARGET_ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}$",
+                             error="not a valid user id")
+MAX_TARGETS = 1000
+
+
+class BroadcastSchema(Schema):
+    """`POST /broadcast`: what a service may ask. Unknown fields are refused: a typo in a
+    service's call should fail loudly, not be dropped."""
+
+    event = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    data = fields.Dict(keys=fields.String(), required=True)
+    rooms = fields.List(fields.String(validate=validate.Length(min=1, max=160)),
+                        load_default=list, validate=validate.Length(max=MAX_TARGETS))
+    users = fields.List(fields.String(validate=_TARGET_ID), load_default=list,
+                        validate=validate.Length(max=MAX_TARGETS))

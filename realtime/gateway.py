@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import socketio
 from aiohttp import web
 
+from realtime.broadcast import Broadcaster
 from realtime.config import Settings
 from realtime.mapping import DocumentMapping
+from realtime.metrics import Metrics
 from realtime.pipeline import Emitter
 from realtime.sessions import Sessions
 from storage.base import Store
@@ -25,6 +28,10 @@ class Gateway:
     sessions: Sessions
     mapping: DocumentMapping
     feed: ChangeFeed
+    broadcaster: Broadcaster
+    metrics: Metrics
+    redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set, for readiness checks
+    feed_task: Any = None  # the asyncio.Task running `feed`, owned by the app's cleanup context
     started_at: float = dataclasses.field(default_factory=time.time)
 
 

@@ -20,6 +20,7 @@ from realtime import events
 from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
 from realtime.errors import GatewayError
+from realtime.metrics import Metrics
 from realtime.pipeline import Emitter
 from realtime.rooms import RoomPolicy, home_rooms, parse_room
 
@@ -44,12 +45,14 @@ class Sessions:
     """The registry of connected sockets and the rules of their identity and rooms."""
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: TokenVerifier,
-                 policy: RoomPolicy, emitter: Emitter, clock: Callable[[], float] = time.time):
+                 policy: RoomPolicy, emitter: Emitter, metrics: Metrics,
+                 clock: Callable[[], float] = time.time):
         self._sio = sio
         self._settings = settings
         self._verifier = verifier
         self._policy = policy
         self._emitter = emitter
+        self._metrics = metrics
         self._clock = clock
         self._sessions: dict[str, SocketSession] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -94,11 +97,16 @@ class Sessions:
         current identity stays, as it does for any other refused refresh.
         """
         session = self.get(sid)
-        principal = self._verifier.verify(token)
         current = session.principal
-        if current is not None and current.user_id != principal.user_id:
-            raise GatewayError("identity_changed",
-                               "this socket is authenticated as another user; reconnect to switch")
+        try:
+            principal = self._verifier.verify(token)
+            if current is not None and current.user_id != principal.user_id:
+                raise GatewayError("identity_changed",
+                                   "this socket is authenticated as another user; reconnect to "
+                                   "switch")
+        except GatewayError as error:
+            self._metrics.auth_failures.labels(error.code).inc()
+            raise
         session.cancel_deadline()
         session.principal = principal
         revoked = await self._revoke_disallowed(session) if current is not None else []
@@ -162,6 +170,7 @@ class Sessions:
         await self._refuse_and_disconnect(session, GatewayError("auth_timeout"))
 
     async def _refuse_and_disconnect(self, session: SocketSession, error: GatewayError) -> None:
+        self._metrics.auth_failures.labels(error.code).inc()
         await self._emitter.send_control(session.sid, events.AUTH_ERROR, error.to_dict())
         await self._sio.disconnect(session.sid)
 

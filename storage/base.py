@@ -164,3 +164,17 @@ class Store(abc.ABC):
     async def append_events(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
         """Log these events in one transaction, each taking the next id of the one sequence.
         An event whose source is already logged is not logged again: None in its place."""
+
+    @abc.abstractmethod
+    async def find_event(self, source: str) -> StoredEvent | None:
+        """The logged event with this source, or None."""
+
+    # -- idempotency keys --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        """(request fingerprint, response) remembered under an Idempotency-Key, or None."""
+
+    @abc.abstractmethod
+    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
+                               ttl_s: float) -> None:
+        """Remember a response for `ttl_s` seconds; forget keys older than their time."""

@@ -40,6 +40,7 @@ UNUSABLE_TOKEN_CODES = frozenset(
 EVENTS = "realtime_events"
 COUNTERS = "realtime_counters"
 RESUME_TOKENS = "realtime_resume_tokens"
+IDEMPOTENCY_KEYS = "realtime_idempotency_keys"
 
 
 def translate_error(exc: PyMongoError) -> StoreError:
@@ -83,6 +84,7 @@ class MongoStore(Store):
             await events.create_index("source", unique=True)
             await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
             await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
+            await self.db[IDEMPOTENCY_KEYS].create_index("expires", expireAfterSeconds=0)
         except PyMongoError as exc:
             raise translate_error(exc) from exc
 
@@ -192,6 +194,37 @@ class MongoStore(Store):
         except PyMongoError as exc:
             raise translate_error(exc) from exc
         return [stored.get(e.source) for e in events]
+
+
+    async def find_event(self, source: str) -> StoredEvent | None:
+        try:
+            doc = await self.db[EVENTS].find_one({"source": source})
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        if doc is None:
+            return None
+        created_ms = int(doc["created"].timestamp() * 1000)
+        return StoredEvent(event_id(doc["_id"]), created_ms, doc["name"], doc["payload"],
+                           tuple(doc["rooms"]))
+
+    # -- idempotency keys --------------------------------------------------------------------
+    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        try:
+            doc = await self.db[IDEMPOTENCY_KEYS].find_one(
+                {"_id": key, "expires": {"$gt": dt.datetime.now(dt.timezone.utc)}})
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        return (doc["fingerprint"], doc["response"]) if doc else None
+
+    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
+                               ttl_s: float) -> None:
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ttl_s)
+        try:
+            await self.db[IDEMPOTENCY_KEYS].update_one(
+                {"_id": key}, {"$setOnInsert": {"fingerprint": fingerprint, "response": response,
+                                                "expires": expires}}, upsert=True)
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
 
 
 class MongoChangeStream(ChangeStream):

@@ -56,6 +56,13 @@ CREATE TABLE IF NOT EXISTS event_rooms (
     seq INTEGER NOT NULL,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    response TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_ms);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     collection TEXT NOT NULL,
@@ -289,6 +296,36 @@ class SqliteStore(Store):
                 stored.append(StoredEvent(event_id(row[0]), now_ms, event.name, event.payload,
                                           tuple(event.rooms)))
         return stored
+
+    async def find_event(self, source: str) -> StoredEvent | None:
+        async with self.db.execute(
+            "SELECT seq, created_ms, name, payload, rooms FROM events WHERE source = ?", (source,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        seq, created_ms, name, payload, rooms = row
+        return StoredEvent(event_id(seq), created_ms, name, json.loads(payload),
+                           tuple(json.loads(rooms)))
+
+    # -- idempotency keys --------------------------------------------------------------------
+    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        async with self.db.execute(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE key = ? AND expires_ms > ?",
+            (key, int(time.time() * 1000)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
+                               ttl_s: float) -> None:
+        now_ms = int(time.time() * 1000)
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM idempotency_keys WHERE expires_ms <= ?", (now_ms,))
+            await db.execute(
+                "INSERT INTO idempotency_keys (key, fingerprint, response, expires_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, fingerprint, _dumps(response), now_ms + int(ttl_s * 1000)))
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db, self._write_lock)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -111,3 +112,10 @@ def connect(clients, token):
         return client
 
     return make
+
+
+@pytest.fixture
+async def http(base_url) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client on the gateway under test."""
+    async with aiohttp.ClientSession(base_url) as session:
+        yield session

@@ -170,3 +170,19 @@ async def test_the_event_log_orders_and_deduplicates(store):
     assert [event_sequence(i) for i in ids] == sorted(event_sequence(i) for i in ids)
     assert first[0].rooms == ("user-c1", "admin-reservations")
     assert first[0].payload == {"n": 1} and first[0].timestamp_ms > 0
+
+
+async def test_a_logged_event_is_found_by_its_source(store):
+    [stored] = await store.append_events([NewEvent("notification", {"title": "hi"},
+                                                   ("user-c1",), "broadcast:key-1")])
+    assert await store.find_event("broadcast:key-1") == stored
+    assert await store.find_event("broadcast:other") is None
+
+
+async def test_idempotency_keys_are_remembered_for_their_time(store):
+    assert await store.recall_request("k1") is None
+    await store.remember_request("k1", "hash-a", {"eventId": "0000000000000001"}, ttl_s=60)
+    await store.remember_request("k1", "hash-b", {"eventId": "other"}, ttl_s=60)  # first wins
+    assert await store.recall_request("k1") == ("hash-a", {"eventId": "0000000000000001"})
+    await store.remember_request("k2", "hash", {"eventId": "x"}, ttl_s=-1)  # already expired
+    assert await store.recall_request("k2") is None

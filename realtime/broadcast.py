@@ -1,0 +1,76 @@
+"""`POST /broadcast` as a capability: services push their own events through the single emit
+path, once per Idempotency-Key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from realtime import events
+from realtime.config import Settings
+from realtime.errors import GatewayError
+from realtime.pipeline import Emitter
+from realtime.rooms import parse_room, user_room
+from storage.base import NewEvent, Store
+
+_SCHEMA = events.BroadcastSchema()
+
+
+class Broadcaster:
+    def __init__(self, settings: Settings, store: Store, emitter: Emitter):
+        self._store = store
+        self._emitter = emitter
+        self._ttl_s = settings.idempotency_ttl_s
+        self.allowed_events = frozenset(events.BROADCAST_EVENTS | set(settings.broadcast_events)) \
+            - events.CHANGE_EVENTS - events.CONTROL_EVENTS
+
+    async def broadcast(self, body: Any, idempotency_key: str | None) -> dict[str, Any]:
+        """Validate, log and emit; returns `{eventId, rooms}`. A key seen before returns the
+        first answer without emitting; with another body it is `idempotency_conflict`."""
+        request = events.load(_SCHEMA, body, unknown_fields="refuse")
+        rooms = self._rooms(request)
+        fingerprint = hashlib.sha256(json.dumps(
+            request, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+        if idempotency_key is not None:
+            remembered = await self._store.recall_request(idempotency_key)
+            if remembered is not None:
+                return self._same_request(remembered, fingerprint)
+        source = f"broadcast:{idempotency_key or uuid.uuid4().hex}"
+        [stored] = await self._emitter.publish(
+            [NewEvent(request["event"], request["data"], rooms, source)])
+        if stored is None:  # logged by an earlier attempt with this key that did not answer
+            stored = await self._store.find_event(source)
+        response = {"eventId": stored.event_id, "rooms": list(stored.rooms)}
+        if idempotency_key is not None:
+            await self._store.remember_request(idempotency_key, fingerprint, response, self._ttl_s)
+            remembered = await self._store.recall_request(idempotency_key)
+            if remembered is not None:  # a concurrent attempt may have answered first
+                return self._same_request(remembered, fingerprint)
+        return response
+
+    def _rooms(self, request: dict[str, Any]) -> tuple[str, ...]:
+        errors: dict[str, list[str]] = {}
+        if request["event"] not in self.allowed_events:
+            errors["event"] = [f"not an event services may send; one of: "
+                               f"{', '.join(sorted(self.allowed_events))}"]
+        rooms: list[str] = []
+        for index, room_id in enumerate(request["rooms"]):
+            try:
+                rooms.append(parse_room(room_id).name)
+            except GatewayError as error:
+                errors.setdefault("rooms", []).append(f"{index}: {error.message}")
+        rooms.extend(user_room(user) for user in request["users"])
+        if not rooms and "rooms" not in errors:
+            errors["_schema"] = ["give at least one target in rooms or users"]
+        if errors:
+            raise GatewayError("invalid_payload", "the broadcast is not valid", details=errors)
+        return tuple(dict.fromkeys(rooms))
+
+    @staticmethod
+    def _same_request(remembered: tuple[str, dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+        first_fingerprint, response = remembered
+        if first_fingerprint != fingerprint:
+            raise GatewayError("idempotency_conflict")
+        return response

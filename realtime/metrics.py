@@ -1,0 +1,72 @@
+"""Prometheus metrics, one registry per app (no module-level state: tests run many apps).
+
+Figures the gateway already keeps (connections, emitted events, lag) are read at scrape time
+from their owners; only what nobody else counts has a counter here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.broadcast_requests = Counter(
+            "realtime_broadcast_requests", "POST /broadcast requests, by HTTP status", ["status"],
+            registry=self.registry)
+        self.auth_failures = Counter(
+            "realtime_auth_failures", "Refused authentications, by error code", ["code"],
+            registry=self.registry)
+        self.socket_errors = Counter(
+            "realtime_socket_errors", "Socket.IO events answered with an error, by code",
+            ["code"], registry=self.registry)
+
+    def observe(self, connections: Callable[[], Mapping[str, int]],
+                emitted: Callable[[], Mapping[str, int]],
+                changes_handled: Callable[[], int],
+                lag_s: Callable[[], Mapping[str, float]]) -> None:
+        """Register the figures read from their owners at scrape time."""
+        self.registry.register(_Observed(connections, emitted, changes_handled, lag_s))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Observed(Collector):
+    def __init__(self, connections, emitted, changes_handled, lag_s):
+        self._connections = connections
+        self._emitted = emitted
+        self._changes_handled = changes_handled
+        self._lag_s = lag_s
+
+    def collect(self):
+        counts = self._connections()
+        yield GaugeMetricFamily("realtime_connections",
+                                "Connected Socket.IO clients on this instance",
+                                value=counts.get("connections", 0))
+        yield GaugeMetricFamily("realtime_authenticated_connections",
+                                "Authenticated Socket.IO clients on this instance",
+                                value=counts.get("authenticated", 0))
+        yield GaugeMetricFamily("realtime_users", "Distinct authenticated users on this instance",
+                                value=counts.get("users", 0))
+        emitted = CounterMetricFamily("realtime_events_emitted",
+                                      "Data events emitted, by event name", labels=["event"])
+        for name, count in sorted(self._emitted().items()):
+            emitted.add_metric([name], count)
+        yield emitted
+        yield CounterMetricFamily("realtime_changes_handled",
+                                  "Database changes consumed from the change stream",
+                                  value=self._changes_handled())
+        lag = GaugeMetricFamily("realtime_change_lag_seconds",
+                                "Seconds between the last change and its processing",
+                                labels=["collection"])
+        for collection, seconds in sorted(self._lag_s().items()):
+            lag.add_metric([collection], seconds)
+        yield lag

@@ -1,0 +1,207 @@
+"""The HTTP API end to end: POST /broadcast to real clients, every error, health, metrics, CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+
+import pytest
+
+SERVICE_TOKEN = "service-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+pytestmark = pytest.mark.env(BROADCAST_TOKEN=SERVICE_TOKEN)
+
+
+async def post(http, body, headers=None, **kwargs):
+    response = await http.post("/broadcast", json=body, headers={**AUTH, **(headers or {})},
+                               **kwargs)
+    return response.status, await response.json()
+
+
+async def until_everyone_has(people, marker: str) -> None:
+    """Wait for a final broadcast every client is sent: events of one socket arrive in order,
+    so whatever was sent to a client before it has arrived too."""
+    for client in people:
+        while (await client.next_event("notification"))["title"] != marker:
+            pass
+
+
+def titles(client) -> list[str]:
+    return [p["title"] for name, p in client.log if name == "notification"]
+
+
+async def test_a_broadcast_reaches_exactly_its_rooms_and_users(http, connect, client_kind):
+    customer = await connect(client_kind, sub="c1")
+    bystander = await connect(client_kind, sub="c2")
+    staff = await connect(client_kind, sub="st1", role="staff", shops=["s1"])
+    assert (await staff.call("join_room", {"roomId": "shop-s1"}))["ok"]
+
+    status, body = await post(http, {"event": "notification", "data": {"title": "hello"},
+                                     "rooms": ["shop-s1"], "users": ["c1"]})
+    assert status == 202
+    assert body["rooms"] == ["shop-s1", "user-c1"] and body["eventId"].isdigit()
+    got = await customer.next_event("notification")
+    assert got == {"title": "hello", "eventId": body["eventId"], "timestamp": got["timestamp"]}
+    assert (await staff.next_event("notification"))["eventId"] == body["eventId"]
+
+    await post(http, {"event": "notification", "data": {"title": "end"},
+                      "users": ["c1", "c2", "st1"]})
+    await until_everyone_has([customer, bystander, staff], "end")
+    assert titles(bystander) == ["end"]
+
+
+async def test_an_idempotent_retry_returns_the_first_answer_and_emits_once(http, connect):
+    customer = await connect(sub="c1")
+    body = {"event": "payout_update", "data": {"amount": 10}, "users": ["c1"]}
+    first = await post(http, body, {"Idempotency-Key": "payout-42"})
+    again = await post(http, body, {"Idempotency-Key": "payout-42"})
+    assert first[0] == again[0] == 202 and first[1] == again[1]
+    conflict = await post(http, {**body, "data": {"amount": 11}}, {"Idempotency-Key": "payout-42"})
+    assert conflict == (422, {"error": {"code": "idempotency_conflict",
+                                        "message": conflict[1]["error"]["message"]}})
+    await post(http, {"event": "notification", "data": {"title": "end"}, "users": ["c1"]})
+    await customer.next_event("notification")
+    assert [p["eventId"] for n, p in customer.log if n == "payout_update"] == [first[1]["eventId"]]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"data": {}, "users": ["c1"]}, "event"),
+    ({"event": "notification", "users": ["c1"]}, "data"),
+    ({"event": "notification", "data": [], "users": ["c1"]}, "data"),
+    ({"event": "notification", "data": {}}, "_schema"),
+    ({"event": "notification", "data": {}, "rooms": ["lobby"]}, "rooms"),
+    ({"event": "notification", "data": {}, "users": ["a b"]}, "users"),
+    ({"event": "reservation_update", "data": {}, "users": ["c1"]}, "event"),
+    ({"event": "auth_success", "data": {}, "users": ["c1"]}, "event"),
+    ({"event": "notification", "data": {}, "users": ["c1"], "extra": 1}, "extra"),
+    ("just a string", "_schema"),
+])
+async def test_invalid_broadcasts_are_400_with_field_errors(http, body, field):
+    status, answer = await post(http, body)
+    assert status == 400
+    assert answer["error"]["code"] == "invalid_payload"
+    assert field in answer["error"]["details"]
+
+
+async def test_the_http_error_statuses(http):
+    body = {"event": "notification", "data": {}, "users": ["c1"]}
+    no_token = await http.post("/broadcast", json=body)
+    assert no_token.status == 401
+    assert (await no_token.json())["error"]["code"] == "unauthenticated"
+    wrong = await http.post("/broadcast", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    text = await http.post("/broadcast", data="hello", headers={**AUTH,
+                                                                "Content-Type": "text/plain"})
+    assert text.status == 415
+    assert (await text.json())["error"]["code"] == "unsupported_media_type"
+    broken = await http.post("/broadcast", data="{oops", headers={
+        **AUTH, "Content-Type": "application/json"})
+    assert broken.status == 400 and (await broken.json())["error"]["code"] == "invalid_payload"
+    unknown = await http.get("/nowhere")
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_found"
+    status_without_token = await http.get("/status")
+    assert status_without_token.status == 401
+
+
+@pytest.mark.env(MAX_PAYLOAD_BYTES="2048")
+async def test_a_body_over_the_limit_is_413(http):
+    status, answer = await post(http, {"event": "notification", "data": {"x": "y" * 4096},
+                                       "users": ["c1"]})
+    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.env(BROADCAST_TOKEN="")
+async def test_without_a_configured_token_every_call_is_403(http):
+    for token in ("", SERVICE_TOKEN):
+        response = await http.post("/broadcast", json={}, headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 403
+        assert (await response.json())["error"]["code"] == "forbidden"
+    assert (await http.get("/status", headers=AUTH)).status == 403
+
+
+async def test_health_status_and_metrics_count_what_happened(http, connect):
+    assert (await (await http.get("/health")).json()) == {"status": "ok"}
+    ready = await http.get("/ready")
+    assert ready.status == 200
+    assert (await ready.json()) == {"status": "ready", "checks": {"store": "ok", "watcher": "ok"}}
+    await connect(sub="c1")
+    await connect(sub="st1", role="staff", shops=["s1"])
+    await post(http, {"event": "notification", "data": {"t": 1}, "users": ["c1"]})
+    await http.post("/broadcast", json={})  # 401
+    status = await (await http.get("/status", headers=AUTH)).json()
+    assert status["connections"] == 2 and status["authenticated"] == 2 and status["users"] == 2
+    assert status["rooms"] == {"user-c1": 1, "user-st1": 1}
+    assert status["watcher"]["running"] is True
+    assert status["eventsEmitted"] == {"notification": 1}
+    assert status["uptimeSeconds"] >= 0 and status["version"]
+    metrics = await (await http.get("/metrics")).text()
+    assert 'realtime_broadcast_requests_total{status="202"} 1.0' in metrics
+    assert 'realtime_broadcast_requests_total{status="401"} 1.0' in metrics
+    assert 'realtime_events_emitted_total{event="notification"} 1.0' in metrics
+    assert "realtime_connections 2.0" in metrics
+
+
+async def test_metrics_count_auth_failures(http, clients, raw_token):
+    client = clients()
+    await client.connect()
+    await client.call("authenticate", {"token": "bad"})
+    metrics = await (await http.get("/metrics")).text()
+    assert 'realtime_auth_failures_total{code="invalid_token"} 1.0' in metrics
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+REDIS_PORT = free_port()
+
+
+@pytest.mark.env(REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0")
+async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(http, gateway):
+    down = await http.get("/ready")
+    assert down.status == 503
+    error = (await down.json())["error"]
+    assert error["code"] == "unavailable" and error["message"] == "not ready: redis"
+    assert error["details"]["store"] == "ok" and error["details"]["redis"].startswith("down")
+    redis = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        async def until_ready():
+            while (await http.get("/ready")).status != 200:
+                pass  # each probe waits on the network; redis is starting
+
+        await asyncio.wait_for(until_ready(), 20)
+    finally:
+        redis.terminate()
+        redis.wait()
+
+
+async def test_ready_is_503_when_the_watcher_stops(http, gateway):
+    gateway.feed_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gateway.feed_task
+    answer = await http.get("/ready")
+    assert answer.status == 503
+    assert (await answer.json())["error"]["details"]["watcher"] == "not running"
+
+
+@pytest.mark.env(CORS_ORIGINS="https://app.example")
+async def test_cors_allows_only_the_configured_origins(http):
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "Authorization, Content-Type"}
+    allowed = await http.options("/broadcast", headers={"Origin": "https://app.example",
+                                                        **preflight})
+    assert allowed.status == 200
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    refused = await http.options("/broadcast", headers={"Origin": "https://evil.example",
+                                                        **preflight})
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    handshake = "/socket.io/?EIO=4&transport=polling"
+    ok = await http.get(handshake, headers={"Origin": "https://app.example"})
+    assert ok.status == 200
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert (await http.get(handshake, headers={"Origin": "https://evil.example"})).status == 400

@@ -36,7 +36,8 @@ def make_store(settings: Settings) -> Store:
         return MongoStore(settings.mongodb_url, settings.mongodb_db, settings.event_retention_s)
     from storage.sqlite import SqliteStore
 
-    return SqliteStore(settings.store_path, poll_ms=settings.watcher_poll_ms)
+    return SqliteStore(settings.store_path, poll_ms=settings.watcher_poll_ms,
+                       retention_s=settings.event_retention_s)
 
 
 def make_socketio_server(settings: Settings) -> socketio.AsyncServer:

@@ -70,9 +70,7 @@ class Settings:
     event_retention_s: float = 7 * 24 * 3600.0
     idempotency_ttl_s: float = 24 * 3600.0
     watcher_poll_ms: int = 50
-    lease_ttl_s: float = 15.0
     shutdown_timeout_s: float = 10.0
-    client_backlog_max: int = 1000
 
     @property
     def uses_mongodb(self) -> bool:
@@ -193,20 +191,15 @@ class SettingsSchema(Schema):
     broadcast_events = _env(_CommaList(), "BROADCAST_EVENTS",
                             "extra event names POST /broadcast may send", "none")
     event_retention_s = _env(fields.Float(validate=_positive), "EVENT_RETENTION",
-                             "seconds the event log keeps events for replay", "604800 (7 days)")
+                             "seconds the event log (and the embedded store's change log) keeps "
+                             "entries", "604800 (7 days)")
     idempotency_ttl_s = _env(fields.Float(validate=_positive), "IDEMPOTENCY_TTL",
                              "seconds an Idempotency-Key is remembered", "86400")
     watcher_poll_ms = _env(fields.Integer(strict=False, validate=validate.Range(1, 10_000)),
                            "WATCHER_POLL_MS",
                            "how often the embedded store's change log is read", "50")
-    lease_ttl_s = _env(fields.Float(validate=_positive), "LEASE_TTL",
-                       "seconds the watcher lease lasts unless renewed", "15")
     shutdown_timeout_s = _env(fields.Float(validate=_positive), "SHUTDOWN_TIMEOUT",
                               "seconds a graceful shutdown may take", "10")
-    client_backlog_max = _env(fields.Integer(strict=False, validate=validate.Range(min=10)),
-                              "CLIENT_BACKLOG_MAX",
-                              "packets queued for one slow client before its transport is closed",
-                              "1000")
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> Settings:

@@ -48,6 +48,8 @@ class Emitter:
                 continue
             await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
             self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
+            logger.debug("event emitted", extra={"event": event.name, "event_id": event.event_id,
+                                                 "rooms": list(event.rooms)})
         return stored
 
     async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:

@@ -94,9 +94,14 @@ def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
 class SqliteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str, database_name: str = "embedded", poll_ms: int = 50):
+    PRUNE_EVERY = 500  # appends between two prunings of the logs
+
+    def __init__(self, path: str, database_name: str = "embedded", poll_ms: int = 50,
+                 retention_s: float = 7 * 86400):
         self._path = path
         self._poll_s = poll_ms / 1000
+        self._retention_ms = int(retention_s * 1000)
+        self._appends = 0
         self._database_name = database_name
         self._db: aiosqlite.Connection | None = None
         # one connection: its transactions must not interleave between coroutines
@@ -114,9 +119,22 @@ class SqliteStore(Store):
             await self._db.execute("PRAGMA journal_mode = WAL")
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._db.executescript(SCHEMA)
+            await self.prune()
         except Exception as exc:  # sqlite3.Error, OSError
             raise StoreError(f"cannot open {self._path}: {exc}") from exc
 
+    async def prune(self) -> None:
+        """Forget events and changes older than the retention window. A consumer whose token
+        is older than what is left then gets `ChangeHistoryLost`, as with MongoDB's oplog."""
+        horizon_ms = int(time.time() * 1000) - self._retention_ms
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM event_rooms WHERE seq IN (SELECT seq FROM events WHERE created_ms < ?)",
+                (horizon_ms,))
+            await db.execute("DELETE FROM events WHERE created_ms < ?", (horizon_ms,))
+            # keep the newest change: it carries the sequence a fresh stream starts from
+            await db.execute("DELETE FROM changes WHERE wall_time_ms < ? AND seq < "
+                             "(SELECT MAX(seq) FROM changes)", (horizon_ms,))
     async def close(self) -> None:
         if self._db is not None:
             await self._db.close()
@@ -295,6 +313,10 @@ class SqliteStore(Store):
                                      [(room, row[0]) for room in event.rooms])
                 stored.append(StoredEvent(event_id(row[0]), now_ms, event.name, event.payload,
                                           tuple(event.rooms)))
+        self._appends += len(events)
+        if self._appends >= self.PRUNE_EVERY:
+            self._appends = 0
+            await self.prune()
         return stored
 
     async def find_event(self, source: str) -> StoredEvent | None:

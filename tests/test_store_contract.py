@@ -186,3 +186,23 @@ async def test_idempotency_keys_are_remembered_for_their_time(store):
     assert await store.recall_request("k1") == ("hash-a", {"eventId": "0000000000000001"})
     await store.remember_request("k2", "hash", {"eventId": "x"}, ttl_s=-1)  # already expired
     assert await store.recall_request("k2") is None
+
+
+async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_path):
+    store = SqliteStore(str(tmp_path / "retention.db"), poll_ms=10, retention_s=-1)  # all old
+    await store.open()
+    try:
+        stream = await store.watch(["bookings"], None)
+        token = stream.resume_token
+        await store.insert_document("bookings", {"n": 1})
+        await store.insert_document("bookings", {"n": 2})
+        await store.append_events([NewEvent("notification", {}, ("user-u",), "s1")])
+        await store.prune()
+        assert await store.find_event("s1") is None
+        with pytest.raises(ChangeHistoryLost):  # the change after `token` is gone
+            await store.watch(["bookings"], token)
+        fresh = await store.watch(["bookings"], None)  # from now still works
+        await store.insert_document("bookings", {"n": 3})
+        assert (await next_change(fresh)).document["n"] == 3
+    finally:
+        await store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -165,11 +166,22 @@ def _serve(settings: Settings, demo: bool = False) -> int:
     return 0
 
 
+# A full garbage-collector pass walks every live object, and a gateway holds many long-lived
+# ones (each connection's socket, queues and tasks): with the default thresholds such a pass
+# ran every second or so under load and stalled every delivery for 50-100 ms (bench/). What
+# start-up made is frozen out of those passes, and the young generation is collected less
+# often, so full passes become rare.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 async def _run(settings: Settings, demo: bool) -> None:
     app = create_app(settings, demo=demo)
     runner = web.AppRunner(app, handle_signals=False,
                            shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     host, port = runner.addresses[0][:2]

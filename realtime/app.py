@@ -102,6 +102,8 @@ def create_app(settings: Settings, store: Store | None = None,
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.open()
+    if hasattr(gateway.store, "checkpoint_in_background"):
+        await gateway.store.checkpoint_in_background()
     logger.info("store open", extra={"store": gateway.store.describe()})
     yield
     await gateway.sessions.shutdown()

@@ -69,7 +69,7 @@ class Settings:
     broadcast_events: tuple[str, ...] = ()
     event_retention_s: float = 7 * 24 * 3600.0
     idempotency_ttl_s: float = 24 * 3600.0
-    watcher_poll_ms: int = 50
+    watcher_poll_ms: int = 10
     shutdown_timeout_s: float = 10.0
 
     @property
@@ -197,7 +197,7 @@ class SettingsSchema(Schema):
                              "seconds an Idempotency-Key is remembered", "86400")
     watcher_poll_ms = _env(fields.Integer(strict=False, validate=validate.Range(1, 10_000)),
                            "WATCHER_POLL_MS",
-                           "how often the embedded store's change log is read", "50")
+                           "how often the embedded store's change log is read while idle", "10")
     shutdown_timeout_s = _env(fields.Float(validate=_positive), "SHUTDOWN_TIMEOUT",
                               "seconds a graceful shutdown may take", "10")
 

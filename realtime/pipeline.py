@@ -16,7 +16,7 @@ import socketio
 from realtime import events
 from realtime.auth import iso_timestamp
 from realtime.mapping import DocumentMapping
-from storage.base import Change, NewEvent, Store, StoredEvent
+from storage.base import Change, Checkpoint, NewEvent, Store, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ class Emitter:
         self._store = store
         self.emitted: dict[str, int] = {}
 
-    async def publish(self, new_events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+    async def publish(self, new_events: Sequence[NewEvent],
+                      checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
         """Log, then emit, these events in order; an already logged source is not emitted
-        again (None in its place)."""
-        stored = await self._store.append_events(new_events)
+        again (None in its place). A checkpoint is saved with the log entries."""
+        stored = await self._store.append_events(new_events, checkpoint)
         for event in stored:
             if event is None:
                 continue
@@ -68,15 +69,17 @@ class ChangePublisher:
         self._mapping = mapping
         self._emitter = emitter
 
-    async def __call__(self, change: Change) -> None:
+    async def __call__(self, change: Change, checkpoint: Checkpoint) -> bool:
+        """Publish the change's events; True when the checkpoint was saved with them."""
         outgoing = self._mapping.events_for_change(change)
         if not outgoing:
-            return
+            return False
         token = _token_text(change.token)
         await self._emitter.publish([
             NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
             for position, event in enumerate(outgoing)
-        ])
+        ], checkpoint)
+        return True
 
 
 def _token_text(token: Any) -> str:

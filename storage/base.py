@@ -78,6 +78,14 @@ class ChangeStream(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """Where the change consumer `name` resumes, saved with the events of that change."""
+
+    name: str
+    token: ResumeToken
+
+
+@dataclasses.dataclass(frozen=True)
 class NewEvent:
     """A data event about to be logged and emitted."""
 
@@ -161,9 +169,11 @@ class Store(abc.ABC):
 
     # -- event log ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def append_events(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
-        """Log these events in one transaction, each taking the next id of the one sequence.
-        An event whose source is already logged is not logged again: None in its place."""
+    async def append_events(self, events: Sequence[NewEvent],
+                            checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+        """Log these events, each taking the next id of the one sequence, and save the
+        checkpoint's resume token with them (in the same transaction where the store has
+        them). An event whose source is already logged is not logged again: None in its place."""
 
     @abc.abstractmethod
     async def find_event(self, source: str) -> StoredEvent | None:

@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
-from storage.base import Change, ChangeHistoryLost, ChangeStream, Store, StoreError
+from storage.base import Change, ChangeHistoryLost, ChangeStream, Checkpoint, Store, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,14 @@ class ChangeFeed:
     """Feeds every change of `collections` to `handle`, exactly once across restarts.
 
     The token is saved after each handled change and whenever the stream advances while idle.
-    `handle` may raise `StoreError` (its own store is down): the change is then retried from
-    the saved token after a backoff; any other exception is logged and the change skipped.
+    `handle(change, checkpoint)` returns True when it saved the checkpoint itself (with the
+    change's events, in one transaction); otherwise the feed saves it. `handle` may raise
+    `StoreError` (its own store is down): the change is then retried from the saved token after
+    a backoff; any other exception is logged and the change skipped.
     """
 
     def __init__(self, store: Store, collections: Sequence[str],
-                 handle: Callable[[Change], Awaitable[None]],
+                 handle: Callable[[Change, Checkpoint], Awaitable[bool]],
                  on_history_lost: Callable[[str], Awaitable[None]],
                  name: str = "changes", backoff: Backoff | None = None,
                  clock: Callable[[], dt.datetime] | None = None):
@@ -114,15 +116,20 @@ class ChangeFeed:
                 await self._invalidated(change)
                 return
             self._measure(change)
+            checkpoint = Checkpoint(self.name, stream.resume_token or change.token)
+            saved = False
             try:
-                await self._handle(change)
+                saved = await self._handle(change, checkpoint)
             except (asyncio.CancelledError, StoreError):
                 raise
             except Exception:
                 logger.exception("change skipped", extra={
                     "feed": self.name, "collection": change.collection,
                     "document_id": str(change.document_id)})
-            await self._save(stream.resume_token or change.token)
+            if saved:
+                self._saved_token = checkpoint.token
+            else:
+                await self._save(checkpoint.token)
             self._backoff.reset()
             async with self._progress:
                 self.changes_handled += 1

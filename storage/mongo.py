@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from storage.base import (
     ChangeHistoryLost,
     ChangeStream,
+    Checkpoint,
     NewEvent,
     ResumeToken,
     Store,
@@ -167,7 +168,14 @@ class MongoStore(Store):
             raise translate_error(exc) from exc
 
     # -- event log ---------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+    async def append_events(self, events: Sequence[NewEvent],
+                            checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+        stored = await self._append(events)
+        if checkpoint is not None:
+            await self.save_resume_token(checkpoint.name, checkpoint.token)
+        return stored
+
+    async def _append(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
         try:
             known = {doc["source"] async for doc in self.db[EVENTS].find(
                 {"source": {"$in": [e.source for e in events]}}, {"source": 1})}

@@ -74,10 +74,11 @@ class ScriptedStore:
 
 
 def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
-    async def handle(change):
+    async def handle(change, checkpoint):
         if fail_on and change.document_id in fail_on:
             raise fail_on.pop(change.document_id)
         handled.append(change.document_id)
+        return False  # the feed saves the token
 
     async def resync(reason):
         resyncs.append(reason)

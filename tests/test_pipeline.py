@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -152,8 +153,8 @@ async def test_a_restart_emits_every_change_once(aiohttp_server, settings, conne
     store = gateway.store
     # from the rewound token: two changes seen before, two new ones
     await asyncio.wait_for(gateway.feed.wait_handled(4), 10)
-    async with store.db.execute("SELECT source, seq FROM events ORDER BY seq") as cursor:
-        rows = await cursor.fetchall()
+    with sqlite3.connect(settings.store_path) as db:
+        rows = db.execute("SELECT source, seq FROM events ORDER BY seq").fetchall()
     sources = [source for source, _ in rows]
     assert len(sources) == len(set(sources)) == 8
     assert gateway.emitter.emitted == {"reservation_update": 2}  # only the two new changes

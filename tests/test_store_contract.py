@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from storage.base import Change, ChangeHistoryLost, NewEvent, event_sequence
+from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent, event_sequence
 from storage.mongo import MongoStore
 from storage.sqlite import SqliteStore
 
@@ -206,3 +206,10 @@ async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_p
         assert (await next_change(fresh)).document["n"] == 3
     finally:
         await store.close()
+
+
+async def test_a_checkpoint_is_saved_with_the_events(store):
+    token = {"_data": "00000000000000aa"}
+    await store.append_events([NewEvent("notification", {}, ("user-u",), "change:aa:0")],
+                              Checkpoint("feed", token))
+    assert await store.load_resume_token("feed") == token

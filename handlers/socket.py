@@ -77,7 +77,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
             handshake = events.load(_HANDSHAKE, auth)
             if not handshake.get("token"):
                 return  # accepted unauthenticated: `authenticate` must follow in time
-            payload = await self._sessions.authenticate(sid, handshake["token"])
+            payload = await self._sessions.authenticate(sid, handshake["token"],
+                                                        handshake.get("lastEventId"))
         except GatewayError as error:
             self._sessions.closed(sid)
             logger.info("handshake refused", extra={"sid": sid, "code": error.code})
@@ -93,8 +94,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
 
     async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_JOIN, data)
-        room = await self._sessions.join(sid, body["roomId"])
-        return {"ok": True, "roomId": room, "replayed": 0, "lastEventId": None}
+        answer = await self._sessions.join(sid, body["roomId"], body.get("lastEventId"))
+        return {"ok": True, **answer}
 
     async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_LEAVE, data)

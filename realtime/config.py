@@ -69,6 +69,7 @@ class Settings:
     broadcast_events: tuple[str, ...] = ()
     event_retention_s: float = 7 * 24 * 3600.0
     idempotency_ttl_s: float = 24 * 3600.0
+    replay_max_events: int = 10_000
     watcher_poll_ms: int = 10
     shutdown_timeout_s: float = 10.0
 
@@ -193,6 +194,10 @@ class SettingsSchema(Schema):
     event_retention_s = _env(fields.Float(validate=_positive), "EVENT_RETENTION",
                              "seconds the event log (and the embedded store's change log) keeps "
                              "entries", "604800 (7 days)")
+    replay_max_events = _env(fields.Integer(strict=False, validate=validate.Range(min=1)),
+                             "REPLAY_MAX_EVENTS",
+                             "most events replayed on one join; past it the answer says gap: true",
+                             "10000")
     idempotency_ttl_s = _env(fields.Float(validate=_positive), "IDEMPOTENCY_TTL",
                              "seconds an Idempotency-Key is remembered", "86400")
     watcher_poll_ms = _env(fields.Integer(strict=False, validate=validate.Range(1, 10_000)),

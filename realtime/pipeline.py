@@ -7,8 +7,10 @@ which gives each its `eventId` from one ordered sequence and refuses a source it
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import socketio
@@ -16,7 +18,16 @@ import socketio
 from realtime import events
 from realtime.auth import iso_timestamp
 from realtime.mapping import DocumentMapping
-from storage.base import Change, Checkpoint, NewEvent, Store, StoredEvent
+from realtime.errors import GatewayError
+from storage.base import (
+    Change,
+    Checkpoint,
+    NewEvent,
+    Store,
+    StoredEvent,
+    event_id,
+    event_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,27 +42,88 @@ def wire_payload(stored: StoredEvent) -> dict[str, Any]:
             "timestamp": iso_timestamp(stored.timestamp_ms / 1000)}
 
 
+REPLAY_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    replayed: int  # events sent before the socket entered the room
+    last_event_id: str | None  # the room's newest event id when it entered
+    gap: bool  # events after the client's id are gone (retention) or too many to replay
+
+
 class Emitter:
     """Logs and sends data events to rooms; sends control events to sockets."""
 
-    def __init__(self, sio: socketio.AsyncServer, store: Store):
+    def __init__(self, sio: socketio.AsyncServer, store: Store, replay_max: int = 10_000):
         self._sio = sio
         self._store = store
+        self._replay_max = replay_max
+        # Held while events are logged and emitted, and while a replaying socket catches up
+        # and enters its room: so ids go out in order and nothing slips between the two.
+        self._lock = asyncio.Lock()
         self.emitted: dict[str, int] = {}
 
     async def publish(self, new_events: Sequence[NewEvent],
                       checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
         """Log, then emit, these events in order; an already logged source is not emitted
         again (None in its place). A checkpoint is saved with the log entries."""
-        stored = await self._store.append_events(new_events, checkpoint)
-        for event in stored:
-            if event is None:
-                continue
-            await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
-            self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
-            logger.debug("event emitted", extra={"event": event.name, "event_id": event.event_id,
-                                                 "rooms": list(event.rooms)})
+        async with self._lock:
+            stored = await self._store.append_events(new_events, checkpoint)
+            for event in stored:
+                if event is None:
+                    continue
+                await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
+                self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
+                logger.debug("event emitted", extra={"event": event.name,
+                                                     "event_id": event.event_id,
+                                                     "rooms": list(event.rooms)})
         return stored
+
+    async def enter_with_replay(self, sid: str, room: str, last_event_id: str | None,
+                                enter: Callable[[], Awaitable[None]]) -> Replay:
+        """Send the socket the room's events after `last_event_id`, oldest first, then
+        `enter()` the room: replayed and live events arrive in order, none twice, none missed.
+
+        Most of the replay runs while events keep flowing to others; only the last catch-up
+        and the entering hold the publish lock.
+        """
+        if last_event_id is None:
+            async with self._lock:
+                await enter()
+                _, newest = await self._store.event_bounds(room)
+            return Replay(0, event_id(newest) if newest else None, False)
+        try:
+            cursor = event_sequence(last_event_id)
+        except ValueError:
+            raise GatewayError("invalid_payload", "lastEventId is not an event id of this "
+                               "gateway", details={"lastEventId": ["not an event id"]}) from None
+        oldest, _ = await self._store.event_bounds(room)
+        gap = oldest is not None and cursor < oldest - 1
+        replayed = 0
+        while replayed < self._replay_max:
+            batch = await self._store.room_events(
+                room, cursor, min(REPLAY_BATCH, self._replay_max - replayed))
+            cursor, replayed = await self._send(sid, batch, cursor, replayed)
+            if len(batch) < REPLAY_BATCH:
+                break
+        async with self._lock:
+            if replayed < self._replay_max:
+                batch = await self._store.room_events(room, cursor, self._replay_max - replayed)
+                cursor, replayed = await self._send(sid, batch, cursor, replayed)
+            # more than can be replayed: the client must refetch
+            gap = gap or bool(await self._store.room_events(room, cursor, 1))
+            await enter()
+            _, newest = await self._store.event_bounds(room)
+        return Replay(replayed, event_id(newest) if newest else None, gap)
+
+    async def _send(self, sid: str, batch: list[StoredEvent], cursor: int,
+                    replayed: int) -> tuple[int, int]:
+        for event in batch:
+            await self._sio.emit(event.name, wire_payload(event), to=sid)
+        if batch:
+            cursor = event_sequence(batch[-1].event_id)
+        return cursor, replayed + len(batch)
 
     async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
         """A control event (auth_*, error, rooms_revoked) to one socket; never logged."""

@@ -22,9 +22,18 @@ from realtime.config import Settings
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
 from realtime.pipeline import Emitter
-from realtime.rooms import RoomPolicy, home_rooms, parse_room
+from storage.base import event_sequence
+from realtime.rooms import RoomPolicy, home_rooms, parse_room, user_room
 
 logger = logging.getLogger(__name__)
+
+
+def _is_event_id(value: str) -> bool:
+    try:
+        event_sequence(value)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass
@@ -34,6 +43,7 @@ class SocketSession:
     principal: Principal | None = None
     rooms: set[str] = dataclasses.field(default_factory=set)
     deadline: asyncio.TimerHandle | None = None
+    replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
@@ -89,16 +99,22 @@ class Sessions:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- authentication ----------------------------------------------------------------------
-    async def authenticate(self, sid: str, token: Any) -> dict[str, Any]:
+    async def authenticate(self, sid: str, token: Any,
+                           last_event_id: str | None = None) -> dict[str, Any]:
         """Verify `token` for this socket and put it in its home rooms.
 
         Returns the `auth_success` payload; the caller sends it with `announce`. A token for
         another user than the socket's current one is refused (`identity_changed`) and the
-        current identity stays, as it does for any other refused refresh.
+        current identity stays, as it does for any other refused refresh. With
+        `last_event_id` (a handshake's), the user's room is entered by `announce`, after the
+        events it missed are replayed.
         """
         session = self.get(sid)
         current = session.principal
         try:
+            if last_event_id is not None and not _is_event_id(last_event_id):
+                raise GatewayError("invalid_payload", "lastEventId is not an event id of this "
+                                   "gateway", details={"lastEventId": ["not an event id"]})
             principal = self._verifier.verify(token)
             if current is not None and current.user_id != principal.user_id:
                 raise GatewayError("identity_changed",
@@ -110,8 +126,10 @@ class Sessions:
         session.cancel_deadline()
         session.principal = principal
         revoked = await self._revoke_disallowed(session) if current is not None else []
+        session.replay_from = last_event_id
         for room in home_rooms(principal):
-            await self._enter(session, room)
+            if last_event_id is None or room != user_room(principal.user_id):
+                await self._enter(session, room)
         if revoked:
             await self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
         logger.info("authenticated", extra={"sid": sid, "user_id": principal.user_id,
@@ -119,16 +137,23 @@ class Sessions:
         return {
             "userId": principal.user_id,
             "role": principal.role,
-            "rooms": sorted(session.rooms),
+            "rooms": sorted({*session.rooms, *home_rooms(principal)}),
             "expiresAt": principal.expires_at_iso(),
         }
 
     async def announce(self, sid: str, payload: dict[str, Any]) -> None:
-        """Send `auth_success`, then arm the token's expiry deadlines (after, so a token that is
-        already close to `exp` gets `auth_expiring` after `auth_success`, not before)."""
+        """Replay what a handshake's lastEventId missed, send `auth_success`, then arm the
+        token's expiry deadlines (after, so a token that is already close to `exp` gets
+        `auth_expiring` after `auth_success`, not before)."""
         session = self._sessions.get(sid)
         if session is None or session.principal is None:
             return
+        if session.replay_from is not None:
+            room = user_room(session.principal.user_id)
+            replay = await self._emitter.enter_with_replay(
+                sid, room, session.replay_from, lambda: self._enter(session, room))
+            session.replay_from = None
+            payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
         await self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
 
@@ -192,14 +217,23 @@ class Sessions:
             raise GatewayError("unauthenticated", "authenticate first")
         return principal
 
-    async def join(self, sid: str, room_id: str) -> str:
-        """Authorise and join; returns the room's name."""
+    async def join(self, sid: str, room_id: str,
+                   last_event_id: str | None = None) -> dict[str, Any]:
+        """Authorise and join, first replaying the room's events after `last_event_id`;
+        returns the acknowledgement's fields."""
         principal = self.principal_of(sid)
         room = parse_room(room_id)
         await self._policy.authorize(principal, room)
-        await self._enter(self.get(sid), room.name)
-        logger.info("room joined", extra={"sid": sid, "room": room.name})
-        return room.name
+        session = self.get(sid)
+        replay = await self._emitter.enter_with_replay(
+            sid, room.name, last_event_id, lambda: self._enter(session, room.name))
+        logger.info("room joined", extra={"sid": sid, "room": room.name,
+                                          "replayed": replay.replayed})
+        answer = {"roomId": room.name, "replayed": replay.replayed,
+                  "lastEventId": replay.last_event_id}
+        if last_event_id is not None:
+            answer["gap"] = replay.gap
+        return answer
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)

@@ -179,6 +179,14 @@ class Store(abc.ABC):
     async def find_event(self, source: str) -> StoredEvent | None:
         """The logged event with this source, or None."""
 
+    @abc.abstractmethod
+    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+        """The logged events addressed to `room` after this sequence, oldest first."""
+
+    @abc.abstractmethod
+    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
+        """(the oldest sequence still in the whole log, the newest sequence of `room`)."""
+
     # -- idempotency keys --------------------------------------------------------------------
     @abc.abstractmethod
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:

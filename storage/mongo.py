@@ -209,8 +209,27 @@ class MongoStore(Store):
             doc = await self.db[EVENTS].find_one({"source": source})
         except PyMongoError as exc:
             raise translate_error(exc) from exc
-        if doc is None:
-            return None
+        return self._stored(doc) if doc is not None else None
+
+    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+        try:
+            cursor = self.db[EVENTS].find({"rooms": room, "_id": {"$gt": after_sequence}}) \
+                .sort("_id", ASCENDING).limit(limit)
+            return [self._stored(doc) async for doc in cursor]
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+
+    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
+        try:
+            oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
+            newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1},
+                                                    sort=[("_id", -1)])
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+        return (oldest["_id"] if oldest else None, newest["_id"] if newest else None)
+
+    @staticmethod
+    def _stored(doc: Mapping[str, Any]) -> StoredEvent:
         created_ms = int(doc["created"].timestamp() * 1000)
         return StoredEvent(event_id(doc["_id"]), created_ms, doc["name"], doc["payload"],
                            tuple(doc["rooms"]))

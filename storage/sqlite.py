@@ -190,13 +190,15 @@ class SqliteStore(Store):
             raise
         db.execute("COMMIT")
 
-    async def prune(self) -> None:
-        """Forget events and changes older than the retention window. A consumer whose token
-        is older than what is left then gets `ChangeHistoryLost`, as with MongoDB's oplog."""
-        await self._run(self._prune)
+    async def prune(self, before_ms: int | None = None) -> None:
+        """Forget events and changes older than the retention window (or `before_ms`). A
+        consumer whose token is older than what is left then gets `ChangeHistoryLost`, and a
+        replay from an older event id reports a gap, as with MongoDB's oplog and TTL index."""
+        await self._run(self._prune, before_ms)
 
-    def _prune(self) -> None:
-        horizon_ms = int(time.time() * 1000) - self._retention_ms
+    def _prune(self, before_ms: int | None = None) -> None:
+        horizon_ms = before_ms if before_ms is not None else \
+            int(time.time() * 1000) - self._retention_ms
         with self._transaction() as db:
             db.execute("DELETE FROM event_rooms WHERE seq IN"
                        " (SELECT seq FROM events WHERE created_ms < ?)", (horizon_ms,))
@@ -397,6 +399,24 @@ class SqliteStore(Store):
         seq, created_ms, name, payload, rooms = row
         return StoredEvent(event_id(seq), created_ms, name, json.loads(payload),
                            tuple(json.loads(rooms)))
+
+    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+        rows = await self._run(lambda: self.db.execute(
+            "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
+            " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
+            " ORDER BY r.seq LIMIT ?", (room, after_sequence, limit)).fetchall())
+        return [StoredEvent(event_id(seq), created_ms, name, json.loads(payload),
+                            tuple(json.loads(rooms)))
+                for seq, created_ms, name, payload, rooms in rows]
+
+    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
+        def bounds():
+            oldest = self.db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            newest = self.db.execute("SELECT MAX(seq) FROM event_rooms WHERE room = ?",
+                                     (room,)).fetchone()[0]
+            return oldest, newest
+
+        return await self._run(bounds)
 
     # -- idempotency keys --------------------------------------------------------------------
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:

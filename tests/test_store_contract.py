@@ -213,3 +213,17 @@ async def test_a_checkpoint_is_saved_with_the_events(store):
     await store.append_events([NewEvent("notification", {}, ("user-u",), "change:aa:0")],
                               Checkpoint("feed", token))
     assert await store.load_resume_token("feed") == token
+
+
+async def test_events_are_read_back_by_room_in_order(store):
+    logged = await store.append_events([
+        NewEvent("reservation_update", {"n": n}, ("user-c1", f"shop-s{n % 2}"), f"change:r:{n}")
+        for n in range(5)])
+    sequences = [event_sequence(e.event_id) for e in logged]
+    shop0 = await store.room_events("shop-s0", sequences[0] - 1, 10)
+    assert [e.payload["n"] for e in shop0] == [0, 2, 4]
+    assert [e.payload["n"] for e in await store.room_events("user-c1", sequences[1], 2)] == [2, 3]
+    assert await store.room_events("user-nobody", 0, 10) == []
+    oldest, newest = await store.event_bounds("shop-s1")
+    assert oldest == sequences[0] and newest == sequences[3]
+    assert (await store.event_bounds("user-nobody"))[1] is None

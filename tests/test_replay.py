@@ -1,0 +1,126 @@
+"""Replay on reconnect: a client that comes back with its last event id gets, in order, what it
+missed (changes and broadcasts), then live events, with no gap and no duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.clients import Refused
+
+SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
+
+
+async def notify(gateway, user: str, title: str) -> str:
+    answer = await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": title}, "users": [user]}, None)
+    return answer["eventId"]
+
+
+def data_events(client) -> list[tuple[str, dict]]:
+    return [(name, payload) for name, payload in client.log if "eventId" in (payload or {})]
+
+
+async def test_a_handshake_last_event_id_replays_the_user_room(gateway, clients, connect, token,
+                                                                client_kind):
+    first = await connect(client_kind, sub="c1")
+    seen = await notify(gateway, "c1", "before")
+    assert (await first.next_event("notification"))["eventId"] == seen
+    await first.disconnect()
+    await first.wait_disconnected()
+
+    # missed while away: a booking change and a broadcast
+    booking = await gateway.store.insert_document("bookings", {
+        "customerId": "c1", "shopId": "s1", "status": "pending", **SLOT})
+    await asyncio.wait_for(gateway.feed.wait_handled(1), 10)
+    missed_broadcast = await notify(gateway, "c1", "while away")
+
+    again = clients(client_kind)
+    await again.connect({"token": token("c1"), "lastEventId": seen})
+    success = await again.next_event("auth_success")
+    assert success["replayed"] == 2 and success["gap"] is False
+    assert success["rooms"] == ["user-c1"]
+    replayed = data_events(again)
+    assert [name for name, _ in replayed] == ["reservation_update", "notification"]
+    assert replayed[0][1]["reservationId"] == booking
+    assert replayed[1][1]["eventId"] == missed_broadcast
+    assert replayed[0][1]["eventId"] < replayed[1][1]["eventId"]
+    assert again.names().index("auth_success") == len(replayed)  # replay came first
+    live = await notify(gateway, "c1", "live")
+    assert (await again.next_event("notification"))["eventId"] == missed_broadcast
+    assert (await again.next_event("notification"))["eventId"] == live
+
+
+async def test_join_room_replays_before_the_ack_and_gives_a_cursor(gateway, connect, client_kind):
+    staff = await connect(client_kind, sub="st1", role="staff", shops=["s1"])
+    empty = await staff.call("join_room", {"roomId": "shop-s1"})
+    assert empty == {"ok": True, "roomId": "shop-s1", "replayed": 0, "lastEventId": None}
+    first = await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": "one"}, "rooms": ["shop-s1"]}, None)
+    await staff.next_event("notification")
+    assert (await staff.call("leave_room", {"roomId": "shop-s1"}))["ok"]
+    later = [(await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": f"n{n}"}, "rooms": ["shop-s1"]},
+        None))["eventId"] for n in range(3)]
+    answer = await staff.call("join_room", {"roomId": "shop-s1", "lastEventId": first["eventId"]})
+    assert answer == {"ok": True, "roomId": "shop-s1", "replayed": 3, "lastEventId": later[-1],
+                      "gap": False}
+    assert [p["eventId"] for n, p in staff.log if n == "notification"][1:] == later
+
+
+async def test_live_events_during_a_replay_arrive_after_it_without_gap_or_duplicate(
+        gateway, connect):
+    staff = await connect(sub="st1", role="staff", shops=["s1"])
+    start = await notify(gateway, "nobody", "start")
+    for n in range(300):
+        await gateway.broadcaster.broadcast(
+            {"event": "notification", "data": {"title": f"old {n}"}, "rooms": ["shop-s1"]}, None)
+
+    async def keep_publishing():
+        for n in range(100):
+            await gateway.broadcaster.broadcast(
+                {"event": "notification", "data": {"title": f"live {n}"}, "rooms": ["shop-s1"]},
+                None)
+
+    publishing = asyncio.create_task(keep_publishing())
+    answer = await staff.call("join_room", {"roomId": "shop-s1", "lastEventId": start})
+    await publishing
+    end = await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": "end"}, "rooms": ["shop-s1"]}, None)
+    while (await staff.next_event("notification"))["eventId"] != end["eventId"]:
+        pass
+    received = [p["eventId"] for n, p in staff.log if n == "notification"]
+    logged = [e.event_id for e in await gateway.store.room_events("shop-s1", int(start), 1000)]
+    assert received == logged  # every event of the room after `start`, once, in order
+    assert len(received) == 401 and answer["replayed"] >= 300
+
+
+async def test_an_id_older_than_the_retention_window_is_a_gap(gateway, connect):
+    client = await connect(sub="c1")
+    old = await notify(gateway, "c1", "old")
+    await gateway.store.prune(before_ms=int(time.time() * 1000) + 1)  # retention has passed
+    kept = await notify(gateway, "c1", "kept")
+    answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": old})
+    assert answer["gap"] is True and answer["replayed"] == 1 and answer["lastEventId"] == kept
+
+
+@pytest.mark.env(REPLAY_MAX_EVENTS="2")
+async def test_more_than_can_be_replayed_is_a_gap(gateway, connect):
+    client = await connect(sub="c1")
+    start = await notify(gateway, "c1", "start")
+    for n in range(4):
+        await notify(gateway, "c1", f"n{n}")
+    answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": start})
+    assert answer["replayed"] == 2 and answer["gap"] is True
+
+
+async def test_a_malformed_last_event_id_is_refused(clients, connect, token):
+    client = await connect(sub="c1")
+    answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": "yesterday"})
+    assert answer["error"]["code"] == "invalid_payload"
+    refused = clients()
+    with pytest.raises(Refused) as error:
+        await refused.connect({"token": token("c1"), "lastEventId": "yesterday"})
+    assert error.value.data["code"] == "invalid_payload"

@@ -185,10 +185,11 @@ class SqliteStore(Store):
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     async def prune(self, before_ms: int | None = None) -> None:
         """Forget events and changes older than the retention window (or `before_ms`). A

@@ -100,6 +100,7 @@ async def test_live_events_during_a_replay_arrive_after_it_without_gap_or_duplic
 async def test_an_id_older_than_the_retention_window_is_a_gap(gateway, connect):
     client = await connect(sub="c1")
     old = await notify(gateway, "c1", "old")
+    await notify(gateway, "c1", "lost")
     await gateway.store.prune(before_ms=int(time.time() * 1000) + 1)  # retention has passed
     kept = await notify(gateway, "c1", "kept")
     answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": old})

@@ -16,7 +16,7 @@ from realtime.errors import GatewayError
 ROLES = ("customer", "staff", "admin")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
     """Who a verified token says the caller is."""
 

@@ -36,7 +36,7 @@ def _is_event_id(value: str) -> bool:
         return False
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # one per connection: kept small
 class SocketSession:
     sid: str
     connected_at: float

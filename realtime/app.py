@@ -21,7 +21,11 @@ from realtime.metrics import Metrics
 from realtime.pipeline import ChangePublisher, Emitter
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
-from realtime.transport import configure_compression, release_long_polls_on_client_close
+from realtime.transport import (
+    close_all_transports,
+    configure_compression,
+    release_long_polls_on_client_close,
+)
 from storage.base import Store, StoreError
 from storage.changes import ChangeFeed
 
@@ -95,6 +99,7 @@ def create_app(settings: Settings, store: Store | None = None,
     app.cleanup_ctx.append(_feed_lifetime)
     if demo:
         app.cleanup_ctx.append(_demo_lifetime)
+    app.on_shutdown.append(_stop_feed)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -158,5 +163,14 @@ def _log_crash(task: asyncio.Task) -> None:
         logger.error("background task crashed", exc_info=task.exception())
 
 
+async def _stop_feed(app: web.Application) -> None:
+    """First of a graceful shutdown: finish the change in hand and save where to resume."""
+    await app[GATEWAY].feed.stop()
+
+
 async def _close_sockets(app: web.Application) -> None:
-    await app[GATEWAY].sio.shutdown()
+    """Close every client's transport (not a Socket.IO disconnect): clients reconnect, to
+    another instance or to this one restarted, and catch up by replay."""
+    sio = app[GATEWAY].sio
+    await close_all_transports(sio.eio)
+    await sio.shutdown()

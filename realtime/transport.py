@@ -9,6 +9,7 @@ a request without the client's `Sec-WebSocket-Extensions` offer, so nothing is n
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import engineio
@@ -52,3 +53,23 @@ def release_long_polls_on_client_close(eio: engineio.AsyncServer) -> None:
             socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.CLOSE))
 
     eio.on("disconnect", on_disconnect)
+
+
+async def close_transport(eio: engineio.AsyncServer, eio_sid: str) -> None:
+    """Close one client's transport without a Socket.IO disconnect, so that the client
+    reconnects by itself (and catches up by replay).
+
+    A `None` in the socket's queue ends its writer: on WebSocket the socket is then closed, on
+    long-polling the pending GET returns and the next one finds no session. A server-sent
+    CLOSE packet or a Socket.IO DISCONNECT would instead tell clients not to reconnect.
+    """
+    socket = eio.sockets.get(eio_sid)
+    if socket is None or socket.closed:
+        return
+    socket.queue.put_nowait(None)
+    await socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
+
+
+async def close_all_transports(eio: engineio.AsyncServer) -> None:
+    await asyncio.gather(*(close_transport(eio, sid) for sid in list(eio.sockets)),
+                         return_exceptions=True)

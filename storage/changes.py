@@ -7,6 +7,7 @@ handling of lost history are here, shared by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -68,6 +69,9 @@ class ChangeFeed:
         self.last_change_at: dict[str, dt.datetime] = {}
         self.changes_handled = 0
         self._progress = asyncio.Condition()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._interruptible = False  # waiting for a change or a retry: safe to cancel
 
     async def open(self) -> None:
         """Open the stream and persist a starting point, so that changes written from now on
@@ -81,10 +85,11 @@ class ChangeFeed:
         await self._save(self._stream.resume_token)
 
     async def run(self) -> None:
-        """Consume until cancelled."""
+        """Consume until cancelled or stopped."""
+        self._task = asyncio.current_task()
         self.running = True
         try:
-            while True:
+            while not self._stopping:
                 try:
                     if self._stream is None:
                         await self.open()
@@ -100,14 +105,37 @@ class ChangeFeed:
                     logger.warning("change stream interrupted",
                                    extra={"feed": self.name, "error": str(exc),
                                           "retry_in_s": round(delay_s, 3)})
-                    await asyncio.sleep(delay_s)
+                    self._interruptible = True
+                    try:
+                        await asyncio.sleep(delay_s)
+                    finally:
+                        self._interruptible = False
         finally:
             self.running = False
+            if self._stopping and self._stream is not None:
+                with contextlib.suppress(StoreError):
+                    await self._save(self._stream.resume_token)
             await self._close_stream()
 
+    async def stop(self) -> None:
+        """Stop at a change boundary: a change being handled is finished (its events logged
+        and emitted, its token saved); a wait for the next change is cut short."""
+        self._stopping = True
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._interruptible:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def _consume(self, stream: ChangeStream) -> None:
-        while True:
-            event = await stream.try_next()
+        while not self._stopping:
+            self._interruptible = True
+            try:
+                event = await stream.try_next()
+            finally:
+                self._interruptible = False
             if event is None:
                 await self._save(stream.resume_token)
                 continue

@@ -36,16 +36,20 @@ class Client:
 
     kind: str
 
-    def __init__(self, url: str, path: str, transport: str):
+    def __init__(self, url: str, path: str, transport: str, reconnect: bool = False):
         self.url = url
         self.path = path
         self.transport = transport
+        self.reconnect = reconnect  # reconnect by itself, handing over the last event id
+        self.last_event_id: str | None = None
         self.log: list[tuple[str, Any]] = []  # every event received, in order
         self._queues: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
         self.disconnected = asyncio.Event()
         self.disconnect_reason: str | None = None
 
     def _received(self, event: str, payload: Any) -> None:
+        if isinstance(payload, dict) and "eventId" in payload:
+            self.last_event_id = payload["eventId"]
         self.log.append((event, payload))
         self._queues[event].put_nowait(payload)
 
@@ -89,10 +93,11 @@ class Client:
 
 
 class PyClient(Client):
-    def __init__(self, url: str, path: str, transport: str):
-        super().__init__(url, path, transport)
+    def __init__(self, url: str, path: str, transport: str, reconnect: bool = False):
+        super().__init__(url, path, transport, reconnect)
         self.kind = f"py-{transport}"
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.1,
+                                        reconnection_delay_max=0.5)
         self._connect_error: Any = None
         self.sio.on("*", self._on_any)
         self.sio.on("connect_error", self._on_connect_error)
@@ -109,9 +114,14 @@ class PyClient(Client):
         self.disconnected.set()
 
     async def connect(self, auth: dict | None = None) -> None:
+        handshake = auth
+        if self.reconnect:
+            def handshake():  # called again on each reconnection
+                return {**(auth or {}), **({"lastEventId": self.last_event_id}
+                                           if self.last_event_id else {})}
         try:
             await self.sio.connect(self.url, transports=[self.transport],
-                                   socketio_path=self.path, auth=auth, wait_timeout=WAIT_S)
+                                   socketio_path=self.path, auth=handshake, wait_timeout=WAIT_S)
         except socketio.exceptions.ConnectionError as exc:
             error = self._connect_error or {}
             raise Refused(error.get("message", str(exc)), error.get("data")) from None
@@ -123,13 +133,15 @@ class PyClient(Client):
         await self.sio.emit(event, args if len(args) != 1 else args[0])
 
     async def disconnect(self) -> None:
-        if self.sio.connected:
+        if self.reconnect:
+            await self.sio.shutdown()  # also ends reconnection attempts
+        elif self.sio.connected:
             await self.sio.disconnect()
 
 
 class JsClient(Client):
-    def __init__(self, url: str, path: str, transport: str):
-        super().__init__(url, path, transport)
+    def __init__(self, url: str, path: str, transport: str, reconnect: bool = False):
+        super().__init__(url, path, transport, reconnect)
         self.kind = f"js-{transport}"
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
@@ -193,7 +205,8 @@ class JsClient(Client):
             await self._start()
         self._connected = asyncio.get_running_loop().create_future()
         self._send({"op": "connect", "url": self.url, "path": self.path,
-                    "transports": [self.transport], "auth": auth or {}})
+                    "transports": [self.transport], "auth": auth or {},
+                    "reconnect": self.reconnect})
         await asyncio.wait_for(self._connected, WAIT_S)
 
     async def call(self, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
@@ -226,6 +239,6 @@ class JsClient(Client):
         assert not self.driver_errors, self.driver_errors
 
 
-def make_client(kind: str, url: str, path: str = "/socket.io/") -> Client:
+def make_client(kind: str, url: str, path: str = "/socket.io/", reconnect: bool = False) -> Client:
     language, transport = kind.split("-")
-    return (PyClient if language == "py" else JsClient)(url, path, transport)
+    return (PyClient if language == "py" else JsClient)(url, path, transport, reconnect)

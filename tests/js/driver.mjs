@@ -4,15 +4,23 @@ import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
 let socket = null;
+let lastEventId = null;  // with `reconnect`, sent again in the handshake, as a real app would
 const report = (message) => process.stdout.write(JSON.stringify(message) + "\n");
 
 const commands = {
-  connect({ url, path, transports, auth }) {
-    socket = io(url, { path, transports, auth, reconnection: false, forceNew: true, timeout: 10000 });
+  connect({ url, path, transports, auth, reconnect }) {
+    const handshake = reconnect ? (cb) => cb(lastEventId ? { ...auth, lastEventId } : auth) : auth;
+    socket = io(url, {
+      path, transports, auth: handshake, forceNew: true, timeout: 10000,
+      reconnection: Boolean(reconnect), reconnectionDelay: 100, reconnectionDelayMax: 500,
+    });
     socket.on("connect", () => report({ type: "connected", id: socket.id, transport: socket.io.engine.transport.name }));
     socket.on("connect_error", (err) => report({ type: "connect_error", message: err.message, data: err.data ?? null }));
     socket.on("disconnect", (reason) => report({ type: "disconnect", reason }));
-    socket.onAny((event, ...args) => report({ type: "event", event, args }));
+    socket.onAny((event, ...args) => {
+      if (args[0]?.eventId) lastEventId = args[0].eventId;
+      report({ type: "event", event, args });
+    });
   },
   emit({ id, event, args, ack }) {
     if (ack) {

@@ -1,0 +1,47 @@
+"""Gateways as separate processes, for what only a process can show: signals, kill -9,
+restarts on the same port and store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+
+from tests.clients import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class GatewayProcess:
+    def __init__(self, env: dict[str, str], port: int):
+        self.env = {**os.environ, "PYTHONPATH": ROOT, "LOG_LEVEL": "warning", **env}
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> GatewayProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "realtime", "--port", str(self.port), cwd=ROOT, env=self.env,
+            stdout=asyncio.subprocess.PIPE)
+        line = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode()
+        assert line.startswith("realtime gateway listening on "), line
+        return self
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def run_cli(env: dict[str, str], *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "realtime", *args, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **env}, stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await process.communicate()
+    assert process.returncode == 0, args
+    return stdout.decode().strip()

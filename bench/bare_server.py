@@ -42,9 +42,9 @@ async def blast(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    from realtime.transport import configure_compression
+    from realtime.transport import TransportControl
 
-    configure_compression(sio.eio, enabled=False)  # as the gateway's default
+    TransportControl(sio.eio, compression=False, backlog_max=10**9)  # as the gateway's default
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/blast", blast)

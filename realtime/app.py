@@ -21,11 +21,7 @@ from realtime.metrics import Metrics
 from realtime.pipeline import ChangePublisher, Emitter
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
-from realtime.transport import (
-    close_all_transports,
-    configure_compression,
-    release_long_polls_on_client_close,
-)
+from realtime.transport import TransportControl
 from storage.base import Store, StoreError
 from storage.changes import ChangeFeed
 
@@ -44,7 +40,7 @@ def make_store(settings: Settings) -> Store:
                        retention_s=settings.event_retention_s)
 
 
-def make_socketio_server(settings: Settings) -> socketio.AsyncServer:
+def make_socketio_server(settings: Settings) -> tuple[socketio.AsyncServer, TransportControl]:
     client_manager = None
     if settings.redis_url:
         client_manager = socketio.AsyncRedisManager(settings.redis_url)
@@ -60,9 +56,8 @@ def make_socketio_server(settings: Settings) -> socketio.AsyncServer:
         logger=False,
         engineio_logger=False,
     )
-    configure_compression(sio.eio, settings.ws_compression)
-    release_long_polls_on_client_close(sio.eio)
-    return sio
+    transports = TransportControl(sio.eio, settings.ws_compression, settings.client_backlog_max)
+    return sio, transports
 
 
 def create_app(settings: Settings, store: Store | None = None,
@@ -73,7 +68,7 @@ def create_app(settings: Settings, store: Store | None = None,
     """
     store = store or make_store(settings)
     mapping = DocumentMapping(settings)
-    sio = make_socketio_server(settings)
+    sio, transports = make_socketio_server(settings)
     emitter = Emitter(sio, store, settings.replay_max_events)
     feed = ChangeFeed(store, mapping.collections, ChangePublisher(mapping, emitter),
                       on_history_lost=emitter.resync_everyone)
@@ -90,7 +85,8 @@ def create_app(settings: Settings, store: Store | None = None,
                           client_max_size=settings.max_payload_bytes)
     app[GATEWAY] = Gateway(settings=settings, store=store, sio=sio, emitter=emitter,
                            sessions=sessions, mapping=mapping, feed=feed,
-                           broadcaster=Broadcaster(settings, store, emitter), metrics=metrics)
+                           broadcaster=Broadcaster(settings, store, emitter), metrics=metrics,
+                           transports=transports)
     sio.attach(app, socketio_path=settings.socketio_path)
     setup_routes(app, settings.cors_origins)
     app.cleanup_ctx.append(_store_lifetime)
@@ -171,6 +167,6 @@ async def _stop_feed(app: web.Application) -> None:
 async def _close_sockets(app: web.Application) -> None:
     """Close every client's transport (not a Socket.IO disconnect): clients reconnect, to
     another instance or to this one restarted, and catch up by replay."""
-    sio = app[GATEWAY].sio
-    await close_all_transports(sio.eio)
-    await sio.shutdown()
+    gateway = app[GATEWAY]
+    await gateway.transports.close_all()
+    await gateway.sio.shutdown()

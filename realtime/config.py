@@ -72,6 +72,7 @@ class Settings:
     replay_max_events: int = 10_000
     watcher_poll_ms: int = 10
     shutdown_timeout_s: float = 10.0
+    client_backlog_max: int = 1000
 
     @property
     def uses_mongodb(self) -> bool:
@@ -205,6 +206,12 @@ class SettingsSchema(Schema):
                            "how often the embedded store's change log is read while idle", "10")
     shutdown_timeout_s = _env(fields.Float(validate=_positive), "SHUTDOWN_TIMEOUT",
                               "seconds a graceful shutdown may take", "10")
+
+    client_backlog_max = _env(fields.Integer(strict=False, validate=validate.Range(min=10)),
+                              "CLIENT_BACKLOG_MAX",
+                              "packets queued for one client that does not read before its "
+                              "transport is closed (it reconnects and catches up by replay)",
+                              "1000")
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> Settings:

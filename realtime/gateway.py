@@ -15,6 +15,7 @@ from realtime.mapping import DocumentMapping
 from realtime.metrics import Metrics
 from realtime.pipeline import Emitter
 from realtime.sessions import Sessions
+from realtime.transport import TransportControl
 from storage.base import Store
 from storage.changes import ChangeFeed
 
@@ -30,6 +31,7 @@ class Gateway:
     feed: ChangeFeed
     broadcaster: Broadcaster
     metrics: Metrics
+    transports: TransportControl
     redis: Any = None  # redis.asyncio.Redis when REDIS_URL is set, for readiness checks
     feed_task: Any = None  # the asyncio.Task running `feed`, owned by the app's cleanup context
     started_at: float = dataclasses.field(default_factory=time.time)

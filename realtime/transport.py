@@ -1,75 +1,137 @@
 """Adjustments to python-engineio's transport, kept in this one place.
 
-WebSocket per-message compression: python-engineio's aiohttp driver always negotiates it (its
-`WebSocketResponse` is built with aiohttp's default `compress=True`), which costs about four
-times the memory per connection. With `WS_COMPRESSION=false` (the default) the driver is handed
-a request without the client's `Sec-WebSocket-Extensions` offer, so nothing is negotiated.
-`tests/test_transport.py` fails if the library's internals this relies on move.
+- WebSocket per-message compression: python-engineio's aiohttp driver always negotiates it (its
+  `WebSocketResponse` is built with aiohttp's default `compress=True`), which costs about four
+  times the memory per connection. With `WS_COMPRESSION=false` (the default) the driver is
+  handed a request without the client's `Sec-WebSocket-Extensions` offer, so nothing is
+  negotiated.
+- Slow clients: python-engineio's per-socket queue of outgoing packets has no bound, so a
+  client that stops reading would grow the server's memory for as long as it stays connected.
+  Here each queue is bounded; past the bound the client's transport is closed.
+- Long-polling clients that close are answered at once (see `_release_long_poll`).
+- Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
+  and catch up by replay.
+
+`tests/test_transport.py` fails if the library internals this relies on move.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
 from typing import Any
 
 import engineio
 import engineio.packet
 
+logger = logging.getLogger(__name__)
+
 EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 
 
-def configure_compression(eio: engineio.AsyncServer, enabled: bool) -> None:
-    """Make `eio` negotiate WebSocket compression only when `enabled`."""
-    if enabled:
-        return
-    driver = eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
+class TransportControl:
+    """Installs the adjustments on one Engine.IO server and closes its clients' transports."""
 
-    class UncompressedWebSocket(driver):  # type: ignore[misc, valid-type]
-        async def __call__(self, environ: dict[str, Any]) -> Any:
-            request = environ["aiohttp.request"]
-            if EXTENSIONS_HEADER in request.headers:
-                headers = request.headers.copy()
-                del headers[EXTENSIONS_HEADER]
-                environ = {**environ, "aiohttp.request": request.clone(headers=headers)}
-            return await super().__call__(environ)
+    def __init__(self, eio: engineio.AsyncServer, compression: bool, backlog_max: int):
+        self._eio = eio
+        self._backlog_max = backlog_max
+        # the TCP transport under each WebSocket, to cut a stalled one off
+        self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._tasks: set[asyncio.Task] = set()
+        self.slow_clients_closed = 0
+        self._install_driver(compression)
+        eio.create_queue = self._create_backlog  # each socket's outgoing queue (base_socket.py)
+        self._release_long_poll()
 
-    eio._async = {**eio._async, "websocket": UncompressedWebSocket}
+    def _install_driver(self, compression: bool) -> None:
+        driver = self._eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
+        connections = self._connections
+
+        class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
+            async def __call__(self, environ: dict[str, Any]) -> Any:
+                request = environ["aiohttp.request"]
+                if not compression and EXTENSIONS_HEADER in request.headers:
+                    headers = request.headers.copy()
+                    del headers[EXTENSIONS_HEADER]
+                    environ = {**environ, "aiohttp.request": request.clone(headers=headers)}
+                # the handler is the engine.io socket's bound `_websocket_handler`
+                connections[self.handler.__self__] = request.transport
+                return await super().__call__(environ)
+
+        self._eio._async = {**self._eio._async, "websocket": GatewayWebSocket}
+
+    def _create_backlog(self, *args: Any, **kwargs: Any) -> asyncio.Queue:
+        return _Backlog(self._backlog_max, self._overflowed)
+
+    def _overflowed(self, backlog: _Backlog) -> None:
+        for eio_sid, socket in list(self._eio.sockets.items()):
+            if socket.queue is backlog:
+                logger.warning("slow client cut off", extra={"sid": eio_sid,
+                                                             "backlog": backlog.qsize()})
+                self.slow_clients_closed += 1
+                task = asyncio.get_running_loop().create_task(self.close(eio_sid, abort=True))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+
+    def _release_long_poll(self) -> None:
+        """Answer a polling client's pending GET when that client closes the connection.
+
+        python-engineio closes such a socket without writing to it, so the client's outstanding
+        long-poll waits for the ping interval (25 s) before it returns; python clients wait for
+        it inside `disconnect()` (and inside a refused `connect()`). Engine.IO's reference
+        server answers it at once; so do we, with a CLOSE packet.
+        """
+        eio = self._eio
+        handle_disconnect = eio.handlers["disconnect"]  # python-socketio's own handler
+
+        async def on_disconnect(eio_sid: str, reason: Any) -> None:
+            await handle_disconnect(eio_sid, reason)
+            socket = eio.sockets.get(eio_sid)
+            if reason == eio.reason.CLIENT_DISCONNECT and socket is not None \
+                    and not socket.upgraded:
+                socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.CLOSE))
+
+        eio.on("disconnect", on_disconnect)
+
+    async def close(self, eio_sid: str, abort: bool = False) -> None:
+        """Close one client's transport, not with a Socket.IO disconnect (which would tell
+        the client not to come back) nor an Engine.IO CLOSE packet (python clients do not
+        reconnect after one): the connection just ends, and clients reconnect.
+
+        A `None` in the socket's queue ends its writer: on WebSocket the socket is closed, on
+        long-polling the pending GET returns and the next finds no session. With `abort`, the
+        TCP connection is cut at once, for a writer stuck on a client that does not read.
+        """
+        socket = self._eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        connection = self._connections.get(socket)
+        socket.queue.put_nowait(None)
+        await socket.close(wait=False, abort=True, reason=self._eio.reason.SERVER_DISCONNECT)
+        if abort and connection is not None:
+            connection.abort()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(sid) for sid in list(self._eio.sockets)),
+                             return_exceptions=True)
 
 
-def release_long_polls_on_client_close(eio: engineio.AsyncServer) -> None:
-    """Answer a polling client's pending GET when that client closes the connection.
+class _Backlog(asyncio.Queue):
+    """A socket's outgoing packets, bounded: past `limit` a packet is dropped and `overflow`
+    is called, once. `None` (the writer's wake-up to stop) always gets in."""
 
-    python-engineio closes such a socket without writing to it, so the client's outstanding
-    long-poll waits for the ping interval (25 s) before it returns; python clients wait for it
-    inside `disconnect()` (and inside a refused `connect()`). Engine.IO's reference server
-    answers it at once; so do we, with a CLOSE packet.
-    """
-    handle_disconnect = eio.handlers["disconnect"]  # python-socketio's own handler
+    def __init__(self, limit: int, overflow):
+        super().__init__()
+        self._limit = limit
+        self._overflow = overflow
+        self._overflowed = False
 
-    async def on_disconnect(eio_sid: str, reason: Any) -> None:
-        await handle_disconnect(eio_sid, reason)
-        socket = eio.sockets.get(eio_sid)
-        if reason == eio.reason.CLIENT_DISCONNECT and socket is not None and not socket.upgraded:
-            socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.CLOSE))
-
-    eio.on("disconnect", on_disconnect)
-
-
-async def close_transport(eio: engineio.AsyncServer, eio_sid: str) -> None:
-    """Close one client's transport without a Socket.IO disconnect, so that the client
-    reconnects by itself (and catches up by replay).
-
-    A `None` in the socket's queue ends its writer: on WebSocket the socket is then closed, on
-    long-polling the pending GET returns and the next one finds no session. A server-sent
-    CLOSE packet or a Socket.IO DISCONNECT would instead tell clients not to reconnect.
-    """
-    socket = eio.sockets.get(eio_sid)
-    if socket is None or socket.closed:
-        return
-    socket.queue.put_nowait(None)
-    await socket.close(wait=False, abort=True, reason=eio.reason.SERVER_DISCONNECT)
-
-
-async def close_all_transports(eio: engineio.AsyncServer) -> None:
-    await asyncio.gather(*(close_transport(eio, sid) for sid in list(eio.sockets)),
-                         return_exceptions=True)
+    def put_nowait(self, item: Any) -> None:
+        if item is not None and self.qsize() >= self._limit:
+            if not self._overflowed:
+                self._overflowed = True
+                self._overflow(self)
+            return
+        super().put_nowait(item)

@@ -6,6 +6,11 @@ These fail if the library internals `realtime/transport.py` relies on move.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import socket
+import struct
 
 import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
@@ -26,7 +31,7 @@ async def negotiated_compression(base_url: str) -> int:
 
 def test_the_driver_is_the_one_we_adjust(tmp_path):
     settings = load_settings({"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32})
-    sio = make_socketio_server(settings)
+    sio, _ = make_socketio_server(settings)
     assert issubclass(sio.eio._async["websocket"], engineio_aiohttp.WebSocket)
     assert sio.eio._async["websocket"] is not engineio_aiohttp.WebSocket
     assert engineio_aiohttp._async["websocket"] is engineio_aiohttp.WebSocket  # not patched
@@ -46,3 +51,56 @@ async def test_a_polling_client_that_closes_is_answered_at_once(connect):
     client = await connect("py-polling")
     await asyncio.wait_for(client.sio.disconnect(), 10)
     assert not client.sio.connected
+
+
+async def stalled_websocket(base_url: str, token: str):
+    """A client that connects, authenticates, then never reads again: tiny buffers, so the
+    server's writes back up at once."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    message = ("40" + json.dumps({"token": token})).encode()
+    mask = os.urandom(4)
+    length = bytes([0x80 | len(message)]) if len(message) < 126 else \
+        bytes([0x80 | 126]) + struct.pack("!H", len(message))
+    writer.write(b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
+    await writer.drain()
+    return reader, writer  # the writer too: a collected StreamWriter closes the connection
+
+
+@pytest.mark.env(CLIENT_BACKLOG_MAX="50")
+async def test_a_stalled_client_is_cut_off_without_delaying_the_others(base_url, gateway, connect,
+                                                                       token):
+    healthy = await connect(sub="healthy")
+    stalled, stalled_writer = await stalled_websocket(base_url, token("stalled"))
+    big = "x" * 4000
+    count = 3000
+    for n in range(count):
+        await gateway.broadcaster.broadcast(
+            {"event": "notification", "data": {"n": n, "pad": big}, "users": ["stalled", "healthy"]},
+            None)
+    got = [(await healthy.next_event("notification"))["n"] for _ in range(count)]
+    assert got == list(range(count))  # everything, in order, while the other one stalled
+
+    async def drained() -> int:  # what the stalled client had been sent, then the cut
+        size = 0
+        try:
+            while chunk := await stalled.read(65536):
+                size += len(chunk)
+        except ConnectionResetError:
+            pass
+        return size
+
+    delivered = await asyncio.wait_for(drained(), 30)
+    stalled_writer.close()
+    assert delivered < count * len(big) / 2  # it was cut off long before the end
+    assert gateway.transports.slow_clients_closed == 1
+    assert gateway.sessions.counts()["connections"] == 1

@@ -19,6 +19,7 @@ from realtime import events
 from realtime.auth import iso_timestamp
 from realtime.mapping import DocumentMapping
 from realtime.errors import GatewayError
+from realtime.transport import TransportControl
 from storage.base import (
     Change,
     Checkpoint,
@@ -43,6 +44,7 @@ def wire_payload(stored: StoredEvent) -> dict[str, Any]:
 
 
 REPLAY_BATCH = 500
+REPLAY_STALL_S = 30.0  # a replay waits this long for a client to read, then cuts it off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +57,11 @@ class Replay:
 class Emitter:
     """Logs and sends data events to rooms; sends control events to sockets."""
 
-    def __init__(self, sio: socketio.AsyncServer, store: Store, replay_max: int = 10_000):
+    def __init__(self, sio: socketio.AsyncServer, store: Store, transports: TransportControl,
+                 replay_max: int = 10_000):
         self._sio = sio
         self._store = store
+        self._transports = transports
         self._replay_max = replay_max
         # Held while events are logged and emitted, and while a replaying socket catches up
         # and enters its room: so ids go out in order and nothing slips between the two.
@@ -101,11 +105,20 @@ class Emitter:
         oldest, _ = await self._store.event_bounds(room)
         gap = oldest is not None and cursor < oldest - 1
         replayed = 0
+        eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
+        batch_size = max(1, min(REPLAY_BATCH, self._transports.backlog_max // 4))
         while replayed < self._replay_max:
+            try:  # at the client's pace: its backlog stays within bounds
+                await asyncio.wait_for(self._transports.wait_for_room(eio_sid, batch_size),
+                                       REPLAY_STALL_S)
+            except TimeoutError:
+                await self._transports.close(eio_sid, abort=True)
+                raise GatewayError("rate_limited", "the client stopped reading its replay") \
+                    from None
             batch = await self._store.room_events(
-                room, cursor, min(REPLAY_BATCH, self._replay_max - replayed))
+                room, cursor, min(batch_size, self._replay_max - replayed))
             cursor, replayed = await self._send(sid, batch, cursor, replayed)
-            if len(batch) < REPLAY_BATCH:
+            if len(batch) < batch_size:
                 break
         async with self._lock:
             if replayed < self._replay_max:

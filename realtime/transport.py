@@ -8,6 +8,9 @@
 - Slow clients: python-engineio's per-socket queue of outgoing packets has no bound, so a
   client that stops reading would grow the server's memory for as long as it stays connected.
   Here each queue is bounded; past the bound the client's transport is closed.
+- Long-polling responses carry at most `engineio.payload.Payload.max_decode_packets` (16)
+  packets: python-engineio clients refuse a longer payload ("Unexpected packet from server")
+  and drop the connection, which a burst of events (or a replay) would otherwise cause.
 - Long-polling clients that close are answered at once (see `_release_long_poll`).
 - Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
   and catch up by replay.
@@ -24,6 +27,7 @@ from typing import Any
 
 import engineio
 import engineio.packet
+import engineio.payload
 
 logger = logging.getLogger(__name__)
 
@@ -113,20 +117,70 @@ class TransportControl:
         if abort and connection is not None:
             connection.abort()
 
+    @property
+    def backlog_max(self) -> int:
+        return self._backlog_max
+
+    async def wait_for_room(self, eio_sid: str, packets: int) -> None:
+        """Return once this client's backlog has room for `packets` more and as many again
+        (at once if it has, or the client is gone): how a long replay keeps to the pace of
+        the client while live events still fit."""
+        socket = self._eio.sockets.get(eio_sid)
+        if socket is not None and isinstance(socket.queue, _Backlog):
+            await socket.queue.wait_for_room(max(0, self._backlog_max - 2 * packets))
+
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(sid) for sid in list(self._eio.sockets)),
                              return_exceptions=True)
 
 
+# what python-engineio clients accept in one long-polling payload
+PACKETS_PER_POLL = engineio.payload.Payload.max_decode_packets
+
+
 class _Backlog(asyncio.Queue):
     """A socket's outgoing packets, bounded: past `limit` a packet is dropped and `overflow`
-    is called, once. `None` (the writer's wake-up to stop) always gets in."""
+    is called, once. `None` (the writer's wake-up to stop) always gets in.
+
+    engine.io's `poll()` takes one packet with `get()`, then more with `get_nowait()` until the
+    queue is empty: here it stops after `PACKETS_PER_POLL`, the rest going in the next poll.
+    """
 
     def __init__(self, limit: int, overflow):
         super().__init__()
         self._limit = limit
         self._overflow = overflow
         self._overflowed = False
+        self._room: list[tuple[int, asyncio.Future]] = []  # (size to get below, waiter)
+        self._taken = 0  # packets taken since the last `get()`: one poll's worth
+
+    async def get(self) -> Any:
+        self._taken = 0
+        return await super().get()
+
+    def get_nowait(self) -> Any:
+        if self._taken >= PACKETS_PER_POLL:
+            raise asyncio.QueueEmpty
+        item = super().get_nowait()
+        self._taken += 1
+        if self._room:
+            size = self.qsize()
+            for waiter in [w for w in self._room if size <= w[0]]:
+                self._room.remove(waiter)
+                if not waiter[1].done():
+                    waiter[1].set_result(None)
+        return item
+
+    async def wait_for_room(self, size: int) -> None:
+        if self.qsize() <= size or self._overflowed:
+            return
+        waiter = (size, asyncio.get_running_loop().create_future())
+        self._room.append(waiter)
+        try:
+            await waiter[1]
+        finally:
+            if waiter in self._room:
+                self._room.remove(waiter)
 
     def put_nowait(self, item: Any) -> None:
         if item is not None and self.qsize() >= self._limit:

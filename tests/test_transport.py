@@ -104,3 +104,20 @@ async def test_a_stalled_client_is_cut_off_without_delaying_the_others(base_url,
     assert delivered < count * len(big) / 2  # it was cut off long before the end
     assert gateway.transports.slow_clients_closed == 1
     assert gateway.sessions.counts()["connections"] == 1
+
+
+async def test_a_poll_carries_no_more_packets_than_python_clients_accept(settings):
+    import engineio.async_socket
+    import engineio.packet
+    import engineio.payload
+
+    sio, _ = make_socketio_server(settings)
+    socket_ = engineio.async_socket.AsyncSocket(sio.eio, "sid")
+    for n in range(40):
+        await socket_.send(engineio.packet.Packet(engineio.packet.MESSAGE, f"m{n}"))
+    limit = engineio.payload.Payload.max_decode_packets
+    first, second = await socket_.poll(), await socket_.poll()
+    assert len(first) == len(second) == limit
+    assert [p.data for p in first + second] == [f"m{n}" for n in range(2 * limit)]
+    encoded = engineio.payload.Payload(packets=first).encode()
+    assert len(engineio.payload.Payload(encoded_payload=encoded).packets) == limit  # decodes

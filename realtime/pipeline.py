@@ -154,16 +154,24 @@ class ChangePublisher:
         self._mapping = mapping
         self._emitter = emitter
 
-    async def __call__(self, change: Change, checkpoint: Checkpoint) -> bool:
-        """Publish the change's events; True when the checkpoint was saved with them."""
-        outgoing = self._mapping.events_for_change(change)
-        if not outgoing:
+    async def __call__(self, changes: list[Change], checkpoint: Checkpoint) -> bool:
+        """Publish the changes' events together (one log transaction); True when the
+        checkpoint was saved with them. A change the mapping fails on is logged and skipped."""
+        new_events: list[NewEvent] = []
+        for change in changes:
+            try:
+                outgoing = self._mapping.events_for_change(change)
+            except Exception:
+                logger.exception("change skipped", extra={
+                    "collection": change.collection, "document_id": str(change.document_id)})
+                continue
+            token = _token_text(change.token)
+            new_events.extend(
+                NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
+                for position, event in enumerate(outgoing))
+        if not new_events:
             return False
-        token = _token_text(change.token)
-        await self._emitter.publish([
-            NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
-            for position, event in enumerate(outgoing)
-        ], checkpoint)
+        await self._emitter.publish(new_events, checkpoint)
         return True
 
 

@@ -73,6 +73,11 @@ class ChangeStream(abc.ABC):
         """Where to resume after everything returned so far; it also advances while the
         stream is idle, so a quiet collection's token does not age out of the history."""
 
+    def buffered(self) -> int:
+        """How many changes `try_next()` would return at once, without waiting (0 when the
+        driver does not tell)."""
+        return 0
+
     async def close(self) -> None:
         pass
 

@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 30.0
+BATCH_MAX = 100  # changes already read that are handed over together
 
 
 class Backoff:
@@ -42,14 +43,16 @@ class ChangeFeed:
     """Feeds every change of `collections` to `handle`, exactly once across restarts.
 
     The token is saved after each handled change and whenever the stream advances while idle.
-    `handle(change, checkpoint)` returns True when it saved the checkpoint itself (with the
-    change's events, in one transaction); otherwise the feed saves it. `handle` may raise
+    `handle(changes, checkpoint)` gets the changes the stream already holds (up to
+    `BATCH_MAX`, one where the driver does not say) and returns True when it saved the
+    checkpoint itself (with the changes' events, in one transaction); otherwise the feed saves
+    it. `handle` may raise
     `StoreError` (its own store is down): the change is then retried from the saved token after
     a backoff; any other exception is logged and the change skipped.
     """
 
     def __init__(self, store: Store, collections: Sequence[str],
-                 handle: Callable[[Change, Checkpoint], Awaitable[bool]],
+                 handle: Callable[[list[Change], Checkpoint], Awaitable[bool]],
                  on_history_lost: Callable[[str], Awaitable[None]],
                  name: str = "changes", backoff: Backoff | None = None,
                  clock: Callable[[], dt.datetime] | None = None):
@@ -139,29 +142,40 @@ class ChangeFeed:
             if event is None:
                 await self._save(stream.resume_token)
                 continue
-            change = Change.from_event(event)
-            if change.operation in ("invalidate", "dropDatabase"):
-                await self._invalidated(change)
-                return
+            events = [event]
+            while len(events) < BATCH_MAX and stream.buffered():
+                events.append(await stream.try_next())
+            changes: list[Change] = []
+            for change in map(Change.from_event, events):
+                if change.operation in ("invalidate", "dropDatabase"):
+                    if changes:
+                        await self._handle_changes(changes, changes[-1].token)
+                    await self._invalidated(change)
+                    return
+                changes.append(change)
+            await self._handle_changes(changes, stream.resume_token or changes[-1].token)
+
+    async def _handle_changes(self, changes: list[Change], token) -> None:
+        for change in changes:
             self._measure(change)
-            checkpoint = Checkpoint(self.name, stream.resume_token or change.token)
-            saved = False
-            try:
-                saved = await self._handle(change, checkpoint)
-            except (asyncio.CancelledError, StoreError):
-                raise
-            except Exception:
-                logger.exception("change skipped", extra={
-                    "feed": self.name, "collection": change.collection,
-                    "document_id": str(change.document_id)})
-            if saved:
-                self._saved_token = checkpoint.token
-            else:
-                await self._save(checkpoint.token)
-            self._backoff.reset()
-            async with self._progress:
-                self.changes_handled += 1
-                self._progress.notify_all()
+        checkpoint = Checkpoint(self.name, token)
+        saved = False
+        try:
+            saved = await self._handle(changes, checkpoint)
+        except (asyncio.CancelledError, StoreError):
+            raise
+        except Exception:
+            logger.exception("change skipped", extra={
+                "feed": self.name, "changes": len(changes),
+                "document_id": str(changes[0].document_id)})
+        if saved:
+            self._saved_token = checkpoint.token
+        else:
+            await self._save(checkpoint.token)
+        self._backoff.reset()
+        async with self._progress:
+            self.changes_handled += len(changes)
+            self._progress.notify_all()
 
     async def wait_handled(self, count: int) -> None:
         """Return once `count` changes have been handled (and their tokens saved)."""

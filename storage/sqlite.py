@@ -514,6 +514,9 @@ class SqliteChangeStream(ChangeStream):
     def resume_token(self) -> ResumeToken:
         return self._token
 
+    def buffered(self) -> int:
+        return len(self._buffer)
+
     async def try_next(self) -> dict[str, Any] | None:
         if not self._buffer:
             newest = await self._read()

@@ -27,9 +27,20 @@ def event(n: int, operation: str = "insert", seconds_ago: float = 0.0) -> dict:
 
 
 class ScriptedStream(ChangeStream):
-    def __init__(self, script: list, start_token):
+    def __init__(self, script: list, start_token, batches: bool = False):
         self._script = script
         self._token = start_token
+        self._batches = batches  # say what is buffered: the changes up to the next idle step
+
+    def buffered(self) -> int:
+        if not self._batches:
+            return 0
+        count = 0
+        for step in self._script:
+            if not isinstance(step, dict):
+                break
+            count += 1
+        return count
 
     @property
     def resume_token(self):
@@ -51,7 +62,8 @@ class ScriptedStream(ChangeStream):
 class ScriptedStore:
     """Just what the feed uses of a store: one scripted stream per `watch`."""
 
-    def __init__(self, *scripts: list, watch_errors: list | None = None):
+    def __init__(self, *scripts: list, watch_errors: list | None = None, batches: bool = False):
+        self._batches = batches
         self._scripts = list(scripts)
         self._watch_errors = watch_errors or []
         self.watched_from: list = []
@@ -63,7 +75,7 @@ class ScriptedStore:
         if self._watch_errors:
             raise self._watch_errors.pop(0)
         return ScriptedStream(self._scripts.pop(0) if self._scripts else [],
-                              resume_after or {"_data": "start"})
+                              resume_after or {"_data": "start"}, self._batches)
 
     async def load_resume_token(self, name):
         return self.tokens.get(name)
@@ -74,10 +86,11 @@ class ScriptedStore:
 
 
 def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
-    async def handle(change, checkpoint):
-        if fail_on and change.document_id in fail_on:
-            raise fail_on.pop(change.document_id)
-        handled.append(change.document_id)
+    async def handle(changes, checkpoint):
+        for change in changes:
+            if fail_on and change.document_id in fail_on:
+                raise fail_on.pop(change.document_id)
+        handled.extend(change.document_id for change in changes)
         return False  # the feed saves the token
 
     async def resync(reason):
@@ -198,3 +211,22 @@ async def test_the_mongodb_stream_translates_what_pymongo_raises():
     assert stream.resume_token == {"_data": "82"}
     with pytest.raises(ChangeHistoryLost):
         await stream.try_next()
+
+
+async def test_buffered_changes_are_handed_over_together_and_checkpointed_once():
+    store = ScriptedStore([event(1), event(2), event(3), ("idle", {"_data": "0003"}), event(4)],
+                          batches=True)
+    batches = []
+
+    async def handle(changes, checkpoint):
+        batches.append(([c.document_id for c in changes], checkpoint.token))
+        return False
+
+    async def resync(reason):
+        pass
+
+    feed = ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0))
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert batches == [(["b1", "b2", "b3"], {"_data": "0003"}), (["b4"], {"_data": "0004"})]
+    assert feed.changes_handled == 4

@@ -184,7 +184,7 @@ async def bench_gateway(args, people, deliveries) -> dict:
     url = f"http://127.0.0.1:{port}"
     store = SqliteStore(store_path)
     await store.open()
-    await store.checkpoint_in_background()  # the writer's commits stay quick too
+    await store.start_maintenance()  # the writer's commits stay quick too
     figures = {}
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:

@@ -16,11 +16,11 @@ from aiohttp import web
 
 from realtime.app import create_app, make_store
 from realtime.auth import ROLES, issue_token
-from realtime.demo import DemoWriter
-from realtime.mapping import DocumentMapping
 from realtime.config import ConfigError, Settings, describe_variables, load_settings
+from realtime.demo import DemoWriter
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
+from realtime.mapping import DocumentMapping
 
 logger = logging.getLogger("realtime")
 

@@ -103,8 +103,7 @@ def create_app(settings: Settings, store: Store | None = None,
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.store.open()
-    if hasattr(gateway.store, "checkpoint_in_background"):
-        await gateway.store.checkpoint_in_background()
+    await gateway.store.start_maintenance()
     logger.info("store open", extra={"store": gateway.store.describe()})
     yield
     await gateway.sessions.shutdown()

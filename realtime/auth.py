@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jwt
@@ -39,11 +39,11 @@ def iso_timestamp(unix_s: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def claim(claims: dict[str, Any], path: str) -> Any:
-    """The value at a dotted path (`app_metadata.role`), or None."""
-    value: Any = claims
+def value_at(data: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (`app_metadata.role`) in claims or a document, or None."""
+    value: Any = data
     for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
+        if not isinstance(value, Mapping) or part not in value:
             return None
         value = value[part]
     return value
@@ -103,18 +103,18 @@ class TokenVerifier:
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         names = self._settings
-        user_id = claim(claims, names.jwt_claim_user_id)
+        user_id = value_at(claims, names.jwt_claim_user_id)
         if isinstance(user_id, int) and not isinstance(user_id, bool):
             user_id = str(user_id)
         if not isinstance(user_id, str) or not user_id:
             raise GatewayError("invalid_token",
                                f"the token has no user id claim {names.jwt_claim_user_id!r}")
-        role = claim(claims, names.jwt_claim_role)
+        role = value_at(claims, names.jwt_claim_role)
         if role not in ROLES:
             raise GatewayError("invalid_token",
                                f"the token's {names.jwt_claim_role!r} claim must be one of "
                                f"{', '.join(ROLES)}")
-        shop_ids = claim(claims, names.jwt_claim_shop_ids) or []
+        shop_ids = value_at(claims, names.jwt_claim_shop_ids) or []
         if isinstance(shop_ids, (str, int)):
             shop_ids = [shop_ids]
         if not isinstance(shop_ids, list):

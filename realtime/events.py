@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from realtime.errors import GatewayError
+from storage.base import event_sequence
 
 # server -> client, control (no eventId, never replayed)
 AUTH_SUCCESS = "auth_success"
@@ -58,6 +59,15 @@ class JoinRoomSchema(_Lenient):
 
 class LeaveRoomSchema(_Lenient):
     roomId = fields.String(required=True, validate=validate.Length(min=1, max=160))
+
+
+def last_event_sequence(last_event_id: str) -> int:
+    """The sequence behind a client's `lastEventId`, or `invalid_payload`."""
+    try:
+        return event_sequence(last_event_id)
+    except ValueError:
+        raise GatewayError("invalid_payload", "lastEventId is not an event id of this gateway",
+                           details={"lastEventId": ["not an event id"]}) from None
 
 
 def load(schema: Schema, payload: Any, unknown_fields: str = "ignore") -> dict[str, Any]:

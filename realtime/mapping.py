@@ -15,7 +15,7 @@ from typing import Any
 from bson import ObjectId
 
 from realtime import events, rooms
-from realtime.auth import iso_timestamp
+from realtime.auth import iso_timestamp, value_at
 from realtime.config import ConfigError, Settings
 from realtime.rooms import ReservationParties
 from storage.base import Change, Store
@@ -65,15 +65,6 @@ def id_string(value: Any) -> str | None:
     return None
 
 
-def field_at(document: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path, or None."""
-    value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
 
 class DocumentFields:
     """Reads the spec's logical fields out of a platform's documents."""
@@ -86,7 +77,7 @@ class DocumentFields:
         self.paths = {**defaults, **overrides}
 
     def get(self, document: Mapping[str, Any], name: str) -> Any:
-        return field_at(document, self.paths[name])
+        return value_at(document, self.paths[name])
 
     def get_id(self, document: Mapping[str, Any], name: str) -> str | None:
         return id_string(self.get(document, name))
@@ -171,10 +162,8 @@ class DocumentMapping:
 
     # -- bookings ----------------------------------------------------------------------------
     def _booking_events(self, change: Change) -> list[Outgoing]:
-        reservation_id = id_string(change.document_id)
+        reservation_id = _placed(change)
         if reservation_id is None:
-            logger.warning("change without a document id skipped",
-                           extra={"collection": change.collection, "operation": change.operation})
             return []
         before = change.before
         after = change.document if change.operation != "delete" else None
@@ -209,9 +198,9 @@ class DocumentMapping:
         payload["durationMinutes"] = minutes(fields.get(current, "durationMinutes")) \
             if current else None
         if self.published_booking_fields and after is not None:
-            payload["data"] = {name: json_safe(field_at(after, name))
+            payload["data"] = {name: json_safe(value_at(after, name))
                                for name in self.published_booking_fields
-                               if field_at(after, name) is not None}
+                               if value_at(after, name) is not None}
 
         targets = [rooms.reservation_room(reservation_id)]
         if parties.customer_id:
@@ -302,10 +291,8 @@ class DocumentMapping:
 
     # -- payments ----------------------------------------------------------------------------
     def _payment_events(self, change: Change) -> list[Outgoing]:
-        payment_id = id_string(change.document_id)
+        payment_id = _placed(change)
         if payment_id is None:
-            logger.warning("change without a document id skipped",
-                           extra={"collection": change.collection, "operation": change.operation})
             return []
         document = change.document if change.operation != "delete" else change.before
         fields = self.payment
@@ -334,6 +321,15 @@ class DocumentMapping:
             targets.append(rooms.shop_room(shop_id))
         targets.append("admin-payments")
         return [Outgoing(events.PAYMENT_UPDATE, payload, tuple(targets))]
+
+
+def _placed(change: Change) -> str | None:
+    """The changed document's id; a change without one cannot be placed: logged, skipped."""
+    document_id = id_string(change.document_id)
+    if document_id is None:
+        logger.warning("change without a document id skipped",
+                       extra={"collection": change.collection, "operation": change.operation})
+    return document_id
 
 
 class StoreReservations:

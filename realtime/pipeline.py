@@ -17,8 +17,8 @@ import socketio
 
 from realtime import events
 from realtime.auth import iso_timestamp
-from realtime.mapping import DocumentMapping
 from realtime.errors import GatewayError
+from realtime.mapping import DocumentMapping
 from realtime.transport import TransportControl
 from storage.base import (
     Change,
@@ -97,11 +97,7 @@ class Emitter:
                 await enter()
                 _, newest = await self._store.event_bounds(room)
             return Replay(0, event_id(newest) if newest else None, False)
-        try:
-            cursor = event_sequence(last_event_id)
-        except ValueError:
-            raise GatewayError("invalid_payload", "lastEventId is not an event id of this "
-                               "gateway", details={"lastEventId": ["not an event id"]}) from None
+        cursor = events.last_event_sequence(last_event_id)
         oldest, _ = await self._store.event_bounds(room)
         gap = oldest is not None and cursor < oldest - 1
         replayed = 0

@@ -132,6 +132,10 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections; the store may not be used afterwards."""
 
+    async def start_maintenance(self) -> None:
+        """For a long-running process (the gateway): start the store's own background
+        upkeep, stopped by `close()`. Nothing to do by default."""
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Return if the store answers; raise `StoreError` otherwise."""

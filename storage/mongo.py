@@ -4,15 +4,14 @@ replay logic live above it and are shared with the embedded store."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
-import datetime as dt
-import time
-from collections.abc import Mapping, Sequence
-
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
@@ -23,8 +22,8 @@ from storage.base import (
     NewEvent,
     ResumeToken,
     Store,
-    StoreError,
     StoredEvent,
+    StoreError,
     event_id,
 )
 

@@ -28,8 +28,8 @@ from storage.base import (
     NewEvent,
     ResumeToken,
     Store,
-    StoreError,
     StoredEvent,
+    StoreError,
     event_id,
 )
 
@@ -148,10 +148,9 @@ class SqliteStore(Store):
         self._db = db
         self._prune()
 
-    async def checkpoint_in_background(self) -> None:
-        """For a long-running process (the gateway): write the WAL back to the database file
-        from a thread of its own, instead of inside a commit every ~1,000 pages, so that the
-        fsync it costs never stalls the event pipeline."""
+    async def start_maintenance(self) -> None:
+        """Write the WAL back to the database file from a thread of its own, instead of inside
+        a commit every ~1,000 pages, so that the fsync it costs never stalls the pipeline."""
         await self._run(lambda: self.db.execute("PRAGMA wal_autocheckpoint = 0"))
         self._checkpointer = _Checkpointer(self._path)
         self._checkpointer.start()

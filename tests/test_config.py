@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 import pytest
@@ -74,3 +75,9 @@ def test_every_variable_is_described():
                      "MAX_PAYLOAD_BYTES", "LOG_LEVEL", "AUTH_EXPIRING_LEAD"):
         assert required in names
     assert len(names) == len(set(names))
+
+
+def test_the_readme_documents_exactly_these_variables():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    documented = re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M)
+    assert sorted(documented) == sorted(name for name, _, _ in describe_variables())

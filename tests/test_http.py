@@ -143,7 +143,7 @@ async def test_health_status_and_metrics_count_what_happened(http, connect):
     assert "realtime_connections 2.0" in metrics
 
 
-async def test_metrics_count_auth_failures(http, clients, raw_token):
+async def test_metrics_count_auth_failures(http, clients):
     client = clients()
     await client.connect()
     await client.call("authenticate", {"token": "bad"})

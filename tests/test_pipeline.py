@@ -15,8 +15,6 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
-
 from realtime.app import create_app
 from realtime.gateway import GATEWAY
 from tests.clients import ROOT

@@ -79,8 +79,8 @@ async def test_a_mongodb_style_document_with_other_field_names_is_authorised(
     from realtime.app import create_app
     from realtime.config import load_settings
     from realtime.gateway import GATEWAY
-    from tests.conftest import SECRET
     from tests.clients import make_client
+    from tests.conftest import SECRET
 
     settings = load_settings({"STORE_PATH": str(tmp_path / "other.db"), "JWT_SECRET": SECRET,
                               "BOOKINGS_COLLECTION": "appointments",

@@ -18,8 +18,10 @@ async def test_handshake_token_authenticates_and_joins_the_user_room(clients, to
     assert success["role"] == "customer"
     assert success["rooms"] == ["user-alice"]
     assert success["expiresAt"].endswith("Z") and len(success["expiresAt"]) == 24
-    # in the room: a join of it is a no-op answer, and an admin room stays closed
+    # in the room already: joining it again is answered, an admin room stays closed
     assert (await client.call("join_room", {"roomId": "user-alice"}))["ok"] is True
+    refused = await client.call("join_room", {"roomId": "admin-general"})
+    assert refused["error"]["code"] == "forbidden"
 
 
 async def test_admin_is_also_put_in_admin_general(clients, token, client_kind):

@@ -81,7 +81,7 @@ async def main() -> None:
         await client.connect(f"http://127.0.0.1:{port}", transports=[args.transport],
                              auth={"token": token({"sub": "c1", "role": "customer",
                                                    "shops": []}),
-                                   "lastEventId": first[0].event_id})
+                                   "lastEventId": f"{first[0].sequence:016d}"})
         success = await asyncio.wait_for(done, 300)
         elapsed = time.perf_counter() - started
         rss_after, rss_peak = rss_kb(server.pid), peak_rss_kb(server.pid)

@@ -15,7 +15,7 @@ import socketio
 from realtime import events
 from realtime.errors import AUTH_CODES, GatewayError
 from realtime.metrics import Metrics
-from realtime.pipeline import Emitter
+from realtime.emitter import Emitter
 from realtime.sessions import Sessions
 
 logger = logging.getLogger(__name__)

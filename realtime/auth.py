@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import jwt
 
 from realtime.config import Settings
 from realtime.errors import GatewayError
+from realtime.wire import iso_timestamp
+from storage.paths import set_at, value_at
 
 ROLES = ("customer", "staff", "admin")
 
@@ -31,22 +32,6 @@ class Principal:
 
     def expires_at_iso(self) -> str:
         return iso_timestamp(self.expires_at)
-
-
-def iso_timestamp(unix_s: float) -> str:
-    """ISO 8601 UTC with milliseconds, the one time format of the protocol."""
-    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def value_at(data: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path (`app_metadata.role`) in claims or a document, or None."""
-    value: Any = data
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 class TokenVerifier:
@@ -138,21 +123,13 @@ def issue_token(settings: Settings, sub: str, role: str, shop_ids: Iterable[str]
     algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), "HS256")
     now = int(time.time())
     claims: dict[str, Any] = {"iat": now, "exp": now + int(ttl_s)}
-    _set_claim(claims, settings.jwt_claim_user_id, sub)
-    _set_claim(claims, settings.jwt_claim_role, role)
+    set_at(claims, settings.jwt_claim_user_id, sub)
+    set_at(claims, settings.jwt_claim_role, role)
     if shop_ids:
-        _set_claim(claims, settings.jwt_claim_shop_ids, list(shop_ids))
+        set_at(claims, settings.jwt_claim_shop_ids, list(shop_ids))
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     claims.update(extra or {})
     return jwt.encode(claims, settings.jwt_secret, algorithm=algorithm)
-
-
-def _set_claim(claims: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    target = claims
-    for part in parents:
-        target = target.setdefault(part, {})
-    target[leaf] = value

@@ -11,8 +11,9 @@ from typing import Any
 from realtime import events
 from realtime.config import Settings
 from realtime.errors import GatewayError
-from realtime.pipeline import Emitter
+from realtime.emitter import Emitter
 from realtime.rooms import parse_room, user_room
+from realtime.wire import event_id
 from storage.base import NewEvent, Store
 
 _SCHEMA = events.BroadcastSchema()
@@ -42,7 +43,7 @@ class Broadcaster:
             [NewEvent(request["event"], request["data"], rooms, source)])
         if stored is None:  # logged by an earlier attempt with this key that did not answer
             stored = await self._store.find_event(source)
-        response = {"eventId": stored.event_id, "rooms": list(stored.rooms)}
+        response = {"eventId": event_id(stored.sequence), "rooms": list(stored.rooms)}
         if idempotency_key is not None:
             await self._store.remember_request(idempotency_key, fingerprint, response, self._ttl_s)
             remembered = await self._store.recall_request(idempotency_key)

@@ -13,7 +13,7 @@ import logging
 import random
 from typing import Any
 
-from realtime.auth import iso_timestamp
+from realtime.wire import iso_timestamp
 from realtime.mapping import DocumentMapping
 from storage.base import Store
 

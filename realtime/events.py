@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from realtime.errors import GatewayError
-from storage.base import event_sequence
+from realtime.wire import event_sequence
 
 # server -> client, control (no eventId, never replayed)
 AUTH_SUCCESS = "auth_success"

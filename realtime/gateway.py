@@ -13,7 +13,7 @@ from realtime.broadcast import Broadcaster
 from realtime.config import Settings
 from realtime.mapping import DocumentMapping
 from realtime.metrics import Metrics
-from realtime.pipeline import Emitter
+from realtime.emitter import Emitter
 from realtime.sessions import Sessions
 from realtime.transport import TransportControl
 from storage.base import Store

@@ -7,7 +7,7 @@ import time
 from importlib import metadata
 from typing import Any
 
-from realtime.auth import iso_timestamp
+from realtime.wire import iso_timestamp
 from realtime.gateway import Gateway
 
 CHECK_TIMEOUT_S = 2.0

@@ -7,18 +7,16 @@ spec's default names), because every platform's schema differs.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from bson import ObjectId
-
 from realtime import events, rooms
-from realtime.auth import iso_timestamp, value_at
 from realtime.config import ConfigError, Settings
 from realtime.rooms import ReservationParties
+from realtime.wire import id_string, json_safe, time_string
 from storage.base import Change, Store
+from storage.paths import value_at
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +48,6 @@ PAYMENT_DEFAULT_FIELDS: dict[str, str] = {
 }
 
 
-def id_string(value: Any) -> str | None:
-    """Ids travel as strings: ObjectIds as hex, numbers as digits; None stays None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, Mapping) and isinstance(value.get("$oid"), str):
-        return value["$oid"]
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (str, int)):
-        return str(value)
-    return None
-
-
-
 class DocumentFields:
     """Reads the spec's logical fields out of a platform's documents."""
 
@@ -92,36 +74,10 @@ class Outgoing:
     rooms: tuple[str, ...]
 
 
-def time_string(value: Any) -> str | None:
-    """Times travel as ISO 8601 UTC strings; dates from MongoDB become `...000Z`."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return iso_timestamp(value.timestamp())
-    if isinstance(value, str) and value:
-        return value
-    return None
-
-
 def minutes(value: Any) -> int | float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return value
-
-
-def json_safe(value: Any) -> Any:
-    """Document values as JSON can carry them: ids as strings, dates as ISO strings."""
-    if isinstance(value, ObjectId):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return time_string(value)
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 class DocumentMapping:

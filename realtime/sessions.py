@@ -21,7 +21,7 @@ from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.pipeline import Emitter
+from realtime.emitter import Emitter
 from realtime.rooms import RoomPolicy, home_rooms, parse_room, user_room
 
 logger = logging.getLogger(__name__)

@@ -102,23 +102,14 @@ class NewEvent:
 
 @dataclasses.dataclass(frozen=True)
 class StoredEvent:
-    event_id: str
+    """A logged data event: its place in the one ordered sequence (the client's `eventId`)."""
+
+    sequence: int
     timestamp_ms: int
     name: str
     payload: dict[str, Any]
     rooms: Sequence[str]
 
-
-def event_id(sequence: int) -> str:
-    """Event ids are the event log's sequence, zero-padded so they sort as strings."""
-    return f"{sequence:016d}"
-
-
-def event_sequence(event_id_text: str) -> int:
-    """The sequence behind an event id; ValueError when it is not one."""
-    if not (isinstance(event_id_text, str) and event_id_text.isdigit() and len(event_id_text) <= 19):
-        raise ValueError(f"not an event id: {event_id_text!r}")
-    return int(event_id_text)
 
 
 class Store(abc.ABC):

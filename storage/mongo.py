@@ -24,7 +24,6 @@ from storage.base import (
     Store,
     StoredEvent,
     StoreError,
-    event_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ class MongoStore(Store):
                         "_id": seq, "source": event.source, "name": event.name,
                         "payload": event.payload, "rooms": list(event.rooms),
                         "created": created})
-                    stored[event.source] = StoredEvent(event_id(seq), now_ms, event.name,
+                    stored[event.source] = StoredEvent(seq, now_ms, event.name,
                                                        event.payload, tuple(event.rooms))
                 except DuplicateKeyError:  # another instance logged it first
                     stored[event.source] = None
@@ -230,7 +229,7 @@ class MongoStore(Store):
     @staticmethod
     def _stored(doc: Mapping[str, Any]) -> StoredEvent:
         created_ms = int(doc["created"].timestamp() * 1000)
-        return StoredEvent(event_id(doc["_id"]), created_ms, doc["name"], doc["payload"],
+        return StoredEvent(doc["_id"], created_ms, doc["name"], doc["payload"],
                            tuple(doc["rooms"]))
 
     # -- idempotency keys --------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 from bson import ObjectId, Timestamp
 
+from storage.paths import set_at
 from storage.base import (
     ChangeHistoryLost,
     ChangeStream,
@@ -30,7 +31,6 @@ from storage.base import (
     Store,
     StoredEvent,
     StoreError,
-    event_id,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,17 +88,6 @@ CREATE TABLE IF NOT EXISTS changes (
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _set_path(document: dict[str, Any], path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    target = document
-    for part in parents:
-        child = target.get(part)
-        if not isinstance(child, dict):
-            child = target[part] = {}
-        target = child
-    target[leaf] = value
 
 
 class SqliteStore(Store):
@@ -244,7 +233,7 @@ class SqliteStore(Store):
                 return before is not None
             after = json.loads(_dumps(before))
             for path, value in fields.items():
-                _set_path(after, path, value)
+                set_at(after, path, value)
             db.execute("UPDATE documents SET body = ? WHERE collection = ? AND id = ?",
                        (_dumps(after), collection, doc_id))
             self._record(db, collection, "update", doc_id, after=after, before=before,
@@ -384,7 +373,7 @@ class SqliteStore(Store):
                     continue
                 db.executemany("INSERT OR IGNORE INTO event_rooms (room, seq) VALUES (?, ?)",
                                [(room, row[0]) for room in event.rooms])
-                stored.append(StoredEvent(event_id(row[0]), now_ms, event.name, event.payload,
+                stored.append(StoredEvent(row[0], now_ms, event.name, event.payload,
                                           tuple(event.rooms)))
             if checkpoint is not None:
                 self._save_token(db, checkpoint.name, checkpoint.token)
@@ -397,7 +386,7 @@ class SqliteStore(Store):
         if row is None:
             return None
         seq, created_ms, name, payload, rooms = row
-        return StoredEvent(event_id(seq), created_ms, name, json.loads(payload),
+        return StoredEvent(seq, created_ms, name, json.loads(payload),
                            tuple(json.loads(rooms)))
 
     async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
@@ -405,7 +394,7 @@ class SqliteStore(Store):
             "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
             " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
             " ORDER BY r.seq LIMIT ?", (room, after_sequence, limit)).fetchall())
-        return [StoredEvent(event_id(seq), created_ms, name, json.loads(payload),
+        return [StoredEvent(seq, created_ms, name, json.loads(payload),
                             tuple(json.loads(rooms)))
                 for seq, created_ms, name, payload, rooms in rows]
 

@@ -10,7 +10,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from realtime.app import create_app
+from server.app import create_app
 from realtime.auth import issue_token
 from realtime.config import Settings, load_settings
 from realtime.gateway import GATEWAY

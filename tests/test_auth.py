@@ -10,7 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from realtime.auth import TokenVerifier, iso_timestamp, issue_token
+from realtime.auth import TokenVerifier, issue_token
+from realtime.wire import iso_timestamp
 from realtime.config import load_settings
 from realtime.errors import GatewayError
 

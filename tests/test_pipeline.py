@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 
-from realtime.app import create_app
+from server.app import create_app
 from realtime.gateway import GATEWAY
 from tests.clients import ROOT
 

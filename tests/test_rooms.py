@@ -76,7 +76,7 @@ async def test_authorisation_matrix(gateway, clients, connect):
 
 async def test_a_mongodb_style_document_with_other_field_names_is_authorised(
         aiohttp_server, tmp_path, clients, token):
-    from realtime.app import create_app
+    from server.app import create_app
     from realtime.config import load_settings
     from realtime.gateway import GATEWAY
     from tests.clients import make_client

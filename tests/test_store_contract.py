@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent, event_sequence
+from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent
 from storage.mongo import MongoStore
 from storage.sqlite import SqliteStore
 
@@ -165,9 +165,8 @@ async def test_the_event_log_orders_and_deduplicates(store):
         NewEvent("notification", {"n": 3}, ("user-c1",), "broadcast:k1"),
     ])
     assert again[0] is None
-    ids = [first[0].event_id, first[1].event_id, again[1].event_id]
-    assert ids == sorted(ids) and len(set(ids)) == 3
-    assert [event_sequence(i) for i in ids] == sorted(event_sequence(i) for i in ids)
+    sequences = [first[0].sequence, first[1].sequence, again[1].sequence]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
     assert first[0].rooms == ("user-c1", "admin-reservations")
     assert first[0].payload == {"n": 1} and first[0].timestamp_ms > 0
 
@@ -219,7 +218,7 @@ async def test_events_are_read_back_by_room_in_order(store):
     logged = await store.append_events([
         NewEvent("reservation_update", {"n": n}, ("user-c1", f"shop-s{n % 2}"), f"change:r:{n}")
         for n in range(5)])
-    sequences = [event_sequence(e.event_id) for e in logged]
+    sequences = [e.sequence for e in logged]
     shop0 = await store.room_events("shop-s0", sequences[0] - 1, 10)
     assert [e.payload["n"] for e in shop0] == [0, 2, 4]
     assert [e.payload["n"] for e in await store.room_events("user-c1", sequences[1], 2)] == [2, 3]

@@ -16,7 +16,7 @@ import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
 import pytest
 
-from realtime.app import make_socketio_server
+from server.app import make_socketio_server
 from realtime.config import load_settings
 
 

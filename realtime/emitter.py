@@ -1,4 +1,4 @@
-"""The single path by which events leave the server.
+"""The single path by which data events leave the server, and replay.
 
 Data events (from changes and from `POST /broadcast` alike) are first written to the event log,
 which gives each its `eventId` from one ordered sequence and refuses a source it has seen
@@ -16,31 +16,16 @@ from typing import Any
 import socketio
 
 from realtime import events
-from realtime.auth import iso_timestamp
 from realtime.errors import GatewayError
-from realtime.mapping import DocumentMapping
 from realtime.transport import TransportControl
-from storage.base import (
-    Change,
-    Checkpoint,
-    NewEvent,
-    Store,
-    StoredEvent,
-    event_id,
-    event_sequence,
-)
+from realtime.wire import event_id, wire_payload
+from storage.base import Checkpoint, NewEvent, Store, StoredEvent
 
 logger = logging.getLogger(__name__)
 
 # what a lost change history concerns: every room a change event can reach
 CHANGE_ROOM_PATTERNS = ["reservation-*", "user-*", "shop-*", "availability-*",
                         "admin-reservations", "admin-payments"]
-
-
-def wire_payload(stored: StoredEvent) -> dict[str, Any]:
-    """The payload as clients receive it: the event's fields, its id and its time."""
-    return {**stored.payload, "eventId": stored.event_id,
-            "timestamp": iso_timestamp(stored.timestamp_ms / 1000)}
 
 
 REPLAY_BATCH = 500
@@ -80,7 +65,7 @@ class Emitter:
                 await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
                 self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
                 logger.debug("event emitted", extra={"event": event.name,
-                                                     "event_id": event.event_id,
+                                                     "event_id": event_id(event.sequence),
                                                      "rooms": list(event.rooms)})
         return stored
 
@@ -131,7 +116,7 @@ class Emitter:
         for event in batch:
             await self._sio.emit(event.name, wire_payload(event), to=sid)
         if batch:
-            cursor = event_sequence(batch[-1].event_id)
+            cursor = batch[-1].sequence
         return cursor, replayed + len(batch)
 
     async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
@@ -141,36 +126,3 @@ class Emitter:
     async def resync_everyone(self, reason: str) -> None:
         """Tell every client that the history of change events was lost: refetch."""
         await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": CHANGE_ROOM_PATTERNS})
-
-
-class ChangePublisher:
-    """Turns each change into its events and publishes them, sourced by the change's token."""
-
-    def __init__(self, mapping: DocumentMapping, emitter: Emitter):
-        self._mapping = mapping
-        self._emitter = emitter
-
-    async def __call__(self, changes: list[Change], checkpoint: Checkpoint) -> bool:
-        """Publish the changes' events together (one log transaction); True when the
-        checkpoint was saved with them. A change the mapping fails on is logged and skipped."""
-        new_events: list[NewEvent] = []
-        for change in changes:
-            try:
-                outgoing = self._mapping.events_for_change(change)
-            except Exception:
-                logger.exception("change skipped", extra={
-                    "collection": change.collection, "document_id": str(change.document_id)})
-                continue
-            token = _token_text(change.token)
-            new_events.extend(
-                NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
-                for position, event in enumerate(outgoing))
-        if not new_events:
-            return False
-        await self._emitter.publish(new_events, checkpoint)
-        return True
-
-
-def _token_text(token: Any) -> str:
-    data = token.get("_data") if isinstance(token, dict) else None
-    return data if isinstance(data, str) else repr(token)

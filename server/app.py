@@ -18,7 +18,8 @@ from realtime.config import Settings
 from realtime.gateway import GATEWAY, Gateway
 from realtime.mapping import DocumentMapping, StoreReservations
 from realtime.metrics import Metrics
-from realtime.pipeline import ChangePublisher, Emitter
+from realtime.emitter import Emitter
+from realtime.publisher import ChangePublisher
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.transport import TransportControl

@@ -1,0 +1,46 @@
+"""Changes become events: each change of the feed is mapped to its events, which go out
+through the single emit path, sourced by the change's resume token."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from realtime.emitter import Emitter
+from realtime.mapping import DocumentMapping
+from storage.base import Change, Checkpoint, NewEvent
+
+logger = logging.getLogger(__name__)
+
+
+class ChangePublisher:
+    """Turns each change into its events and publishes them, sourced by the change's token."""
+
+    def __init__(self, mapping: DocumentMapping, emitter: Emitter):
+        self._mapping = mapping
+        self._emitter = emitter
+
+    async def __call__(self, changes: list[Change], checkpoint: Checkpoint) -> bool:
+        """Publish the changes' events together (one log transaction); True when the
+        checkpoint was saved with them. A change the mapping fails on is logged and skipped."""
+        new_events: list[NewEvent] = []
+        for change in changes:
+            try:
+                outgoing = self._mapping.events_for_change(change)
+            except Exception:
+                logger.exception("change skipped", extra={
+                    "collection": change.collection, "document_id": str(change.document_id)})
+                continue
+            token = _token_text(change.token)
+            new_events.extend(
+                NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
+                for position, event in enumerate(outgoing))
+        if not new_events:
+            return False
+        await self._emitter.publish(new_events, checkpoint)
+        return True
+
+
+def _token_text(token: Any) -> str:
+    data = token.get("_data") if isinstance(token, dict) else None
+    return data if isinstance(data, str) else repr(token)

@@ -1,0 +1,79 @@
+"""The wire format: how ids, times, documents and events look to clients. One home, so that
+every event, ack and HTTP answer spells them the same way."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from bson import ObjectId
+
+from storage.base import StoredEvent
+
+EVENT_ID_DIGITS = 16  # zero-padded, so that ids sort as strings in emission order
+
+
+def iso_timestamp(unix_s: float) -> str:
+    """ISO 8601 UTC with milliseconds, the one time format of the protocol."""
+    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def event_id(sequence: int) -> str:
+    """The `eventId` of the event log's entry `sequence`."""
+    return f"{sequence:0{EVENT_ID_DIGITS}d}"
+
+
+def event_sequence(text: Any) -> int:
+    """The sequence behind an `eventId`; ValueError when it is not one."""
+    if not (isinstance(text, str) and text.isdigit() and len(text) <= 19):
+        raise ValueError(f"not an event id: {str(text)[:40]!r}")
+    return int(text)
+
+
+def id_string(value: Any) -> str | None:
+    """Ids travel as strings: ObjectIds as hex, numbers as digits; None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, Mapping) and isinstance(value.get("$oid"), str):
+        return value["$oid"]
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (str, int)):
+        return str(value)
+    return None
+
+
+def time_string(value: Any) -> str | None:
+    """Times travel as ISO 8601 UTC strings; dates from MongoDB become `...000Z`."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return iso_timestamp(value.timestamp())
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def json_safe(value: Any) -> Any:
+    """Document values as JSON can carry them: ids as strings, dates as ISO strings."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return time_string(value)
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def wire_payload(stored: StoredEvent) -> dict[str, Any]:
+    """A data event as clients receive it: its fields, its `eventId` and its `timestamp`."""
+    return {**stored.payload, "eventId": event_id(stored.sequence),
+            "timestamp": iso_timestamp(stored.timestamp_ms / 1000)}

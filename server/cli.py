@@ -1,0 +1,206 @@
+"""`python -m realtime`: serve (the default), issue a development token, or write to the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import signal
+import sys
+import textwrap
+from typing import Any
+
+from aiohttp import web
+
+from server.app import create_app, make_store
+from realtime.auth import ROLES, issue_token
+from realtime.config import ConfigError, Settings, describe_variables, load_settings
+from realtime.demo import DemoWriter
+from realtime.gateway import GATEWAY
+from realtime.logs import configure_logging
+from realtime.mapping import DocumentMapping
+
+logger = logging.getLogger("realtime")
+
+
+def _environment_help() -> str:
+    lines = ["environment variables (command-line options win over them):"]
+    for name, meaning, default in describe_variables():
+        lines.append(f"  {name}")
+        lines.extend(textwrap.wrap(f"{meaning} [default: {default}]", width=76,
+                                   initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime",
+        description="Real-time Socket.IO gateway for booking platforms. Without a command it "
+                    "serves: Socket.IO on SOCKETIO_PATH and the HTTP API, on MongoDB when "
+                    "MONGODB_URL is set and on the embedded SQLite store (STORE_PATH) otherwise.",
+        epilog=_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="listen address (overrides HOST)")
+    parser.add_argument("--port", type=int, help="listen port (overrides PORT)")
+    parser.add_argument("--demo", action="store_true",
+                        help="also write a demo stream of bookings and payments to the store")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    commands.add_parser("serve", help="run the gateway (the default)")
+    demo = commands.add_parser(
+        "demo", help="write a demo stream of bookings and payments to the store, to watch a "
+                     "running gateway")
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between writes [1]")
+    demo.add_argument("--count", type=int, default=0, help="stop after this many writes [0: never]")
+
+    token = commands.add_parser(
+        "token", help="print a signed development token for the configured HS key")
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--role", required=True, choices=ROLES)
+    token.add_argument("--shop", action="append", default=[], metavar="SHOP_ID",
+                       help="a shop the staff member works for (repeatable)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until exp [3600]")
+
+    store = commands.add_parser("store", help="write documents to the configured store")
+    actions = store.add_subparsers(dest="action", metavar="ACTION", required=True)
+    insert = actions.add_parser("insert", help="insert a document; prints its _id")
+    insert.add_argument("collection")
+    insert.add_argument("document", help="JSON object; a given _id is kept")
+    update = actions.add_parser("update", help="$set fields of a document")
+    update.add_argument("collection")
+    update.add_argument("id")
+    update.add_argument("fields", help="JSON object of the fields to set")
+    delete = actions.add_parser("delete", help="delete a document")
+    delete.add_argument("collection")
+    delete.add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    if args.command == "token":
+        print(issue_token(settings, args.sub, args.role, args.shop, args.ttl))
+        return 0
+    if args.command == "store":
+        return asyncio.run(_store_command(settings, args))
+    if args.command == "demo":
+        return asyncio.run(_demo_command(settings, args.interval, args.count))
+    return _serve(settings, demo=args.demo)
+
+
+async def _demo_command(settings: Settings, interval_s: float, count: int) -> int:
+    store = make_store(settings)
+    await store.open()
+    writer = DemoWriter(store, DocumentMapping(settings), interval_s)
+    try:
+        written = 0
+        while count == 0 or written < count:
+            await writer.step()
+            written += 1
+            if count == 0 or written < count:
+                await asyncio.sleep(interval_s)
+    finally:
+        await store.close()
+    return 0
+
+
+async def _store_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        body = _json_object(getattr(args, "document", None) or getattr(args, "fields", None))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = make_store(settings)
+    await store.open()
+    try:
+        if args.action == "insert":
+            print(await store.insert_document(args.collection, body))
+            return 0
+        if args.action == "update":
+            found = await store.update_document(args.collection, args.id, body)
+        else:
+            found = await store.delete_document(args.collection, args.id)
+        if not found:
+            print(f"error: no document {args.id!r} in {args.collection}", file=sys.stderr)
+            return 1
+        return 0
+    except Exception as exc:  # StoreError and driver errors: one clear line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("the document must be a JSON object")
+    return value
+
+
+def _serve(settings: Settings, demo: bool = False) -> int:
+    if settings.jwt_secret_generated:
+        warning = (f"JWT_SECRET is not set: using the development secret kept in "
+                   f"{settings.store_path}.jwt-secret; set JWT_SECRET in production")
+        logger.warning("development jwt secret", extra={"detail": warning})
+        print(f"WARNING: {warning}", file=sys.stderr)
+    try:
+        asyncio.run(_run(settings, demo))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# A full garbage-collector pass walks every live object, and a gateway holds many long-lived
+# ones (each connection's socket, queues and tasks): with the default thresholds such a pass
+# ran every second or so under load and stalled every delivery for 50-100 ms (bench/). What
+# start-up made is frozen out of those passes, and the young generation is collected less
+# often, so full passes become rare.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+async def _run(settings: Settings, demo: bool) -> None:
+    app = create_app(settings, demo=demo)
+    runner = web.AppRunner(app, handle_signals=False,
+                           shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    where = app[GATEWAY].store.describe()
+    print(f"realtime gateway listening on http://{host}:{port} (store: {where})", flush=True)
+    logger.info("listening", extra={"host": host, "port": port, "store": where})
+    if demo:
+        print("demo mode: bookings and payments are written every second; watch them with a "
+              "token from `python -m realtime token --sub admin-1 --role admin`", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":  # python -m server.cli
+    sys.exit(main())

@@ -42,9 +42,11 @@ async def blast(request: web.Request) -> web.Response:
 
 
 def main() -> None:
+    from realtime.tasks import TaskKeeper
     from realtime.transport import TransportControl
 
-    TransportControl(sio.eio, compression=False, backlog_max=10**9)  # as the gateway's default
+    # without compression, as the gateway's default
+    TransportControl(sio.eio, compression=False, backlog_max=10**9, tasks=TaskKeeper())
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/blast", blast)

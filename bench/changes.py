@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.rawclient import RawClient  # noqa: E402
-from storage.sqlite import SqliteStore  # noqa: E402
+from storage.sqlite.store import SqliteStore  # noqa: E402
 
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
 SHOPS = [f"s{n}" for n in range(10)]

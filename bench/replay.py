@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from bench.changes import SECRET, free_port, pinned, rss_kb, start, token  # noqa: E402
 from storage.base import NewEvent  # noqa: E402
-from storage.sqlite import SqliteStore  # noqa: E402
+from storage.sqlite.store import SqliteStore  # noqa: E402
 
 
 def peak_rss_kb(pid: int) -> int:

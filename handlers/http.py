@@ -99,7 +99,7 @@ async def health_check(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the store, the change watcher and Redis (when used) all answer."""
-    checks = await health.readiness(request.app[GATEWAY])
+    checks = await health.readiness(request.app[GATEWAY].probes)
     down = sorted(name for name, state in checks.items() if state != health.OK)
     if down:
         error = GatewayError("unavailable", f"not ready: {', '.join(down)}", details=checks)

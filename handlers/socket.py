@@ -84,7 +84,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
             logger.info("handshake refused", extra={"sid": sid, "code": error.code})
             raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
         # the CONNECT packet must reach the client before auth_success does
-        self._sessions.spawn(self._sessions.announce(sid, payload))
+        self._sessions.announce_soon(sid, payload)
 
     async def _authenticate(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_AUTHENTICATE, data)

@@ -1,34 +1,77 @@
-"""What /ready and /status report: each dependency's state, and the gateway's figures."""
+"""What /ready and /status report: named readiness probes, and the gateway's figures."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realtime.wire import iso_timestamp
-from realtime.gateway import Gateway
+from storage.base import Store
+from storage.feed import ChangeFeed
+
+if TYPE_CHECKING:
+    from realtime.gateway import Gateway
 
 CHECK_TIMEOUT_S = 2.0
 OK = "ok"
 
 
-async def readiness(gateway: Gateway) -> dict[str, str]:
-    """`ok`, or what is wrong, for the store, the change watcher and (when used) Redis."""
-    checks = {"store": await _check(gateway.store.ping())}
-    checks["watcher"] = OK if gateway.feed.running else "not running"
-    if gateway.redis is not None:
-        checks["redis"] = await _check(gateway.redis.ping())
-    return checks
+class NotReady(Exception):
+    """A probe's answer when its dependency is not ready; the message says why."""
 
 
-async def _check(probe) -> str:
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One dependency /ready checks: `check()` returns when it is ready, raises otherwise.
+    A probe with a connection of its own releases it in `close()`."""
+
+    name: str
+    check: Callable[[], Awaitable[None]]
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+def store_probe(store: Store) -> Probe:
+    return Probe("store", store.ping)
+
+
+def watcher_probe(feed: ChangeFeed) -> Probe:
+    async def check() -> None:
+        if not feed.running:
+            raise NotReady("not running")
+
+    return Probe("watcher", check)
+
+
+def redis_probe(url: str) -> Probe:
+    """Pings the Redis that fans emits out, on a connection of its own."""
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+    async def check() -> None:
+        await client.ping()
+
+    return Probe("redis", check, close=client.aclose)
+
+
+async def readiness(probes: tuple[Probe, ...]) -> dict[str, str]:
+    """`ok`, or what is wrong, for each probe."""
+    answers = await asyncio.gather(*(_check(probe) for probe in probes))
+    return {probe.name: answer for probe, answer in zip(probes, answers)}
+
+
+async def _check(probe: Probe) -> str:
     try:
-        await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+        await asyncio.wait_for(probe.check(), CHECK_TIMEOUT_S)
         return OK
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S:g}s"
+    except NotReady as reason:
+        return str(reason)
     except Exception as exc:  # any failure of the probe is the answer
         return f"down: {str(exc)[:200] or type(exc).__name__}"
 

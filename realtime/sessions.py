@@ -23,6 +23,7 @@ from realtime.errors import GatewayError
 from realtime.metrics import Metrics
 from realtime.emitter import Emitter
 from realtime.rooms import RoomPolicy, home_rooms, parse_room, user_room
+from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(slots=True)  # one per connection: kept small
 class SocketSession:
     sid: str
-    connected_at: float
     principal: Principal | None = None
     rooms: set[str] = dataclasses.field(default_factory=set)
     deadline: asyncio.TimerHandle | None = None
@@ -46,7 +46,7 @@ class Sessions:
     """The registry of connected sockets and the rules of their identity and rooms."""
 
     def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: TokenVerifier,
-                 policy: RoomPolicy, emitter: Emitter, metrics: Metrics,
+                 policy: RoomPolicy, emitter: Emitter, metrics: Metrics, tasks: TaskKeeper,
                  clock: Callable[[], float] = time.time):
         self._sio = sio
         self._settings = settings
@@ -56,11 +56,11 @@ class Sessions:
         self._metrics = metrics
         self._clock = clock
         self._sessions: dict[str, SocketSession] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = tasks
 
     # -- lifecycle ---------------------------------------------------------------------------
     def opened(self, sid: str) -> SocketSession:
-        session = SocketSession(sid=sid, connected_at=self._clock())
+        session = SocketSession(sid=sid)
         self._sessions[sid] = session
         self._arm(session, self._settings.auth_timeout_s, self._auth_timed_out)
         return session
@@ -76,18 +76,9 @@ class Sessions:
             raise GatewayError("unauthenticated", "this connection is closing")
         return session
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        """Run a coroutine in the background, keeping it referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def shutdown(self) -> None:
+    def shutdown(self) -> None:
         for session in self._sessions.values():
             session.cancel_deadline()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- authentication ----------------------------------------------------------------------
     async def authenticate(self, sid: str, token: Any,
@@ -130,6 +121,11 @@ class Sessions:
             "rooms": sorted({*session.rooms, *home_rooms(principal)}),
             "expiresAt": principal.expires_at_iso(),
         }
+
+    def announce_soon(self, sid: str, payload: dict[str, Any]) -> None:
+        """`announce` once the current handler has returned: a handshake's `auth_success`
+        must reach the client after the CONNECT packet, which is sent when `connect` returns."""
+        self._tasks.spawn(self.announce(sid, payload), name="announce")
 
     async def announce(self, sid: str, payload: dict[str, Any]) -> None:
         """Replay what a handshake's lastEventId missed, send `auth_success`, then arm the
@@ -196,7 +192,7 @@ class Sessions:
         def fire() -> None:
             session.deadline = None
             if self._sessions.get(session.sid) is session:
-                self.spawn(action(session))
+                self._tasks.spawn(action(session), name=action.__name__)
 
         session.deadline = asyncio.get_running_loop().call_later(max(0.0, delay_s), fire)
 

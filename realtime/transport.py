@@ -28,21 +28,49 @@ from typing import Any
 import engineio
 import engineio.packet
 import engineio.payload
+import socketio
+
+from realtime.config import Settings
+from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
 
 EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 
 
+def create_socketio_server(settings: Settings,
+                           tasks: TaskKeeper) -> tuple[socketio.AsyncServer, TransportControl]:
+    """The Socket.IO server, with the adjustments of this module installed."""
+    client_manager = None
+    if settings.redis_url:
+        client_manager = socketio.AsyncRedisManager(settings.redis_url)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=client_manager,
+        # Events of one socket are handled in arrival order: `authenticate` then `join_room`
+        # never race.
+        async_handlers=False,
+        # None: same origin only (clients that send no Origin, like mobile SDKs, pass)
+        cors_allowed_origins=list(settings.cors_origins) or None,
+        max_http_buffer_size=settings.max_payload_bytes,
+        logger=False,
+        engineio_logger=False,
+    )
+    transports = TransportControl(sio.eio, settings.ws_compression, settings.client_backlog_max,
+                                  tasks)
+    return sio, transports
+
+
 class TransportControl:
     """Installs the adjustments on one Engine.IO server and closes its clients' transports."""
 
-    def __init__(self, eio: engineio.AsyncServer, compression: bool, backlog_max: int):
+    def __init__(self, eio: engineio.AsyncServer, compression: bool, backlog_max: int,
+                 tasks: TaskKeeper):
         self._eio = eio
         self._backlog_max = backlog_max
         # the TCP transport under each WebSocket, to cut a stalled one off
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = tasks
         self.slow_clients_closed = 0
         self._install_driver(compression)
         eio.create_queue = self._create_backlog  # each socket's outgoing queue (base_socket.py)
@@ -74,9 +102,7 @@ class TransportControl:
                 logger.warning("slow client cut off", extra={"sid": eio_sid,
                                                              "backlog": backlog.qsize()})
                 self.slow_clients_closed += 1
-                task = asyncio.get_running_loop().create_task(self.close(eio_sid, abort=True))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._tasks.spawn(self.close(eio_sid, abort=True), name="slow client cut")
                 return
 
     def _release_long_poll(self) -> None:

@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from realtime.config import describe_variables
-from storage.sqlite import SqliteStore
+from storage.sqlite.store import SqliteStore
 from tests.clients import ROOT, make_client
 
 

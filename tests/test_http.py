@@ -181,9 +181,7 @@ async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(http, ga
 
 
 async def test_ready_is_503_when_the_watcher_stops(http, gateway):
-    gateway.feed_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await gateway.feed_task
+    await gateway.feed.stop()
     answer = await http.get("/ready")
     assert answer.status == 503
     assert (await answer.json())["error"]["details"]["watcher"] == "not running"

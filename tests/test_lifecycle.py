@@ -73,7 +73,7 @@ async def test_sigterm_exits_cleanly_and_clients_reconnect_and_catch_up(env, gat
 
 WRITER = """
 import asyncio, sys
-from storage.sqlite import SqliteStore
+from storage.sqlite.store import SqliteStore
 
 async def main(path, count):
     store = SqliteStore(path)

@@ -12,7 +12,7 @@ import pytest
 
 from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent
 from storage.mongo import MongoStore
-from storage.sqlite import SqliteStore
+from storage.sqlite.store import SqliteStore
 
 WAIT_S = 10.0
 MONGODB_SKIP = ("MONGODB_URL is not set: no MongoDB replica set is reachable from this machine "

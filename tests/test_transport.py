@@ -16,7 +16,8 @@ import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
 import pytest
 
-from server.app import make_socketio_server
+from realtime.tasks import TaskKeeper
+from realtime.transport import create_socketio_server
 from realtime.config import load_settings
 
 
@@ -31,7 +32,7 @@ async def negotiated_compression(base_url: str) -> int:
 
 def test_the_driver_is_the_one_we_adjust(tmp_path):
     settings = load_settings({"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32})
-    sio, _ = make_socketio_server(settings)
+    sio, _ = create_socketio_server(settings, TaskKeeper())
     assert issubclass(sio.eio._async["websocket"], engineio_aiohttp.WebSocket)
     assert sio.eio._async["websocket"] is not engineio_aiohttp.WebSocket
     assert engineio_aiohttp._async["websocket"] is engineio_aiohttp.WebSocket  # not patched
@@ -111,7 +112,7 @@ async def test_a_poll_carries_no_more_packets_than_python_clients_accept(setting
     import engineio.packet
     import engineio.payload
 
-    sio, _ = make_socketio_server(settings)
+    sio, _ = create_socketio_server(settings, TaskKeeper())
     socket_ = engineio.async_socket.AsyncSocket(sio.eio, "sid")
     for n in range(40):
         await socket_.send(engineio.packet.Packet(engineio.packet.MESSAGE, f"m{n}"))

@@ -9,7 +9,7 @@ import pytest
 from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, OperationFailure
 
 from storage.base import ChangeHistoryLost, ChangeStream, StoreError
-from storage.changes import Backoff, ChangeFeed
+from storage.feed import Backoff, ChangeFeed
 from storage.mongo import MongoChangeStream, translate_error
 
 NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.timezone.utc)

@@ -71,7 +71,6 @@ class ChangeFeed:
         self.lag_s: dict[str, float] = {}
         self.last_change_at: dict[str, dt.datetime] = {}
         self.changes_handled = 0
-        self._progress = asyncio.Condition()
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._interruptible = False  # waiting for a change or a retry: safe to cancel
@@ -86,6 +85,12 @@ class ChangeFeed:
             await self._history_lost(exc)
             self._stream = await self._store.watch(self._collections, None)
         await self._save(self._stream.resume_token)
+
+    def start(self) -> None:
+        """Consume in a task of the feed's own, until `stop()`; a crash is logged."""
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"feed:{self.name}")
+        self._task.add_done_callback(_log_crash)
 
     async def run(self) -> None:
         """Consume until cancelled or stopped."""
@@ -173,14 +178,7 @@ class ChangeFeed:
         else:
             await self._save(checkpoint.token)
         self._backoff.reset()
-        async with self._progress:
-            self.changes_handled += len(changes)
-            self._progress.notify_all()
-
-    async def wait_handled(self, count: int) -> None:
-        """Return once `count` changes have been handled (and their tokens saved)."""
-        async with self._progress:
-            await self._progress.wait_for(lambda: self.changes_handled >= count)
+        self.changes_handled += len(changes)
 
     async def _invalidated(self, change: Change) -> None:
         logger.error("change stream invalidated", extra={"feed": self.name,
@@ -215,3 +213,8 @@ class ChangeFeed:
                 await stream.close()
             except Exception:
                 logger.debug("change stream close failed", exc_info=True)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("change feed crashed", exc_info=task.exception())

@@ -17,7 +17,7 @@ import sys
 
 from server.app import create_app
 from realtime.gateway import GATEWAY
-from tests.clients import ROOT
+from tests.clients import ROOT, Client, make_client
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
@@ -121,20 +121,31 @@ async def test_a_write_from_another_process_is_delivered(gateway, settings, conn
     assert (update["reservationId"], update["updateType"]) == ("from-cli", "created")
 
 
-async def test_a_restart_emits_every_change_once(aiohttp_server, settings):
+async def watching_admin(server, token) -> Client:
+    """An admin in admin-reservations of this server: it hears every booking change the
+    server emits, in order."""
+    admin = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
+    await admin.connect({"token": token("a1", "admin")})
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    return admin
+
+
+async def test_a_restart_emits_every_change_once(aiohttp_server, settings, token):
     # (no server fixture here: a gateway of its own on the same file would take changes too)
     first = create_app(settings)
     server = await aiohttp_server(first)
+    admin = await watching_admin(server, token)
     store = first[GATEWAY].store
     for n in range(3):
         await store.insert_document("bookings", {"_id": f"before-{n}", "customerId": "c1",
                                                  "shopId": "s1", "status": "pending", **SLOT})
-
-    await asyncio.wait_for(first[GATEWAY].feed.wait_handled(3), 10)
+    for n in range(3):
+        assert (await admin.next_event("reservation_update"))["reservationId"] == f"before-{n}"
+    await admin.close()
     await server.close()
 
     # written while no gateway runs: the next one must emit these, and only these
-    from storage.sqlite import SqliteStore
+    from storage.sqlite.store import SqliteStore
 
     offline = SqliteStore(settings.store_path)
     await offline.open()
@@ -146,11 +157,13 @@ async def test_a_restart_emits_every_change_once(aiohttp_server, settings):
     await offline.close()
 
     second = create_app(settings)
-    await aiohttp_server(second)
+    admin = await watching_admin(await aiohttp_server(second), token)
     gateway = second[GATEWAY]
-    store = gateway.store
-    # from the rewound token: two changes seen before, two new ones
-    await asyncio.wait_for(gateway.feed.wait_handled(4), 10)
+    # from the rewound token: two changes seen before, then two new ones, in that order
+    for n in range(2):
+        assert (await admin.next_event("reservation_update"))["reservationId"] == \
+            f"while-down-{n}"
+    await admin.close()
     with sqlite3.connect(settings.store_path) as db:
         rows = db.execute("SELECT source, seq FROM events ORDER BY seq").fetchall()
     sources = [source for source, _ in rows]
@@ -168,7 +181,12 @@ async def test_two_gateways_on_one_store_emit_each_change_once(aiohttp_server, s
     for n in range(5):
         await store.insert_document("bookings", {"customerId": "c1", "shopId": "s1",
                                                  "status": "pending", **SLOT})
+
+    async def consumed(app) -> None:  # what /status reports as changesHandled
+        while app[GATEWAY].feed.changes_handled < 5:
+            await app[GATEWAY].store.ping()  # a round trip to the store between two looks
+
     for app in (first, second):
-        await asyncio.wait_for(app[GATEWAY].feed.wait_handled(5), 10)
+        await asyncio.wait_for(consumed(app), 10)
     emitted = [app[GATEWAY].emitter.emitted.get("reservation_update", 0) for app in (first, second)]
     assert sum(emitted) == 5  # each change once, by whichever instance logged it first

@@ -1,0 +1,166 @@
+"""SQLite plumbing: one connection used from one thread, whole transactions in one hop off
+the event loop, retries while another process holds the write lock, and background upkeep
+(WAL checkpoints, pruning) on a thread and connection of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from storage.base import StoreError
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 10.0
+# SQLite's own busy handler sleeps in steps of 1 to 100 ms while another process holds the
+# write lock; retrying ourselves in much shorter steps keeps the change -> client latency low
+BUSY_RETRY_FIRST_S = 0.0002
+BUSY_RETRY_MAX_S = 0.005
+CHECKPOINT_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 60.0
+
+Result = TypeVar("Result")
+
+
+class SqliteConnection:
+    """One SQLite connection, used from one thread: calls never interleave, and each call
+    runs a whole transaction in a single hop off the event loop."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        self._upkeep: _Upkeep | None = None
+
+    async def open(self, setup: Callable[[sqlite3.Connection], None]) -> None:
+        """Open the file (WAL mode) and run `setup` (create what is missing) on it."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+
+        def connect() -> None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=0)
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._db = db
+            setup(db)
+
+        try:
+            await self.run(connect)
+        except StoreError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+
+    async def run(self, function: Callable[..., Result], *args: Any) -> Result:
+        """`function(*args)` on the connection's thread, again while the file is busy;
+        SQLite's errors come back as `StoreError`."""
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._thread, retry_while_busy, function, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` ... COMMIT/ROLLBACK: the write lock is taken up front, so two
+        processes never deadlock upgrading a read lock."""
+        with write_transaction(self.db) as db:
+            yield db
+
+    async def start_upkeep(self, prune: Callable[[sqlite3.Connection], None]) -> None:
+        """For a long-running process: write the WAL back to the database file from a thread
+        of its own, instead of inside a commit every ~1,000 pages (the fsync it costs would
+        stall the pipeline), and `prune` the logs now and then. Stopped by `close()`."""
+        await self.run(lambda: self.db.execute("PRAGMA wal_autocheckpoint = 0"))
+        self._upkeep = _Upkeep(self.path, prune)
+        self._upkeep.start()
+
+    async def close(self) -> None:
+        if self._upkeep is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._upkeep.stop)
+            self._upkeep = None
+        if self._thread is None:
+            return
+        if self._db is not None:
+            await self.run(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+        self._thread = None
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def retry_while_busy(function: Callable[..., Result], *args: Any) -> Result:
+    """Run a transactional function, again while another process holds the lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = BUSY_RETRY_FIRST_S
+    while True:
+        try:
+            return function(*args)
+        except sqlite3.OperationalError as exc:
+            message = str(exc)
+            if ("locked" not in message and "busy" not in message) or \
+                    time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(BUSY_RETRY_MAX_S, delay * 2)
+
+
+class _Upkeep(threading.Thread):
+    """WAL checkpoints every second, pruning every minute, on a connection of its own."""
+
+    def __init__(self, path: str, prune: Callable[[sqlite3.Connection], None]):
+        super().__init__(name="sqlite-upkeep", daemon=True)
+        self._path = path
+        self._prune = prune
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                             timeout=0)
+        next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        try:
+            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+                self._attempt("wal checkpoint", db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                    self._attempt("prune", retry_while_busy, self._prune, db)
+            self._attempt("wal checkpoint", db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
+    @staticmethod
+    def _attempt(what: str, function: Callable[..., Any], *args: Any) -> None:
+        try:
+            function(*args)
+        except sqlite3.Error:
+            logger.warning("sqlite upkeep failed", extra={"task": what}, exc_info=True)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()

@@ -30,8 +30,11 @@ async def blast(request: web.Request) -> web.Response:
 
     async def run():
         for n in range(body["count"]):
-            names = {"customer": customers[n % len(customers)], "shop": shops[n % len(shops)],
-                     "n": n}
+            names = {
+                "customer": customers[n % len(customers)],
+                "shop": shops[n % len(shops)],
+                "n": n,
+            }
             for event in body["events"]:
                 payload = dict(event["payload"], eventId=f"{n:016d}", reservationId=str(n))
                 rooms = [template.format(**names) for template in event["rooms"]]
@@ -50,8 +53,12 @@ def main() -> None:
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/blast", blast)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *_: print(
-        "listening", flush=True))
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        print=lambda *_: print("listening", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -75,29 +75,51 @@ def population(clients: int) -> list[dict]:
     """Who connects: role, user id and the rooms to join."""
     people = []
     for shop in SHOPS:
-        people += [{"sub": f"staff-{shop}-{n}", "role": "staff", "shops": [shop],
-                    "rooms": [f"shop-{shop}"]} for n in range(STAFF_PER_SHOP)]
-        people += [{"sub": f"watcher-{shop}-{n}", "role": "customer", "shops": [],
-                    "rooms": [f"availability-{shop}"]} for n in range(WATCHERS_PER_SHOP)]
-    people += [{"sub": f"admin-{n}", "role": "admin", "shops": [],
-                "rooms": ["admin-reservations"]} for n in range(ADMINS)]
+        people += [
+            {
+                "sub": f"staff-{shop}-{n}",
+                "role": "staff",
+                "shops": [shop],
+                "rooms": [f"shop-{shop}"],
+            }
+            for n in range(STAFF_PER_SHOP)
+        ]
+        people += [
+            {
+                "sub": f"watcher-{shop}-{n}",
+                "role": "customer",
+                "shops": [],
+                "rooms": [f"availability-{shop}"],
+            }
+            for n in range(WATCHERS_PER_SHOP)
+        ]
+    people += [
+        {"sub": f"admin-{n}", "role": "admin", "shops": [], "rooms": ["admin-reservations"]}
+        for n in range(ADMINS)
+    ]
     customers = clients - len(people)
     if customers < 1:
         raise SystemExit(f"--clients must be more than {len(people)}")
-    people += [{"sub": f"c{n}", "role": "customer", "shops": [], "rooms": []}
-               for n in range(customers)]
+    people += [
+        {"sub": f"c{n}", "role": "customer", "shops": [], "rooms": []} for n in range(customers)
+    ]
     return people
 
 
 def token(person: dict) -> str:
-    claims = {"sub": person["sub"], "role": person["role"], "shop_ids": person["shops"],
-              "exp": int(time.time()) + 3600}
+    claims = {
+        "sub": person["sub"],
+        "role": person["role"],
+        "shop_ids": person["shops"],
+        "exp": int(time.time()) + 3600,
+    }
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
 async def start(command: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        *command, cwd=ROOT, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE)
+        *command, cwd=ROOT, env={**os.environ, **env}, stdout=asyncio.subprocess.PIPE
+    )
     line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
     if "listening" not in line:
         raise RuntimeError(f"server did not start: {line!r}")
@@ -111,8 +133,11 @@ async def connect_everyone(session, url, people, on_event, gateway: bool) -> lis
     async def one(person):
         async with gate:
             client = RawClient(session, url, on_event)
-            auth = {"token": token(person)} if gateway else {"rooms": person["rooms"],
-                                                              "sub": person["sub"]}
+            auth = (
+                {"token": token(person)}
+                if gateway
+                else {"rooms": person["rooms"], "sub": person["sub"]}
+            )
             await client.connect(auth)
             if gateway:
                 for room in person["rooms"]:
@@ -155,8 +180,9 @@ class Deliveries:
         self.target = target
 
 
-async def write_changes(store: SqliteStore, customers: list[str], count: int,
-                        rate: float | None, deliveries: Deliveries) -> float:
+async def write_changes(
+    store: SqliteStore, customers: list[str], count: int, rate: float | None, deliveries: Deliveries
+) -> float:
     """Insert `count` bookings, at `rate` per second or as fast as possible; returns seconds."""
     started = time.perf_counter()
     rng = random.Random(7)
@@ -167,9 +193,16 @@ async def write_changes(store: SqliteStore, customers: list[str], count: int,
                 await asyncio.sleep(delay)  # the fixed write rate itself, not synchronisation
         booking_id = str(ObjectId())
         deliveries.written_at[booking_id] = time.perf_counter()
-        await store.insert_document("bookings", {
-            "_id": booking_id, "customerId": rng.choice(customers),
-            "shopId": SHOPS[n % len(SHOPS)], "status": "pending", **SLOT})
+        await store.insert_document(
+            "bookings",
+            {
+                "_id": booking_id,
+                "customerId": rng.choice(customers),
+                "shopId": SHOPS[n % len(SHOPS)],
+                "status": "pending",
+                **SLOT,
+            },
+        )
     return time.perf_counter() - started
 
 
@@ -177,10 +210,18 @@ async def bench_gateway(args, people, deliveries) -> dict:
     workdir = tempfile.mkdtemp(prefix="bench-gateway-")
     store_path = os.path.join(workdir, "bench.db")
     port = free_port()
-    server = await start([*pinned(0), sys.executable, "-m", "realtime", "--port", str(port)], {
-        "STORE_PATH": store_path, "JWT_SECRET": SECRET, "LOG_LEVEL": "warning",
-        "WS_COMPRESSION": "true" if args.compression else "false", "PYTHONPATH": ROOT,
-        "AUTH_TIMEOUT": "60", "WATCHER_POLL_MS": str(args.poll_ms)})
+    server = await start(
+        [*pinned(0), sys.executable, "-m", "realtime", "--port", str(port)],
+        {
+            "STORE_PATH": store_path,
+            "JWT_SECRET": SECRET,
+            "LOG_LEVEL": "warning",
+            "WS_COMPRESSION": "true" if args.compression else "false",
+            "PYTHONPATH": ROOT,
+            "AUTH_TIMEOUT": "60",
+            "WATCHER_POLL_MS": str(args.poll_ms),
+        },
+    )
     url = f"http://127.0.0.1:{port}"
     store = SqliteStore(store_path)
     await store.open()
@@ -209,7 +250,8 @@ async def bench_gateway(args, people, deliveries) -> dict:
             await asyncio.wait_for(deliveries.done.wait(), 120)
             figures["backlog_share"] = 1 - delivered_then / deliveries.count
             figures["saturation_per_s"] = (deliveries.count - delivered_then) / (
-                deliveries.last_at - written_at)
+                deliveries.last_at - written_at
+            )
             for client in clients:
                 await client.close()
     finally:
@@ -222,26 +264,56 @@ async def bench_gateway(args, people, deliveries) -> dict:
 
 async def bench_bare(args, people, deliveries) -> float:
     port = free_port()
-    server = await start([*pinned(0), sys.executable, os.path.join("bench", "bare_server.py"),
-                          str(port)], {"PYTHONPATH": ROOT})
+    server = await start(
+        [*pinned(0), sys.executable, os.path.join("bench", "bare_server.py"), str(port)],
+        {"PYTHONPATH": ROOT},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             clients = await connect_everyone(session, url, people, deliveries, gateway=False)
             customers = [p["sub"] for p in people if p["sub"].startswith("c")]
             deliveries.reset(False, args.burst * DELIVERIES_PER_CHANGE)
-            reservation = {"status": "pending", "previousStatus": None, "updateType": "created",
-                           "userId": "c1", "shopId": "s1", **SLOT,
-                           "timestamp": "2026-11-21T10:00:00.000Z"}
-            availability = {"shopId": "s1", **SLOT, "available": False,
-                            "timestamp": "2026-11-21T10:00:00.000Z"}
-            await session.post(f"{url}/blast", json={
-                "count": args.burst, "customers": customers, "shops": SHOPS, "events": [
-                    {"name": "reservation_update", "payload": reservation,
-                     "rooms": ["reservation-{n}", "user-{customer}", "shop-{shop}",
-                               "admin-reservations"]},
-                    {"name": "availability_update", "payload": availability,
-                     "rooms": ["availability-{shop}"]}]})
+            reservation = {
+                "status": "pending",
+                "previousStatus": None,
+                "updateType": "created",
+                "userId": "c1",
+                "shopId": "s1",
+                **SLOT,
+                "timestamp": "2026-11-21T10:00:00.000Z",
+            }
+            availability = {
+                "shopId": "s1",
+                **SLOT,
+                "available": False,
+                "timestamp": "2026-11-21T10:00:00.000Z",
+            }
+            await session.post(
+                f"{url}/blast",
+                json={
+                    "count": args.burst,
+                    "customers": customers,
+                    "shops": SHOPS,
+                    "events": [
+                        {
+                            "name": "reservation_update",
+                            "payload": reservation,
+                            "rooms": [
+                                "reservation-{n}",
+                                "user-{customer}",
+                                "shop-{shop}",
+                                "admin-reservations",
+                            ],
+                        },
+                        {
+                            "name": "availability_update",
+                            "payload": availability,
+                            "rooms": ["availability-{shop}"],
+                        },
+                    ],
+                },
+            )
             await asyncio.wait_for(deliveries.done.wait(), 120)
             rate = deliveries.count / (deliveries.last_at - deliveries.first_at)
             for client in clients:
@@ -258,10 +330,15 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="changes/s, latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--burst", type=int, default=3000, help="changes, saturation phase")
-    parser.add_argument("--poll-ms", type=int, default=10,
-                        help="the gateway's WATCHER_POLL_MS (embedded store) [10]")
-    parser.add_argument("--compression", action="store_true",
-                        help="run the gateway with WS_COMPRESSION=true")
+    parser.add_argument(
+        "--poll-ms",
+        type=int,
+        default=10,
+        help="the gateway's WATCHER_POLL_MS (embedded store) [10]",
+    )
+    parser.add_argument(
+        "--compression", action="store_true", help="run the gateway with WS_COMPRESSION=true"
+    )
     args = parser.parse_args()
     if len(pinned(0)) and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {1})
@@ -271,22 +348,32 @@ async def main() -> None:
     gateway = await bench_gateway(args, people, deliveries)
     bare = await bench_bare(args, people, Deliveries(False))
     latency = gateway["latency_ms"]
-    print(f"# bench/changes.py on {platform.node()} ({os.cpu_count()} CPUs), "
-          f"python {platform.python_version()}")
-    print(f"# gateway pinned to CPU 0, clients + writer on CPU 1: {args.clients} WebSocket "
-          f"clients, {DELIVERIES_PER_CHANGE} deliveries per change, WS compression "
-          f"{'on' if args.compression else 'off'}, WATCHER_POLL_MS={args.poll_ms}")
-    print(f"latency at {args.rate:g} changes/s for {args.seconds:g}s ({len(latency)} deliveries): "
-          f"p50 {percentile(latency, 50):.1f} ms, p95 {percentile(latency, 95):.1f} ms, "
-          f"p99 {percentile(latency, 99):.1f} ms, max {max(latency):.1f} ms, "
-          f"mean {statistics.fmean(latency):.1f} ms")
-    print(f"saturation ({args.burst} changes written as fast as possible; the gateway measured "
-          f"over the {gateway['backlog_share']:.0%} of deliveries left after the writer "
-          f"finished): gateway {gateway['saturation_per_s']:,.0f} deliveries/s; bare python-socketio "
-          f"{bare:,.0f} deliveries/s ({gateway['saturation_per_s'] / bare:.0%} of bare)")
-    print(f"memory: gateway RSS {gateway['rss_before_mb']:.1f} MB idle -> "
-          f"{gateway['rss_after_mb']:.1f} MB with {args.clients} clients = "
-          f"{gateway['rss_per_connection_kb']:.1f} KB per connection")
+    print(
+        f"# bench/changes.py on {platform.node()} ({os.cpu_count()} CPUs), "
+        f"python {platform.python_version()}"
+    )
+    print(
+        f"# gateway pinned to CPU 0, clients + writer on CPU 1: {args.clients} WebSocket "
+        f"clients, {DELIVERIES_PER_CHANGE} deliveries per change, WS compression "
+        f"{'on' if args.compression else 'off'}, WATCHER_POLL_MS={args.poll_ms}"
+    )
+    print(
+        f"latency at {args.rate:g} changes/s for {args.seconds:g}s ({len(latency)} deliveries): "
+        f"p50 {percentile(latency, 50):.1f} ms, p95 {percentile(latency, 95):.1f} ms, "
+        f"p99 {percentile(latency, 99):.1f} ms, max {max(latency):.1f} ms, "
+        f"mean {statistics.fmean(latency):.1f} ms"
+    )
+    print(
+        f"saturation ({args.burst} changes written as fast as possible; the gateway measured "
+        f"over the {gateway['backlog_share']:.0%} of deliveries left after the writer "
+        f"finished): gateway {gateway['saturation_per_s']:,.0f} deliveries/s; bare python-socketio "
+        f"{bare:,.0f} deliveries/s ({gateway['saturation_per_s'] / bare:.0%} of bare)"
+    )
+    print(
+        f"memory: gateway RSS {gateway['rss_before_mb']:.1f} MB idle -> "
+        f"{gateway['rss_after_mb']:.1f} MB with {args.clients} clients = "
+        f"{gateway['rss_per_connection_kb']:.1f} KB per connection"
+    )
 
 
 if __name__ == "__main__":

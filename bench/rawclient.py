@@ -14,8 +14,12 @@ import aiohttp
 
 
 class RawClient:
-    def __init__(self, session: aiohttp.ClientSession, url: str,
-                 on_event: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        on_event: Callable[[str], None] | None = None,
+    ):
         self._session = session
         self._url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
         self._on_event = on_event  # gets each raw `42[...]` frame's text
@@ -51,8 +55,11 @@ class RawClient:
                 break
             text = message.data
             if text.startswith("42"):
-                if self.auth_success is not None and not self.auth_success.done() \
-                        and '"auth_success"' in text[:20]:
+                if (
+                    self.auth_success is not None
+                    and not self.auth_success.done()
+                    and '"auth_success"' in text[:20]
+                ):
                     self.auth_success.set_result(json.loads(text[2:])[1])
                 elif self._on_event is not None:
                     self._on_event(text)

@@ -49,20 +49,35 @@ async def main() -> None:
     store_path = os.path.join(workdir, "replay.db")
     store = SqliteStore(store_path)
     await store.open()
-    first = await store.append_events([NewEvent("notification", {"title": "seen"},
-                                                ("user-c1",), "bench:seen")])
+    first = await store.append_events(
+        [NewEvent("notification", {"title": "seen"}, ("user-c1",), "bench:seen")]
+    )
     batch = 1000
     for start_at in range(0, args.missed, batch):
-        await store.append_events([
-            NewEvent("notification", {"title": f"missed {n}", "body": "x" * 200},
-                     ("user-c1", "admin-general"), f"bench:{n}")
-            for n in range(start_at, min(args.missed, start_at + batch))])
+        await store.append_events(
+            [
+                NewEvent(
+                    "notification",
+                    {"title": f"missed {n}", "body": "x" * 200},
+                    ("user-c1", "admin-general"),
+                    f"bench:{n}",
+                )
+                for n in range(start_at, min(args.missed, start_at + batch))
+            ]
+        )
     await store.close()
 
     port = free_port()
-    server = await start([*pinned(0), sys.executable, "-m", "realtime", "--port", str(port)], {
-        "STORE_PATH": store_path, "JWT_SECRET": SECRET, "LOG_LEVEL": "warning",
-        "PYTHONPATH": ROOT, "REPLAY_MAX_EVENTS": str(args.missed)})
+    server = await start(
+        [*pinned(0), sys.executable, "-m", "realtime", "--port", str(port)],
+        {
+            "STORE_PATH": store_path,
+            "JWT_SECRET": SECRET,
+            "LOG_LEVEL": "warning",
+            "PYTHONPATH": ROOT,
+            "REPLAY_MAX_EVENTS": str(args.missed),
+        },
+    )
     try:
         rss_before = rss_kb(server.pid)
         client = socketio.AsyncClient(reconnection=False)
@@ -78,10 +93,14 @@ async def main() -> None:
             done.set_result(payload)
 
         started = time.perf_counter()
-        await client.connect(f"http://127.0.0.1:{port}", transports=[args.transport],
-                             auth={"token": token({"sub": "c1", "role": "customer",
-                                                   "shops": []}),
-                                   "lastEventId": f"{first[0].sequence:016d}"})
+        await client.connect(
+            f"http://127.0.0.1:{port}",
+            transports=[args.transport],
+            auth={
+                "token": token({"sub": "c1", "role": "customer", "shops": []}),
+                "lastEventId": f"{first[0].sequence:016d}",
+            },
+        )
         success = await asyncio.wait_for(done, 300)
         elapsed = time.perf_counter() - started
         rss_after, rss_peak = rss_kb(server.pid), peak_rss_kb(server.pid)
@@ -91,14 +110,20 @@ async def main() -> None:
         await server.wait()
     assert success["replayed"] == args.missed and len(received) == args.missed, success
     assert received == sorted(received) and len(set(received)) == len(received)
-    print(f"# bench/replay.py on {platform.node()} ({os.cpu_count()} CPUs), python "
-          f"{platform.python_version()}; gateway pinned to CPU 0, the python-socketio client on "
-          f"CPU 1, {args.transport}")
-    print(f"replay of {args.missed} missed events (about 300 bytes each): caught up in "
-          f"{elapsed:.2f} s ({args.missed / elapsed:,.0f} events/s), all in order before "
-          f"auth_success")
-    print(f"gateway RSS: {rss_before / 1024:.1f} MB before, {rss_after / 1024:.1f} MB after, "
-          f"{rss_peak / 1024:.1f} MB peak")
+    print(
+        f"# bench/replay.py on {platform.node()} ({os.cpu_count()} CPUs), python "
+        f"{platform.python_version()}; gateway pinned to CPU 0, the python-socketio client on "
+        f"CPU 1, {args.transport}"
+    )
+    print(
+        f"replay of {args.missed} missed events (about 300 bytes each): caught up in "
+        f"{elapsed:.2f} s ({args.missed / elapsed:,.0f} events/s), all in order before "
+        f"auth_success"
+    )
+    print(
+        f"gateway RSS: {rss_before / 1024:.1f} MB before, {rss_after / 1024:.1f} MB after, "
+        f"{rss_peak / 1024:.1f} MB peak"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,15 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     if request.path == "/broadcast":
         request.app[GATEWAY].metrics.broadcast_requests.labels(str(response.status)).inc()
     if not is_socketio:
-        logger.info("request", extra={"method": request.method, "path": request.path,
-                                      "status": response.status,
-                                      "ms": round((time.perf_counter() - started) * 1000, 2)})
+        logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
     return response
 
 
@@ -70,8 +76,9 @@ def require_service_token(request: web.Request) -> None:
     if expected is None:
         raise GatewayError("forbidden", "no BROADCAST_TOKEN is configured on this gateway")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                             expected.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
         raise GatewayError("unauthenticated", "a valid bearer token is required")
 
 
@@ -86,8 +93,10 @@ async def broadcast(request: web.Request) -> web.Response:
         raise GatewayError("invalid_payload", f"the body is not valid JSON: {exc}") from None
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX and key.isprintable()):
-        raise GatewayError("invalid_payload",
-                           f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters")
+        raise GatewayError(
+            "invalid_payload",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters",
+        )
     result = await request.app[GATEWAY].broadcaster.broadcast(body, key)
     return web.json_response(result, status=202)
 
@@ -128,11 +137,16 @@ def setup_routes(app: web.Application, cors_origins: tuple[str, ...]) -> None:
     ]
     if cors_origins:
         # only these routes: the Socket.IO route does its own CORS (cors_allowed_origins)
-        cors = aiohttp_cors.setup(app, defaults={
-            origin: aiohttp_cors.ResourceOptions(
-                allow_headers=("Authorization", "Content-Type", "Idempotency-Key"),
-                allow_methods=("GET", "POST"), max_age=3600)
-            for origin in cors_origins
-        })
+        cors = aiohttp_cors.setup(
+            app,
+            defaults={
+                origin: aiohttp_cors.ResourceOptions(
+                    allow_headers=("Authorization", "Content-Type", "Idempotency-Key"),
+                    allow_methods=("GET", "POST"),
+                    max_age=3600,
+                )
+                for origin in cors_origins
+            },
+        )
         for route in routes:
             cors.add(route)

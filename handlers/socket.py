@@ -13,9 +13,9 @@ from typing import Any
 import socketio
 
 from realtime import events
+from realtime.emitter import Emitter
 from realtime.errors import AUTH_CODES, GatewayError
 from realtime.metrics import Metrics
-from realtime.emitter import Emitter
 from realtime.sessions import Sessions
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ _LEAVE = events.LeaveRoomSchema()
 
 
 class GatewayNamespace(socketio.AsyncNamespace):
-    def __init__(self, sessions: Sessions, emitter: Emitter, metrics: Metrics,
-                 namespace: str = "/"):
+    def __init__(
+        self, sessions: Sessions, emitter: Emitter, metrics: Metrics, namespace: str = "/"
+    ):
         super().__init__(namespace)
         self._sessions = sessions
         self._emitter = emitter
@@ -49,14 +50,18 @@ class GatewayNamespace(socketio.AsyncNamespace):
         try:
             handler = self._handlers.get(event)
             if handler is None:
-                raise GatewayError("invalid_payload", f"unknown event {str(event)[:64]!r}",
-                                   details={"known": sorted(self._handlers)})
+                raise GatewayError(
+                    "invalid_payload",
+                    f"unknown event {str(event)[:64]!r}",
+                    details={"known": sorted(self._handlers)},
+                )
             if len(payload) > 1:
                 raise GatewayError("invalid_payload", "send one payload object")
             return await handler(sid, payload[0] if payload else None)
         except GatewayError as error:
-            logger.info("event refused", extra={"sid": sid, "event": str(event)[:64],
-                                                "code": error.code})
+            logger.info(
+                "event refused", extra={"sid": sid, "event": str(event)[:64], "code": error.code}
+            )
             return await self._answer_error(sid, event, error)
         except Exception:
             logger.exception("event failed", extra={"sid": sid, "event": str(event)[:64]})
@@ -68,7 +73,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         else:
             self._metrics.socket_errors.labels(error.code).inc()
             await self._emitter.send_control(
-                sid, events.ERROR, {**error.to_dict(), "event": str(event)[:64]})
+                sid, events.ERROR, {**error.to_dict(), "event": str(event)[:64]}
+            )
         return {"ok": False, "error": error.to_dict()}
 
     async def _connect(self, sid: str, environ: dict, auth: Any = None) -> None:
@@ -77,8 +83,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
             handshake = events.load(_HANDSHAKE, auth)
             if not handshake.get("token"):
                 return  # accepted unauthenticated: `authenticate` must follow in time
-            payload = await self._sessions.authenticate(sid, handshake["token"],
-                                                        handshake.get("lastEventId"))
+            payload = await self._sessions.authenticate(
+                sid, handshake["token"], handshake.get("lastEventId")
+            )
         except GatewayError as error:
             self._sessions.closed(sid)
             logger.info("handshake refused", extra={"sid": sid, "code": error.code})

@@ -92,19 +92,22 @@ class TokenVerifier:
         if isinstance(user_id, int) and not isinstance(user_id, bool):
             user_id = str(user_id)
         if not isinstance(user_id, str) or not user_id:
-            raise GatewayError("invalid_token",
-                               f"the token has no user id claim {names.jwt_claim_user_id!r}")
+            raise GatewayError(
+                "invalid_token", f"the token has no user id claim {names.jwt_claim_user_id!r}"
+            )
         role = value_at(claims, names.jwt_claim_role)
         if role not in ROLES:
-            raise GatewayError("invalid_token",
-                               f"the token's {names.jwt_claim_role!r} claim must be one of "
-                               f"{', '.join(ROLES)}")
+            raise GatewayError(
+                "invalid_token",
+                f"the token's {names.jwt_claim_role!r} claim must be one of {', '.join(ROLES)}",
+            )
         shop_ids = value_at(claims, names.jwt_claim_shop_ids) or []
         if isinstance(shop_ids, (str, int)):
             shop_ids = [shop_ids]
         if not isinstance(shop_ids, list):
-            raise GatewayError("invalid_token",
-                               f"the token's {names.jwt_claim_shop_ids!r} claim must be a list")
+            raise GatewayError(
+                "invalid_token", f"the token's {names.jwt_claim_shop_ids!r} claim must be a list"
+            )
         return Principal(
             user_id=user_id,
             role=role,
@@ -113,13 +116,20 @@ class TokenVerifier:
         )
 
 
-def issue_token(settings: Settings, sub: str, role: str, shop_ids: Iterable[str] = (),
-                ttl_s: float = 3600.0, extra: dict[str, Any] | None = None) -> str:
+def issue_token(
+    settings: Settings,
+    sub: str,
+    role: str,
+    shop_ids: Iterable[str] = (),
+    ttl_s: float = 3600.0,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """A development token signed with the configured HS secret, shaped by the claim names."""
     if not settings.jwt_secret:
-        raise GatewayError("invalid_token",
-                           "only HS tokens can be issued here; sign RS/ES tokens with your "
-                           "identity provider")
+        raise GatewayError(
+            "invalid_token",
+            "only HS tokens can be issued here; sign RS/ES tokens with your identity provider",
+        )
     algorithm = next((a for a in settings.jwt_algorithms if a.startswith("HS")), "HS256")
     now = int(time.time())
     claims: dict[str, Any] = {"iat": now, "exp": now + int(ttl_s)}

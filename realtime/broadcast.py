@@ -10,8 +10,8 @@ from typing import Any
 
 from realtime import events
 from realtime.config import Settings
-from realtime.errors import GatewayError
 from realtime.emitter import Emitter
+from realtime.errors import GatewayError
 from realtime.rooms import parse_room, user_room
 from realtime.wire import event_id
 from storage.base import NewEvent, Store
@@ -24,23 +24,28 @@ class Broadcaster:
         self._store = store
         self._emitter = emitter
         self._ttl_s = settings.idempotency_ttl_s
-        self.allowed_events = frozenset(events.BROADCAST_EVENTS | set(settings.broadcast_events)) \
-            - events.CHANGE_EVENTS - events.CONTROL_EVENTS
+        self.allowed_events = (
+            frozenset(events.BROADCAST_EVENTS | set(settings.broadcast_events))
+            - events.CHANGE_EVENTS
+            - events.CONTROL_EVENTS
+        )
 
     async def broadcast(self, body: Any, idempotency_key: str | None) -> dict[str, Any]:
         """Validate, log and emit; returns `{eventId, rooms}`. A key seen before returns the
         first answer without emitting; with another body it is `idempotency_conflict`."""
         request = events.load(_SCHEMA, body, unknown_fields="refuse")
         rooms = self._rooms(request)
-        fingerprint = hashlib.sha256(json.dumps(
-            request, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+        fingerprint = hashlib.sha256(
+            json.dumps(request, sort_keys=True, separators=(",", ":"), default=str).encode()
+        ).hexdigest()
         if idempotency_key is not None:
             remembered = await self._store.recall_request(idempotency_key)
             if remembered is not None:
                 return self._same_request(remembered, fingerprint)
         source = f"broadcast:{idempotency_key or uuid.uuid4().hex}"
         [stored] = await self._emitter.publish(
-            [NewEvent(request["event"], request["data"], rooms, source)])
+            [NewEvent(request["event"], request["data"], rooms, source)]
+        )
         if stored is None:  # logged by an earlier attempt with this key that did not answer
             stored = await self._store.find_event(source)
         response = {"eventId": event_id(stored.sequence), "rooms": list(stored.rooms)}
@@ -54,8 +59,9 @@ class Broadcaster:
     def _rooms(self, request: dict[str, Any]) -> tuple[str, ...]:
         errors: dict[str, list[str]] = {}
         if request["event"] not in self.allowed_events:
-            errors["event"] = [f"not an event services may send; one of: "
-                               f"{', '.join(sorted(self.allowed_events))}"]
+            errors["event"] = [
+                f"not an event services may send; one of: {', '.join(sorted(self.allowed_events))}"
+            ]
         rooms: list[str] = []
         for index, room_id in enumerate(request["rooms"]):
             try:

@@ -21,8 +21,21 @@ logger = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SUPPORTED_JWT_ALGORITHMS = frozenset(
-    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
-     "PS256", "PS384", "PS512", "EdDSA"}
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "EdDSA",
+    }
 )
 DEV_SECRET_SUFFIX = ".jwt-secret"
 
@@ -102,7 +115,9 @@ class _JsonObjectOfStrings(fields.Field):
         if not isinstance(parsed, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in parsed.items()
         ):
-            raise ValidationError('must be a JSON object of names, e.g. {"customerId": "client_id"}')
+            raise ValidationError(
+                'must be a JSON object of names, e.g. {"customerId": "client_id"}'
+            )
         return parsed
 
 
@@ -127,91 +142,199 @@ class SettingsSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    host = _env(fields.String(validate=validate.Length(min=1)), "HOST",
-                "listen address", "127.0.0.1")
-    port = _env(fields.Integer(strict=False, validate=validate.Range(0, 65535)), "PORT",
-                "listen port (0: any free port)", "8000")
-    jwt_secret = _env(fields.String(validate=validate.Length(min=32)), "JWT_SECRET",
-                      "HS256 key (at least 32 characters)",
-                      "unset: on the embedded store a random secret is kept in "
-                      "STORE_PATH + '.jwt-secret' (mode 0600); with MONGODB_URL a key is required")
-    jwt_public_key = _env(fields.String(), "JWT_PUBLIC_KEY",
-                          "PEM public key (or a path to one) for RS256/ES256 tokens", "unset")
-    jwt_algorithms = _env(_CommaList(), "JWT_ALGORITHMS",
-                          "accepted token algorithms, comma-separated",
-                          "HS256 with JWT_SECRET, RS256,ES256 with JWT_PUBLIC_KEY")
-    jwt_audience = _env(fields.String(), "JWT_AUDIENCE", "required `aud` claim", "unset: not checked")
+    host = _env(
+        fields.String(validate=validate.Length(min=1)), "HOST", "listen address", "127.0.0.1"
+    )
+    port = _env(
+        fields.Integer(strict=False, validate=validate.Range(0, 65535)),
+        "PORT",
+        "listen port (0: any free port)",
+        "8000",
+    )
+    jwt_secret = _env(
+        fields.String(validate=validate.Length(min=32)),
+        "JWT_SECRET",
+        "HS256 key (at least 32 characters)",
+        "unset: on the embedded store a random secret is kept in "
+        "STORE_PATH + '.jwt-secret' (mode 0600); with MONGODB_URL a key is required",
+    )
+    jwt_public_key = _env(
+        fields.String(),
+        "JWT_PUBLIC_KEY",
+        "PEM public key (or a path to one) for RS256/ES256 tokens",
+        "unset",
+    )
+    jwt_algorithms = _env(
+        _CommaList(),
+        "JWT_ALGORITHMS",
+        "accepted token algorithms, comma-separated",
+        "HS256 with JWT_SECRET, RS256,ES256 with JWT_PUBLIC_KEY",
+    )
+    jwt_audience = _env(
+        fields.String(), "JWT_AUDIENCE", "required `aud` claim", "unset: not checked"
+    )
     jwt_issuer = _env(fields.String(), "JWT_ISSUER", "required `iss` claim", "unset: not checked")
-    jwt_claim_user_id = _env(fields.String(validate=validate.Length(min=1)), "JWT_CLAIM_USER_ID",
-                             "claim holding the user id (dotted path)", "sub")
-    jwt_claim_role = _env(fields.String(validate=validate.Length(min=1)), "JWT_CLAIM_ROLE",
-                          "claim holding the role: customer, staff or admin (dotted path, "
-                          "e.g. app_metadata.role)", "role")
-    jwt_claim_shop_ids = _env(fields.String(validate=validate.Length(min=1)), "JWT_CLAIM_SHOP_IDS",
-                              "claim holding a staff member's shop ids (dotted path)", "shop_ids")
-    mongodb_url = _env(fields.String(validate=validate.Regexp(r"^mongodb(\+srv)?://")),
-                       "MONGODB_URL", "use this MongoDB replica set instead of the embedded store",
-                       "unset")
-    mongodb_db = _env(fields.String(validate=validate.Length(min=1)), "MONGODB_DB",
-                      "MongoDB database name", "booking")
-    store_path = _env(fields.String(validate=validate.Length(min=1)), "STORE_PATH",
-                      "embedded SQLite store file", "./realtime.db")
-    redis_url = _env(fields.String(validate=validate.Regexp(r"^rediss?://")), "REDIS_URL",
-                     "fan emits out across instances through this Redis", "unset")
-    broadcast_token = _env(fields.String(validate=validate.Length(min=16)), "BROADCAST_TOKEN",
-                           "bearer token for POST /broadcast and GET /status (16+ characters)",
-                           "unset: both answer 403")
-    cors_origins = _env(_CommaList(), "CORS_ORIGINS",
-                        "comma-separated origins allowed to call the HTTP API and Socket.IO "
-                        "from a browser", "none (same origin only)")
-    auth_timeout_s = _env(fields.Float(validate=_positive), "AUTH_TIMEOUT",
-                          "seconds an unauthenticated socket may stay connected", "10")
-    auth_expiring_lead_s = _env(fields.Float(validate=validate.Range(min=0)), "AUTH_EXPIRING_LEAD",
-                                "seconds before a token's exp that `auth_expiring` is sent", "60")
-    max_payload_bytes = _env(fields.Integer(strict=False, validate=validate.Range(min=1024)),
-                             "MAX_PAYLOAD_BYTES",
-                             "largest Socket.IO message or HTTP body accepted", "1000000")
-    log_level = _env(fields.String(validate=validate.OneOf(LOG_LEVELS)), "LOG_LEVEL",
-                     "debug, info, warning or error", "info")
-    socketio_path = _env(fields.String(validate=validate.Regexp(r"^/[\w./-]*$")), "SOCKETIO_PATH",
-                         "URL path of the Socket.IO endpoint", "/socket.io/")
-    ws_compression = _env(_Boolean(), "WS_COMPRESSION",
-                          "negotiate WebSocket per-message compression (about 4x the memory "
-                          "per connection)", "false")
-    bookings_collection = _env(fields.String(validate=validate.Length(min=1)),
-                               "BOOKINGS_COLLECTION", "collection holding bookings", "bookings")
-    payments_collection = _env(fields.String(validate=validate.Length(min=1)),
-                               "PAYMENTS_COLLECTION", "collection holding payments", "payments")
-    booking_fields = _env(_JsonObjectOfStrings(), "BOOKING_FIELDS",
-                          "JSON object renaming booking fields (dotted paths), e.g. "
-                          '{"customerId": "customer.id"}', "{}")
-    payment_fields = _env(_JsonObjectOfStrings(), "PAYMENT_FIELDS",
-                          "JSON object renaming payment fields (dotted paths)", "{}")
-    published_booking_fields = _env(_CommaList(), "PUBLISHED_BOOKING_FIELDS",
-                                    "booking document fields copied into reservation_update.data",
-                                    "none")
-    broadcast_events = _env(_CommaList(), "BROADCAST_EVENTS",
-                            "extra event names POST /broadcast may send", "none")
-    event_retention_s = _env(fields.Float(validate=_positive), "EVENT_RETENTION",
-                             "seconds the event log (and the embedded store's change log) keeps "
-                             "entries", "604800 (7 days)")
-    replay_max_events = _env(fields.Integer(strict=False, validate=validate.Range(min=1)),
-                             "REPLAY_MAX_EVENTS",
-                             "most events replayed on one join; past it the answer says gap: true",
-                             "10000")
-    idempotency_ttl_s = _env(fields.Float(validate=_positive), "IDEMPOTENCY_TTL",
-                             "seconds an Idempotency-Key is remembered", "86400")
-    watcher_poll_ms = _env(fields.Integer(strict=False, validate=validate.Range(1, 10_000)),
-                           "WATCHER_POLL_MS",
-                           "how often the embedded store's change log is read while idle", "10")
-    shutdown_timeout_s = _env(fields.Float(validate=_positive), "SHUTDOWN_TIMEOUT",
-                              "seconds a graceful shutdown may take", "10")
+    jwt_claim_user_id = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "JWT_CLAIM_USER_ID",
+        "claim holding the user id (dotted path)",
+        "sub",
+    )
+    jwt_claim_role = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "JWT_CLAIM_ROLE",
+        "claim holding the role: customer, staff or admin (dotted path, e.g. app_metadata.role)",
+        "role",
+    )
+    jwt_claim_shop_ids = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "JWT_CLAIM_SHOP_IDS",
+        "claim holding a staff member's shop ids (dotted path)",
+        "shop_ids",
+    )
+    mongodb_url = _env(
+        fields.String(validate=validate.Regexp(r"^mongodb(\+srv)?://")),
+        "MONGODB_URL",
+        "use this MongoDB replica set instead of the embedded store",
+        "unset",
+    )
+    mongodb_db = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "MONGODB_DB",
+        "MongoDB database name",
+        "booking",
+    )
+    store_path = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "STORE_PATH",
+        "embedded SQLite store file",
+        "./realtime.db",
+    )
+    redis_url = _env(
+        fields.String(validate=validate.Regexp(r"^rediss?://")),
+        "REDIS_URL",
+        "fan emits out across instances through this Redis",
+        "unset",
+    )
+    broadcast_token = _env(
+        fields.String(validate=validate.Length(min=16)),
+        "BROADCAST_TOKEN",
+        "bearer token for POST /broadcast and GET /status (16+ characters)",
+        "unset: both answer 403",
+    )
+    cors_origins = _env(
+        _CommaList(),
+        "CORS_ORIGINS",
+        "comma-separated origins allowed to call the HTTP API and Socket.IO from a browser",
+        "none (same origin only)",
+    )
+    auth_timeout_s = _env(
+        fields.Float(validate=_positive),
+        "AUTH_TIMEOUT",
+        "seconds an unauthenticated socket may stay connected",
+        "10",
+    )
+    auth_expiring_lead_s = _env(
+        fields.Float(validate=validate.Range(min=0)),
+        "AUTH_EXPIRING_LEAD",
+        "seconds before a token's exp that `auth_expiring` is sent",
+        "60",
+    )
+    max_payload_bytes = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=1024)),
+        "MAX_PAYLOAD_BYTES",
+        "largest Socket.IO message or HTTP body accepted",
+        "1000000",
+    )
+    log_level = _env(
+        fields.String(validate=validate.OneOf(LOG_LEVELS)),
+        "LOG_LEVEL",
+        "debug, info, warning or error",
+        "info",
+    )
+    socketio_path = _env(
+        fields.String(validate=validate.Regexp(r"^/[\w./-]*$")),
+        "SOCKETIO_PATH",
+        "URL path of the Socket.IO endpoint",
+        "/socket.io/",
+    )
+    ws_compression = _env(
+        _Boolean(),
+        "WS_COMPRESSION",
+        "negotiate WebSocket per-message compression (about 4x the memory per connection)",
+        "false",
+    )
+    bookings_collection = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "BOOKINGS_COLLECTION",
+        "collection holding bookings",
+        "bookings",
+    )
+    payments_collection = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "PAYMENTS_COLLECTION",
+        "collection holding payments",
+        "payments",
+    )
+    booking_fields = _env(
+        _JsonObjectOfStrings(),
+        "BOOKING_FIELDS",
+        'JSON object renaming booking fields (dotted paths), e.g. {"customerId": "customer.id"}',
+        "{}",
+    )
+    payment_fields = _env(
+        _JsonObjectOfStrings(),
+        "PAYMENT_FIELDS",
+        "JSON object renaming payment fields (dotted paths)",
+        "{}",
+    )
+    published_booking_fields = _env(
+        _CommaList(),
+        "PUBLISHED_BOOKING_FIELDS",
+        "booking document fields copied into reservation_update.data",
+        "none",
+    )
+    broadcast_events = _env(
+        _CommaList(), "BROADCAST_EVENTS", "extra event names POST /broadcast may send", "none"
+    )
+    event_retention_s = _env(
+        fields.Float(validate=_positive),
+        "EVENT_RETENTION",
+        "seconds the event log (and the embedded store's change log) keeps entries",
+        "604800 (7 days)",
+    )
+    replay_max_events = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=1)),
+        "REPLAY_MAX_EVENTS",
+        "most events replayed on one join; past it the answer says gap: true",
+        "10000",
+    )
+    idempotency_ttl_s = _env(
+        fields.Float(validate=_positive),
+        "IDEMPOTENCY_TTL",
+        "seconds an Idempotency-Key is remembered",
+        "86400",
+    )
+    watcher_poll_ms = _env(
+        fields.Integer(strict=False, validate=validate.Range(1, 10_000)),
+        "WATCHER_POLL_MS",
+        "how often the embedded store's change log is read while idle",
+        "10",
+    )
+    shutdown_timeout_s = _env(
+        fields.Float(validate=_positive),
+        "SHUTDOWN_TIMEOUT",
+        "seconds a graceful shutdown may take",
+        "10",
+    )
 
-    client_backlog_max = _env(fields.Integer(strict=False, validate=validate.Range(min=10)),
-                              "CLIENT_BACKLOG_MAX",
-                              "packets queued for one client that does not read before its "
-                              "transport is closed (it reconnects and catches up by replay)",
-                              "1000")
+    client_backlog_max = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=10)),
+        "CLIENT_BACKLOG_MAX",
+        "packets queued for one client that does not read before its "
+        "transport is closed (it reconnects and catches up by replay)",
+        "1000",
+    )
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> Settings:
@@ -250,7 +373,9 @@ def _complete_keys(settings: Settings) -> Settings:
             with open(public_key, encoding="ascii") as handle:
                 public_key = handle.read()
         except OSError as exc:
-            raise ConfigError("JWT_PUBLIC_KEY", f"not a PEM key nor a readable file: {exc}") from None
+            raise ConfigError(
+                "JWT_PUBLIC_KEY", f"not a PEM key nor a readable file: {exc}"
+            ) from None
     algorithms = settings.jwt_algorithms
     if not algorithms:
         algorithms = ("RS256", "ES256") if public_key and not settings.jwt_secret else ("HS256",)
@@ -263,11 +388,14 @@ def _complete_keys(settings: Settings) -> Settings:
         if public_key:
             raise ConfigError("JWT_SECRET", "an HS* algorithm is configured but no JWT_SECRET")
         if settings.uses_mongodb:
-            raise ConfigError("JWT_SECRET",
-                              "required with MONGODB_URL (or set JWT_PUBLIC_KEY)")
+            raise ConfigError("JWT_SECRET", "required with MONGODB_URL (or set JWT_PUBLIC_KEY)")
         secret, generated = development_secret(settings.store_path), True
-    return settings.replace(jwt_public_key=public_key, jwt_algorithms=tuple(algorithms),
-                            jwt_secret=secret, jwt_secret_generated=generated)
+    return settings.replace(
+        jwt_public_key=public_key,
+        jwt_algorithms=tuple(algorithms),
+        jwt_secret=secret,
+        jwt_secret_generated=generated,
+    )
 
 
 def development_secret(store_path: str) -> str:
@@ -281,7 +409,9 @@ def development_secret(store_path: str) -> str:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise ConfigError("STORE_PATH", f"cannot read the development secret {path}: {exc}") from None
+        raise ConfigError(
+            "STORE_PATH", f"cannot read the development secret {path}: {exc}"
+        ) from None
     secret = secrets.token_urlsafe(48)
     try:
         directory = os.path.dirname(os.path.abspath(path))
@@ -290,5 +420,7 @@ def development_secret(store_path: str) -> str:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secret + "\n")
     except OSError as exc:
-        raise ConfigError("STORE_PATH", f"cannot write the development secret {path}: {exc}") from None
+        raise ConfigError(
+            "STORE_PATH", f"cannot write the development secret {path}: {exc}"
+        ) from None
     return secret

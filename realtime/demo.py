@@ -13,22 +13,29 @@ import logging
 import random
 from typing import Any
 
-from realtime.wire import iso_timestamp
 from realtime.mapping import DocumentMapping
+from realtime.wire import iso_timestamp
 from storage.base import Store
 
 logger = logging.getLogger(__name__)
 
 SHOPS = ("shop-1", "shop-2", "shop-3")
 CUSTOMERS = tuple(f"customer-{n}" for n in range(1, 6))
-NEXT_STATUS = {"pending": ("confirmed", "cancelled"), "confirmed": ("in_progress", "cancelled",
-                                                                    "no_show", "reschedule"),
-               "in_progress": ("completed",)}
+NEXT_STATUS = {
+    "pending": ("confirmed", "cancelled"),
+    "confirmed": ("in_progress", "cancelled", "no_show", "reschedule"),
+    "in_progress": ("completed",),
+}
 
 
 class DemoWriter:
-    def __init__(self, store: Store, mapping: DocumentMapping, interval_s: float = 1.0,
-                 rng: random.Random | None = None):
+    def __init__(
+        self,
+        store: Store,
+        mapping: DocumentMapping,
+        interval_s: float = 1.0,
+        rng: random.Random | None = None,
+    ):
         self._store = store
         self._bookings = mapping.bookings_collection
         self._payments = mapping.payments_collection
@@ -58,23 +65,31 @@ class DemoWriter:
         await self._store.update_document(self._bookings, booking_id, {"status": action})
         booking["status"] = action
         if action == "completed":
-            await self._store.insert_document(self._payments, {
-                "bookingId": booking_id, "customerId": booking["customerId"],
-                "shopId": booking["shopId"], "status": "paid",
-                "amount": self._rng.choice([45, 60, 80, 120]), "currency": "EUR"})
+            await self._store.insert_document(
+                self._payments,
+                {
+                    "bookingId": booking_id,
+                    "customerId": booking["customerId"],
+                    "shopId": booking["shopId"],
+                    "status": "paid",
+                    "amount": self._rng.choice([45, 60, 80, 120]),
+                    "currency": "EUR",
+                },
+            )
         if action not in NEXT_STATUS:
             del self._open[booking_id]
 
     async def _create(self) -> None:
         shop = self._rng.choice(SHOPS)
-        start = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
+        start = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
         booking = {
             "customerId": self._rng.choice(CUSTOMERS),
             "shopId": shop,
             "therapistId": f"{shop}-therapist-{self._rng.randint(1, 2)}",
             "status": "pending",
-            "startsAt": iso_timestamp((start + dt.timedelta(
-                hours=self._rng.randint(2, 72))).timestamp()),
+            "startsAt": iso_timestamp(
+                (start + dt.timedelta(hours=self._rng.randint(2, 72))).timestamp()
+            ),
             "durationMinutes": self._rng.choice([30, 45, 60, 90]),
         }
         booking_id = await self._store.insert_document(self._bookings, booking)

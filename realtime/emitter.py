@@ -24,8 +24,14 @@ from storage.base import Checkpoint, NewEvent, Store, StoredEvent
 logger = logging.getLogger(__name__)
 
 # what a lost change history concerns: every room a change event can reach
-CHANGE_ROOM_PATTERNS = ["reservation-*", "user-*", "shop-*", "availability-*",
-                        "admin-reservations", "admin-payments"]
+CHANGE_ROOM_PATTERNS = [
+    "reservation-*",
+    "user-*",
+    "shop-*",
+    "availability-*",
+    "admin-reservations",
+    "admin-payments",
+]
 
 
 REPLAY_BATCH = 500
@@ -42,8 +48,13 @@ class Replay:
 class Emitter:
     """Logs and sends data events to rooms; sends control events to sockets."""
 
-    def __init__(self, sio: socketio.AsyncServer, store: Store, transports: TransportControl,
-                 replay_max: int = 10_000):
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        store: Store,
+        transports: TransportControl,
+        replay_max: int = 10_000,
+    ):
         self._sio = sio
         self._store = store
         self._transports = transports
@@ -53,8 +64,9 @@ class Emitter:
         self._lock = asyncio.Lock()
         self.emitted: dict[str, int] = {}
 
-    async def publish(self, new_events: Sequence[NewEvent],
-                      checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+    async def publish(
+        self, new_events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
+    ) -> list[StoredEvent | None]:
         """Log, then emit, these events in order; an already logged source is not emitted
         again (None in its place). A checkpoint is saved with the log entries."""
         async with self._lock:
@@ -64,13 +76,19 @@ class Emitter:
                     continue
                 await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
                 self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
-                logger.debug("event emitted", extra={"event": event.name,
-                                                     "event_id": event_id(event.sequence),
-                                                     "rooms": list(event.rooms)})
+                logger.debug(
+                    "event emitted",
+                    extra={
+                        "event": event.name,
+                        "event_id": event_id(event.sequence),
+                        "rooms": list(event.rooms),
+                    },
+                )
         return stored
 
-    async def enter_with_replay(self, sid: str, room: str, last_event_id: str | None,
-                                enter: Callable[[], Awaitable[None]]) -> Replay:
+    async def enter_with_replay(
+        self, sid: str, room: str, last_event_id: str | None, enter: Callable[[], Awaitable[None]]
+    ) -> Replay:
         """Send the socket the room's events after `last_event_id`, oldest first, then
         `enter()` the room: replayed and live events arrive in order, none twice, none missed.
 
@@ -90,14 +108,17 @@ class Emitter:
         batch_size = max(1, min(REPLAY_BATCH, self._transports.backlog_max // 4))
         while replayed < self._replay_max:
             try:  # at the client's pace: its backlog stays within bounds
-                await asyncio.wait_for(self._transports.wait_for_room(eio_sid, batch_size),
-                                       REPLAY_STALL_S)
+                await asyncio.wait_for(
+                    self._transports.wait_for_room(eio_sid, batch_size), REPLAY_STALL_S
+                )
             except TimeoutError:
                 await self._transports.close(eio_sid, abort=True)
-                raise GatewayError("rate_limited", "the client stopped reading its replay") \
-                    from None
+                raise GatewayError(
+                    "rate_limited", "the client stopped reading its replay"
+                ) from None
             batch = await self._store.room_events(
-                room, cursor, min(batch_size, self._replay_max - replayed))
+                room, cursor, min(batch_size, self._replay_max - replayed)
+            )
             cursor, replayed = await self._send(sid, batch, cursor, replayed)
             if len(batch) < batch_size:
                 break
@@ -111,8 +132,9 @@ class Emitter:
             _, newest = await self._store.event_bounds(room)
         return Replay(replayed, event_id(newest) if newest else None, gap)
 
-    async def _send(self, sid: str, batch: list[StoredEvent], cursor: int,
-                    replayed: int) -> tuple[int, int]:
+    async def _send(
+        self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int
+    ) -> tuple[int, int]:
         for event in batch:
             await self._sio.emit(event.name, wire_payload(event), to=sid)
         if batch:

@@ -66,8 +66,11 @@ def last_event_sequence(last_event_id: str) -> int:
     try:
         return event_sequence(last_event_id)
     except ValueError:
-        raise GatewayError("invalid_payload", "lastEventId is not an event id of this gateway",
-                           details={"lastEventId": ["not an event id"]}) from None
+        raise GatewayError(
+            "invalid_payload",
+            "lastEventId is not an event id of this gateway",
+            details={"lastEventId": ["not an event id"]},
+        ) from None
 
 
 def load(schema: Schema, payload: Any, unknown_fields: str = "ignore") -> dict[str, Any]:
@@ -75,17 +78,20 @@ def load(schema: Schema, payload: Any, unknown_fields: str = "ignore") -> dict[s
     if payload is None:
         payload = {}
     if not isinstance(payload, dict):
-        raise GatewayError("invalid_payload", "the payload must be an object",
-                           details={"_schema": [f"got {type(payload).__name__}"]})
+        raise GatewayError(
+            "invalid_payload",
+            "the payload must be an object",
+            details={"_schema": [f"got {type(payload).__name__}"]},
+        )
     try:
         return schema.load(payload, unknown=RAISE if unknown_fields == "refuse" else EXCLUDE)
     except ValidationError as exc:
-        raise GatewayError("invalid_payload", "the payload has invalid fields",
-                           details=exc.normalized_messages()) from None
+        raise GatewayError(
+            "invalid_payload", "the payload has invalid fields", details=exc.normalized_messages()
+        ) from None
 
 
-_TARGET_ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}$",
-                             error="not a valid user id")
+_TARGET_ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}$", error="not a valid user id")
 MAX_TARGETS = 1000
 
 
@@ -95,7 +101,13 @@ class BroadcastSchema(Schema):
 
     event = fields.String(required=True, validate=validate.Length(min=1, max=64))
     data = fields.Dict(keys=fields.String(), required=True)
-    rooms = fields.List(fields.String(validate=validate.Length(min=1, max=160)),
-                        load_default=list, validate=validate.Length(max=MAX_TARGETS))
-    users = fields.List(fields.String(validate=_TARGET_ID), load_default=list,
-                        validate=validate.Length(max=MAX_TARGETS))
+    rooms = fields.List(
+        fields.String(validate=validate.Length(min=1, max=160)),
+        load_default=list,
+        validate=validate.Length(max=MAX_TARGETS),
+    )
+    users = fields.List(
+        fields.String(validate=_TARGET_ID),
+        load_default=list,
+        validate=validate.Length(max=MAX_TARGETS),
+    )

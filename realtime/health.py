@@ -88,8 +88,9 @@ def status(gateway: Gateway) -> dict[str, Any]:
             "running": feed.running,
             "changesHandled": feed.changes_handled,
             "lagSeconds": {c: round(s, 3) for c, s in sorted(feed.lag_s.items())},
-            "lastChangeAt": {c: iso_timestamp(t.timestamp())
-                             for c, t in sorted(feed.last_change_at.items())},
+            "lastChangeAt": {
+                c: iso_timestamp(t.timestamp()) for c, t in sorted(feed.last_change_at.items())
+            },
         },
         "eventsEmitted": dict(sorted(gateway.emitter.emitted.items())),
     }

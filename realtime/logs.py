@@ -10,12 +10,14 @@ from pythonjsonlogger.json import JsonFormatter
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(
-        "{levelname}{name}{message}",
-        style="{",
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp="time",
-    ))
+    handler.setFormatter(
+        JsonFormatter(
+            "{levelname}{name}{message}",
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

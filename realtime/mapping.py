@@ -24,9 +24,14 @@ BOOKING_STATUSES = ("pending", "confirmed", "in_progress", "completed", "cancell
 SLOT_TAKING = frozenset({"pending", "confirmed", "in_progress"})
 SLOT_FREEING = frozenset({"cancelled", "no_show"})
 # a status change's updateType is the new status's word; back to pending is a modification
-STATUS_UPDATE_TYPES = {"confirmed": "confirmed", "cancelled": "cancelled",
-                       "completed": "completed", "no_show": "no_show",
-                       "in_progress": "in_progress", "pending": "modified"}
+STATUS_UPDATE_TYPES = {
+    "confirmed": "confirmed",
+    "cancelled": "cancelled",
+    "completed": "completed",
+    "no_show": "no_show",
+    "in_progress": "in_progress",
+    "pending": "modified",
+}
 SLOT_FIELDS = ("startsAt", "durationMinutes", "therapistId", "shopId")
 
 BOOKING_DEFAULT_FIELDS: dict[str, str] = {
@@ -54,8 +59,11 @@ class DocumentFields:
     def __init__(self, defaults: Mapping[str, str], overrides: Mapping[str, str], variable: str):
         unknown = set(overrides) - set(defaults)
         if unknown:
-            raise ConfigError(variable, f"unknown field name(s): {', '.join(sorted(unknown))}; "
-                                        f"known: {', '.join(defaults)}")
+            raise ConfigError(
+                variable,
+                f"unknown field name(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(defaults)}",
+            )
         self.paths = {**defaults, **overrides}
 
     def get(self, document: Mapping[str, Any], name: str) -> Any:
@@ -87,10 +95,12 @@ class DocumentMapping:
     def __init__(self, settings: Settings):
         self.bookings_collection = settings.bookings_collection
         self.payments_collection = settings.payments_collection
-        self.booking = DocumentFields(BOOKING_DEFAULT_FIELDS, settings.booking_fields,
-                                      "BOOKING_FIELDS")
-        self.payment = DocumentFields(PAYMENT_DEFAULT_FIELDS, settings.payment_fields,
-                                      "PAYMENT_FIELDS")
+        self.booking = DocumentFields(
+            BOOKING_DEFAULT_FIELDS, settings.booking_fields, "BOOKING_FIELDS"
+        )
+        self.payment = DocumentFields(
+            PAYMENT_DEFAULT_FIELDS, settings.payment_fields, "PAYMENT_FIELDS"
+        )
         self.published_booking_fields = settings.published_booking_fields
 
     def reservation_parties(self, booking: Mapping[str, Any]) -> ReservationParties:
@@ -138,8 +148,11 @@ class DocumentMapping:
             update_type = "modified"
 
         fields = self.booking
-        parties = self.reservation_parties(current) if current is not None else \
-            ReservationParties(None, None, None)
+        parties = (
+            self.reservation_parties(current)
+            if current is not None
+            else ReservationParties(None, None, None)
+        )
         payload: dict[str, Any] = {
             "reservationId": reservation_id,
             "status": status,
@@ -151,12 +164,15 @@ class DocumentMapping:
         if parties.therapist_id is not None:
             payload["therapistId"] = parties.therapist_id
         payload["startsAt"] = time_string(fields.get(current, "startsAt")) if current else None
-        payload["durationMinutes"] = minutes(fields.get(current, "durationMinutes")) \
-            if current else None
+        payload["durationMinutes"] = (
+            minutes(fields.get(current, "durationMinutes")) if current else None
+        )
         if self.published_booking_fields and after is not None:
-            payload["data"] = {name: json_safe(value_at(after, name))
-                               for name in self.published_booking_fields
-                               if value_at(after, name) is not None}
+            payload["data"] = {
+                name: json_safe(value_at(after, name))
+                for name in self.published_booking_fields
+                if value_at(after, name) is not None
+            }
 
         targets = [rooms.reservation_room(reservation_id)]
         if parties.customer_id:
@@ -167,8 +183,9 @@ class DocumentMapping:
             targets.append(rooms.shop_room(parties.shop_id))
         targets.append("admin-reservations")
         result = [Outgoing(events.RESERVATION_UPDATE, payload, tuple(dict.fromkeys(targets)))]
-        result.extend(self._availability_events(change, reservation_id, before, after,
-                                                status, previous))
+        result.extend(
+            self._availability_events(change, reservation_id, before, after, status, previous)
+        )
         return result
 
     def _status(self, document: Mapping[str, Any], reservation_id: str) -> str | None:
@@ -177,8 +194,10 @@ class DocumentMapping:
             return None
         status = raw.strip().lower()
         if status not in BOOKING_STATUSES:
-            logger.warning("unknown booking status", extra={"reservation_id": reservation_id,
-                                                            "status": raw[:40]})
+            logger.warning(
+                "unknown booking status",
+                extra={"reservation_id": reservation_id, "status": raw[:40]},
+            )
         return status
 
     def _status_changed(self, change: Change, status: str | None, previous: str | None) -> bool:
@@ -202,9 +221,15 @@ class DocumentMapping:
         slot["durationMinutes"] = minutes(fields.get(document, "durationMinutes"))
         return slot
 
-    def _availability_events(self, change: Change, reservation_id: str,
-                             before: Mapping[str, Any] | None, after: Mapping[str, Any] | None,
-                             status: str | None, previous: str | None) -> list[Outgoing]:
+    def _availability_events(
+        self,
+        change: Change,
+        reservation_id: str,
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        status: str | None,
+        previous: str | None,
+    ) -> list[Outgoing]:
         """Slots taken and freed: created or moved into a taking status takes the slot;
         cancelled, no_show or deleted frees it; a reschedule frees the old and takes the new."""
         old_slot = self._slot(before) if before is not None else None
@@ -234,9 +259,11 @@ class DocumentMapping:
             if now_taking and (not was_taking or moved) and new_slot:
                 changes.append((new_slot, False))
         return [
-            Outgoing(events.AVAILABILITY_UPDATE,
-                     {**slot, "available": available, "reservationId": reservation_id},
-                     (rooms.availability_room(slot["shopId"]),))
+            Outgoing(
+                events.AVAILABILITY_UPDATE,
+                {**slot, "available": available, "reservationId": reservation_id},
+                (rooms.availability_room(slot["shopId"]),),
+            )
             for slot, available in changes
         ]
 
@@ -261,8 +288,9 @@ class DocumentMapping:
         payload = {
             "paymentId": payment_id,
             "reservationId": reservation_id,
-            "status": "deleted" if change.operation == "delete" else (
-                status.strip().lower() if isinstance(status, str) else None),
+            "status": "deleted"
+            if change.operation == "delete"
+            else (status.strip().lower() if isinstance(status, str) else None),
             "amount": json_safe(amount) if not isinstance(amount, bool) else None,
             "currency": currency if isinstance(currency, str) else None,
             "userId": customer_id,
@@ -283,8 +311,10 @@ def _placed(change: Change) -> str | None:
     """The changed document's id; a change without one cannot be placed: logged, skipped."""
     document_id = id_string(change.document_id)
     if document_id is None:
-        logger.warning("change without a document id skipped",
-                       extra={"collection": change.collection, "operation": change.operation})
+        logger.warning(
+            "change without a document id skipped",
+            extra={"collection": change.collection, "operation": change.operation},
+        )
     return document_id
 
 

@@ -19,19 +19,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.broadcast_requests = Counter(
-            "realtime_broadcast_requests", "POST /broadcast requests, by HTTP status", ["status"],
-            registry=self.registry)
+            "realtime_broadcast_requests",
+            "POST /broadcast requests, by HTTP status",
+            ["status"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
-            "realtime_auth_failures", "Refused authentications, by error code", ["code"],
-            registry=self.registry)
+            "realtime_auth_failures",
+            "Refused authentications, by error code",
+            ["code"],
+            registry=self.registry,
+        )
         self.socket_errors = Counter(
-            "realtime_socket_errors", "Socket.IO events answered with an error, by code",
-            ["code"], registry=self.registry)
+            "realtime_socket_errors",
+            "Socket.IO events answered with an error, by code",
+            ["code"],
+            registry=self.registry,
+        )
 
-    def observe(self, connections: Callable[[], Mapping[str, int]],
-                emitted: Callable[[], Mapping[str, int]],
-                changes_handled: Callable[[], int],
-                lag_s: Callable[[], Mapping[str, float]]) -> None:
+    def observe(
+        self,
+        connections: Callable[[], Mapping[str, int]],
+        emitted: Callable[[], Mapping[str, int]],
+        changes_handled: Callable[[], int],
+        lag_s: Callable[[], Mapping[str, float]],
+    ) -> None:
         """Register the figures read from their owners at scrape time."""
         self.registry.register(_Observed(connections, emitted, changes_handled, lag_s))
 
@@ -48,25 +60,37 @@ class _Observed(Collector):
 
     def collect(self):
         counts = self._connections()
-        yield GaugeMetricFamily("realtime_connections",
-                                "Connected Socket.IO clients on this instance",
-                                value=counts.get("connections", 0))
-        yield GaugeMetricFamily("realtime_authenticated_connections",
-                                "Authenticated Socket.IO clients on this instance",
-                                value=counts.get("authenticated", 0))
-        yield GaugeMetricFamily("realtime_users", "Distinct authenticated users on this instance",
-                                value=counts.get("users", 0))
-        emitted = CounterMetricFamily("realtime_events_emitted",
-                                      "Data events emitted, by event name", labels=["event"])
+        yield GaugeMetricFamily(
+            "realtime_connections",
+            "Connected Socket.IO clients on this instance",
+            value=counts.get("connections", 0),
+        )
+        yield GaugeMetricFamily(
+            "realtime_authenticated_connections",
+            "Authenticated Socket.IO clients on this instance",
+            value=counts.get("authenticated", 0),
+        )
+        yield GaugeMetricFamily(
+            "realtime_users",
+            "Distinct authenticated users on this instance",
+            value=counts.get("users", 0),
+        )
+        emitted = CounterMetricFamily(
+            "realtime_events_emitted", "Data events emitted, by event name", labels=["event"]
+        )
         for name, count in sorted(self._emitted().items()):
             emitted.add_metric([name], count)
         yield emitted
-        yield CounterMetricFamily("realtime_changes_handled",
-                                  "Database changes consumed from the change stream",
-                                  value=self._changes_handled())
-        lag = GaugeMetricFamily("realtime_change_lag_seconds",
-                                "Seconds between the last change and its processing",
-                                labels=["collection"])
+        yield CounterMetricFamily(
+            "realtime_changes_handled",
+            "Database changes consumed from the change stream",
+            value=self._changes_handled(),
+        )
+        lag = GaugeMetricFamily(
+            "realtime_change_lag_seconds",
+            "Seconds between the last change and its processing",
+            labels=["collection"],
+        )
         for collection, seconds in sorted(self._lag_s().items()):
             lag.add_metric([collection], seconds)
         yield lag

@@ -28,13 +28,16 @@ class ChangePublisher:
             try:
                 outgoing = self._mapping.events_for_change(change)
             except Exception:
-                logger.exception("change skipped", extra={
-                    "collection": change.collection, "document_id": str(change.document_id)})
+                logger.exception(
+                    "change skipped",
+                    extra={"collection": change.collection, "document_id": str(change.document_id)},
+                )
                 continue
             token = _token_text(change.token)
             new_events.extend(
                 NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
-                for position, event in enumerate(outgoing))
+                for position, event in enumerate(outgoing)
+            )
         if not new_events:
             return False
         await self._emitter.publish(new_events, checkpoint)

@@ -36,8 +36,15 @@ def parse_room(room_id: object) -> Room:
         raise GatewayError(
             "unknown_room",
             f"no such room: {room_id[:80]!r}",
-            details={"known": ["user-{userId}", "shop-{shopId}", "reservation-{id}",
-                               "availability-{shopId}", *ADMIN_ROOMS]},
+            details={
+                "known": [
+                    "user-{userId}",
+                    "shop-{shopId}",
+                    "reservation-{id}",
+                    "availability-{shopId}",
+                    *ADMIN_ROOMS,
+                ]
+            },
         )
     return Room(match.group(1), match.group(2))
 
@@ -100,9 +107,8 @@ class RoomPolicy:
             if parties is None:
                 raise GatewayError("not_found", f"no reservation {room.key!r}")
             allowed = (
-                (principal.role == "customer" and parties.customer_id == principal.user_id)
-                or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
-            )
+                principal.role == "customer" and parties.customer_id == principal.user_id
+            ) or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
         else:  # admin rooms
             allowed = False
         if not allowed:

@@ -19,9 +19,9 @@ import socketio
 from realtime import events
 from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
+from realtime.emitter import Emitter
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.emitter import Emitter
 from realtime.rooms import RoomPolicy, home_rooms, parse_room, user_room
 from realtime.tasks import TaskKeeper
 
@@ -45,9 +45,17 @@ class SocketSession:
 class Sessions:
     """The registry of connected sockets and the rules of their identity and rooms."""
 
-    def __init__(self, sio: socketio.AsyncServer, settings: Settings, verifier: TokenVerifier,
-                 policy: RoomPolicy, emitter: Emitter, metrics: Metrics, tasks: TaskKeeper,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        settings: Settings,
+        verifier: TokenVerifier,
+        policy: RoomPolicy,
+        emitter: Emitter,
+        metrics: Metrics,
+        tasks: TaskKeeper,
+        clock: Callable[[], float] = time.time,
+    ):
         self._sio = sio
         self._settings = settings
         self._verifier = verifier
@@ -81,8 +89,9 @@ class Sessions:
             session.cancel_deadline()
 
     # -- authentication ----------------------------------------------------------------------
-    async def authenticate(self, sid: str, token: Any,
-                           last_event_id: str | None = None) -> dict[str, Any]:
+    async def authenticate(
+        self, sid: str, token: Any, last_event_id: str | None = None
+    ) -> dict[str, Any]:
         """Verify `token` for this socket and put it in its home rooms.
 
         Returns the `auth_success` payload; the caller sends it with `announce`. A token for
@@ -98,9 +107,10 @@ class Sessions:
                 events.last_event_sequence(last_event_id)  # refuse a malformed one up front
             principal = self._verifier.verify(token)
             if current is not None and current.user_id != principal.user_id:
-                raise GatewayError("identity_changed",
-                                   "this socket is authenticated as another user; reconnect to "
-                                   "switch")
+                raise GatewayError(
+                    "identity_changed",
+                    "this socket is authenticated as another user; reconnect to switch",
+                )
         except GatewayError as error:
             self._metrics.auth_failures.labels(error.code).inc()
             raise
@@ -113,8 +123,15 @@ class Sessions:
                 await self._enter(session, room)
         if revoked:
             await self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
-        logger.info("authenticated", extra={"sid": sid, "user_id": principal.user_id,
-                                            "role": principal.role, "refresh": current is not None})
+        logger.info(
+            "authenticated",
+            extra={
+                "sid": sid,
+                "user_id": principal.user_id,
+                "role": principal.role,
+                "refresh": current is not None,
+            },
+        )
         return {
             "userId": principal.user_id,
             "role": principal.role,
@@ -137,7 +154,8 @@ class Sessions:
         if session.replay_from is not None:
             room = user_room(session.principal.user_id)
             replay = await self._emitter.enter_with_replay(
-                sid, room, session.replay_from, lambda: self._enter(session, room))
+                sid, room, session.replay_from, lambda: self._enter(session, room)
+            )
             session.replay_from = None
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
         await self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
@@ -166,10 +184,14 @@ class Sessions:
         principal = session.principal
         assert principal is not None
         left_s = max(0.0, principal.expires_at - self._clock())
-        await self._emitter.send_control(session.sid, events.AUTH_EXPIRING, {
-            "expiresAt": principal.expires_at_iso(),
-            "secondsLeft": int(left_s),
-        })
+        await self._emitter.send_control(
+            session.sid,
+            events.AUTH_EXPIRING,
+            {
+                "expiresAt": principal.expires_at_iso(),
+                "secondsLeft": int(left_s),
+            },
+        )
         self._arm(session, left_s, self._token_expired)
 
     async def _token_expired(self, session: SocketSession) -> None:
@@ -185,8 +207,12 @@ class Sessions:
         await self._emitter.send_control(session.sid, events.AUTH_ERROR, error.to_dict())
         await self._sio.disconnect(session.sid)
 
-    def _arm(self, session: SocketSession, delay_s: float,
-             action: Callable[[SocketSession], Coroutine[Any, Any, None]]) -> None:
+    def _arm(
+        self,
+        session: SocketSession,
+        delay_s: float,
+        action: Callable[[SocketSession], Coroutine[Any, Any, None]],
+    ) -> None:
         session.cancel_deadline()
 
         def fire() -> None:
@@ -203,8 +229,9 @@ class Sessions:
             raise GatewayError("unauthenticated", "authenticate first")
         return principal
 
-    async def join(self, sid: str, room_id: str,
-                   last_event_id: str | None = None) -> dict[str, Any]:
+    async def join(
+        self, sid: str, room_id: str, last_event_id: str | None = None
+    ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
         returns the acknowledgement's fields."""
         principal = self.principal_of(sid)
@@ -212,11 +239,16 @@ class Sessions:
         await self._policy.authorize(principal, room)
         session = self.get(sid)
         replay = await self._emitter.enter_with_replay(
-            sid, room.name, last_event_id, lambda: self._enter(session, room.name))
-        logger.info("room joined", extra={"sid": sid, "room": room.name,
-                                          "replayed": replay.replayed})
-        answer = {"roomId": room.name, "replayed": replay.replayed,
-                  "lastEventId": replay.last_event_id}
+            sid, room.name, last_event_id, lambda: self._enter(session, room.name)
+        )
+        logger.info(
+            "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
+        )
+        answer = {
+            "roomId": room.name,
+            "replayed": replay.replayed,
+            "lastEventId": replay.last_event_id,
+        }
         if last_event_id is not None:
             answer["gap"] = replay.gap
         return answer
@@ -252,4 +284,3 @@ class Sessions:
             for room in session.rooms:
                 sizes[room] = sizes.get(room, 0) + 1
         return sizes
-

@@ -18,8 +18,13 @@ class TaskKeeper:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task] = set()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], *, name: str | None = None,
-              on_error: Callable[[BaseException], Any] | None = None) -> asyncio.Task:
+    def spawn(
+        self,
+        coroutine: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+    ) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
 
@@ -28,8 +33,11 @@ class TaskKeeper:
             if task.cancelled() or task.exception() is None:
                 return
             if on_error is None:
-                logger.error("background task crashed", extra={"task": task.get_name()},
-                             exc_info=task.exception())
+                logger.error(
+                    "background task crashed",
+                    extra={"task": task.get_name()},
+                    exc_info=task.exception(),
+                )
             else:
                 on_error(task.exception())
 

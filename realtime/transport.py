@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
 
 
-def create_socketio_server(settings: Settings,
-                           tasks: TaskKeeper) -> tuple[socketio.AsyncServer, TransportControl]:
+def create_socketio_server(
+    settings: Settings, tasks: TaskKeeper
+) -> tuple[socketio.AsyncServer, TransportControl]:
     """The Socket.IO server, with the adjustments of this module installed."""
     client_manager = None
     if settings.redis_url:
@@ -56,16 +57,18 @@ def create_socketio_server(settings: Settings,
         logger=False,
         engineio_logger=False,
     )
-    transports = TransportControl(sio.eio, settings.ws_compression, settings.client_backlog_max,
-                                  tasks)
+    transports = TransportControl(
+        sio.eio, settings.ws_compression, settings.client_backlog_max, tasks
+    )
     return sio, transports
 
 
 class TransportControl:
     """Installs the adjustments on one Engine.IO server and closes its clients' transports."""
 
-    def __init__(self, eio: engineio.AsyncServer, compression: bool, backlog_max: int,
-                 tasks: TaskKeeper):
+    def __init__(
+        self, eio: engineio.AsyncServer, compression: bool, backlog_max: int, tasks: TaskKeeper
+    ):
         self._eio = eio
         self._backlog_max = backlog_max
         # the TCP transport under each WebSocket, to cut a stalled one off
@@ -99,8 +102,9 @@ class TransportControl:
     def _overflowed(self, backlog: _Backlog) -> None:
         for eio_sid, socket in list(self._eio.sockets.items()):
             if socket.queue is backlog:
-                logger.warning("slow client cut off", extra={"sid": eio_sid,
-                                                             "backlog": backlog.qsize()})
+                logger.warning(
+                    "slow client cut off", extra={"sid": eio_sid, "backlog": backlog.qsize()}
+                )
                 self.slow_clients_closed += 1
                 self._tasks.spawn(self.close(eio_sid, abort=True), name="slow client cut")
                 return
@@ -119,8 +123,11 @@ class TransportControl:
         async def on_disconnect(eio_sid: str, reason: Any) -> None:
             await handle_disconnect(eio_sid, reason)
             socket = eio.sockets.get(eio_sid)
-            if reason == eio.reason.CLIENT_DISCONNECT and socket is not None \
-                    and not socket.upgraded:
+            if (
+                reason == eio.reason.CLIENT_DISCONNECT
+                and socket is not None
+                and not socket.upgraded
+            ):
                 socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.CLOSE))
 
         eio.on("disconnect", on_disconnect)
@@ -156,8 +163,9 @@ class TransportControl:
             await socket.queue.wait_for_room(max(0, self._backlog_max - 2 * packets))
 
     async def close_all(self) -> None:
-        await asyncio.gather(*(self.close(sid) for sid in list(self._eio.sockets)),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(self.close(sid) for sid in list(self._eio.sockets)), return_exceptions=True
+        )
 
 
 # what python-engineio clients accept in one long-polling payload

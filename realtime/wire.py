@@ -16,7 +16,7 @@ EVENT_ID_DIGITS = 16  # zero-padded, so that ids sort as strings in emission ord
 
 def iso_timestamp(unix_s: float) -> str:
     """ISO 8601 UTC with milliseconds, the one time format of the protocol."""
-    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -51,7 +51,7 @@ def time_string(value: Any) -> str | None:
     """Times travel as ISO 8601 UTC strings; dates from MongoDB become `...000Z`."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return iso_timestamp(value.timestamp())
     if isinstance(value, str) and value:
         return value
@@ -75,5 +75,8 @@ def json_safe(value: Any) -> Any:
 
 def wire_payload(stored: StoredEvent) -> dict[str, Any]:
     """A data event as clients receive it: its fields, its `eventId` and its `timestamp`."""
-    return {**stored.payload, "eventId": event_id(stored.sequence),
-            "timestamp": iso_timestamp(stored.timestamp_ms / 1000)}
+    return {
+        **stored.payload,
+        "eventId": event_id(stored.sequence),
+        "timestamp": iso_timestamp(stored.timestamp_ms / 1000),
+    }

@@ -27,6 +27,7 @@ from storage.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
 
+
 def make_store(settings: Settings) -> Store:
     """The configured store, not yet opened."""
     if settings.uses_mongodb:
@@ -35,12 +36,16 @@ def make_store(settings: Settings) -> Store:
         return MongoStore(settings.mongodb_url, settings.mongodb_db, settings.event_retention_s)
     from storage.sqlite.store import SqliteStore
 
-    return SqliteStore(settings.store_path, poll_ms=settings.watcher_poll_ms,
-                       retention_s=settings.event_retention_s)
+    return SqliteStore(
+        settings.store_path,
+        poll_ms=settings.watcher_poll_ms,
+        retention_s=settings.event_retention_s,
+    )
 
 
-def create_app(settings: Settings, store: Store | None = None,
-               demo: bool = False) -> web.Application:
+def create_app(
+    settings: Settings, store: Store | None = None, demo: bool = False
+) -> web.Application:
     """The aiohttp application with the Socket.IO server mounted on `settings.socketio_path`.
 
     With `demo`, it also writes a plausible stream of bookings and payments to its store.
@@ -50,28 +55,50 @@ def create_app(settings: Settings, store: Store | None = None,
     mapping = DocumentMapping(settings)
     sio, transports = create_socketio_server(settings, tasks)
     emitter = Emitter(sio, store, transports, settings.replay_max_events)
-    feed = ChangeFeed(store, mapping.collections, ChangePublisher(mapping, emitter),
-                      on_history_lost=emitter.resync_everyone)
+    feed = ChangeFeed(
+        store,
+        mapping.collections,
+        ChangePublisher(mapping, emitter),
+        on_history_lost=emitter.resync_everyone,
+    )
     metrics = Metrics()
     sessions = Sessions(
-        sio, settings, TokenVerifier(settings), RoomPolicy(StoreReservations(store, mapping)),
-        emitter, metrics, tasks,
+        sio,
+        settings,
+        TokenVerifier(settings),
+        RoomPolicy(StoreReservations(store, mapping)),
+        emitter,
+        metrics,
+        tasks,
     )
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
-    metrics.observe(connections=sessions.counts, emitted=lambda: emitter.emitted,
-                    changes_handled=lambda: feed.changes_handled, lag_s=lambda: feed.lag_s)
+    metrics.observe(
+        connections=sessions.counts,
+        emitted=lambda: emitter.emitted,
+        changes_handled=lambda: feed.changes_handled,
+        lag_s=lambda: feed.lag_s,
+    )
 
     probes = [store_probe(store), watcher_probe(feed)]
     if settings.redis_url:
         probes.append(redis_probe(settings.redis_url))
 
-    app = web.Application(middlewares=[error_middleware],
-                          client_max_size=settings.max_payload_bytes)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
+    )
     app[GATEWAY] = Gateway(
-        settings=settings, store=store, sio=sio, transports=transports, emitter=emitter,
-        sessions=sessions, mapping=mapping, feed=feed,
-        broadcaster=Broadcaster(settings, store, emitter), metrics=metrics,
-        probes=tuple(probes), tasks=tasks,
+        settings=settings,
+        store=store,
+        sio=sio,
+        transports=transports,
+        emitter=emitter,
+        sessions=sessions,
+        mapping=mapping,
+        feed=feed,
+        broadcaster=Broadcaster(settings, store, emitter),
+        metrics=metrics,
+        probes=tuple(probes),
+        tasks=tasks,
     )
     sio.attach(app, socketio_path=settings.socketio_path)
     setup_routes(app, settings.cors_origins)

@@ -14,13 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app import create_app, make_store
 from realtime.auth import ROLES, issue_token
 from realtime.config import ConfigError, Settings, describe_variables, load_settings
 from realtime.demo import DemoWriter
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
 from realtime.mapping import DocumentMapping
+from server.app import create_app, make_store
 
 logger = logging.getLogger("realtime")
 
@@ -29,8 +29,14 @@ def _environment_help() -> str:
     lines = ["environment variables (command-line options win over them):"]
     for name, meaning, default in describe_variables():
         lines.append(f"  {name}")
-        lines.extend(textwrap.wrap(f"{meaning} [default: {default}]", width=76,
-                                   initial_indent="      ", subsequent_indent="      "))
+        lines.extend(
+            textwrap.wrap(
+                f"{meaning} [default: {default}]",
+                width=76,
+                initial_indent="      ",
+                subsequent_indent="      ",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -38,30 +44,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m realtime",
         description="Real-time Socket.IO gateway for booking platforms. Without a command it "
-                    "serves: Socket.IO on SOCKETIO_PATH and the HTTP API, on MongoDB when "
-                    "MONGODB_URL is set and on the embedded SQLite store (STORE_PATH) otherwise.",
+        "serves: Socket.IO on SOCKETIO_PATH and the HTTP API, on MongoDB when "
+        "MONGODB_URL is set and on the embedded SQLite store (STORE_PATH) otherwise.",
         epilog=_environment_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", help="listen address (overrides HOST)")
     parser.add_argument("--port", type=int, help="listen port (overrides PORT)")
-    parser.add_argument("--demo", action="store_true",
-                        help="also write a demo stream of bookings and payments to the store")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="also write a demo stream of bookings and payments to the store",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     commands.add_parser("serve", help="run the gateway (the default)")
     demo = commands.add_parser(
-        "demo", help="write a demo stream of bookings and payments to the store, to watch a "
-                     "running gateway")
+        "demo",
+        help="write a demo stream of bookings and payments to the store, to watch a "
+        "running gateway",
+    )
     demo.add_argument("--interval", type=float, default=1.0, help="seconds between writes [1]")
     demo.add_argument("--count", type=int, default=0, help="stop after this many writes [0: never]")
 
     token = commands.add_parser(
-        "token", help="print a signed development token for the configured HS key")
+        "token", help="print a signed development token for the configured HS key"
+    )
     token.add_argument("--sub", required=True, help="user id")
     token.add_argument("--role", required=True, choices=ROLES)
-    token.add_argument("--shop", action="append", default=[], metavar="SHOP_ID",
-                       help="a shop the staff member works for (repeatable)")
+    token.add_argument(
+        "--shop",
+        action="append",
+        default=[],
+        metavar="SHOP_ID",
+        help="a shop the staff member works for (repeatable)",
+    )
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until exp [3600]")
 
     store = commands.add_parser("store", help="write documents to the configured store")
@@ -154,8 +171,10 @@ def _json_object(text: str | None) -> dict[str, Any]:
 
 def _serve(settings: Settings, demo: bool = False) -> int:
     if settings.jwt_secret_generated:
-        warning = (f"JWT_SECRET is not set: using the development secret kept in "
-                   f"{settings.store_path}.jwt-secret; set JWT_SECRET in production")
+        warning = (
+            f"JWT_SECRET is not set: using the development secret kept in "
+            f"{settings.store_path}.jwt-secret; set JWT_SECRET in production"
+        )
         logger.warning("development jwt secret", extra={"detail": warning})
         print(f"WARNING: {warning}", file=sys.stderr)
     try:
@@ -176,8 +195,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 async def _run(settings: Settings, demo: bool) -> None:
     app = create_app(settings, demo=demo)
-    runner = web.AppRunner(app, handle_signals=False,
-                           shutdown_timeout=settings.shutdown_timeout_s)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     gc.collect()
     gc.freeze()
@@ -189,8 +207,11 @@ async def _run(settings: Settings, demo: bool) -> None:
     print(f"realtime gateway listening on http://{host}:{port} (store: {where})", flush=True)
     logger.info("listening", extra={"host": host, "port": port, "store": where})
     if demo:
-        print("demo mode: bookings and payments are written every second; watch them with a "
-              "token from `python -m realtime token --sub admin-1 --role admin`", flush=True)
+        print(
+            "demo mode: bookings and payments are written every second; watch them with a "
+            "token from `python -m realtime token --sub admin-1 --role admin`",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -45,9 +45,9 @@ class Change:
         wall_time = event.get("wallTime")
         cluster_time = event.get("clusterTime")
         if wall_time is None and cluster_time is not None and hasattr(cluster_time, "time"):
-            wall_time = dt.datetime.fromtimestamp(cluster_time.time, tz=dt.timezone.utc)
+            wall_time = dt.datetime.fromtimestamp(cluster_time.time, tz=dt.UTC)
         if isinstance(wall_time, dt.datetime) and wall_time.tzinfo is None:
-            wall_time = wall_time.replace(tzinfo=dt.timezone.utc)
+            wall_time = wall_time.replace(tzinfo=dt.UTC)
         return cls(
             token=event["_id"],
             operation=event.get("operationType", ""),
@@ -111,7 +111,6 @@ class StoredEvent:
     rooms: Sequence[str]
 
 
-
 class Store(abc.ABC):
     """Documents (bookings, payments) and, later, the gateway's own state."""
 
@@ -154,8 +153,9 @@ class Store(abc.ABC):
 
     # -- changes -----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def watch(self, collections: Sequence[str],
-                    resume_after: ResumeToken | None) -> ChangeStream:
+    async def watch(
+        self, collections: Sequence[str], resume_after: ResumeToken | None
+    ) -> ChangeStream:
         """One ordered stream of the changes to these collections, after `resume_after`
         (from now when None). Raises `ChangeHistoryLost` when the token cannot be used."""
 
@@ -169,8 +169,9 @@ class Store(abc.ABC):
 
     # -- event log ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def append_events(self, events: Sequence[NewEvent],
-                            checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+    async def append_events(
+        self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
+    ) -> list[StoredEvent | None]:
         """Log these events, each taking the next id of the one sequence, and save the
         checkpoint's resume token with them (in the same transaction where the store has
         them). An event whose source is already logged is not logged again: None in its place."""
@@ -193,6 +194,7 @@ class Store(abc.ABC):
         """(request fingerprint, response) remembered under an Idempotency-Key, or None."""
 
     @abc.abstractmethod
-    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
-                               ttl_s: float) -> None:
+    async def remember_request(
+        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
         """Remember a response for `ttl_s` seconds; forget keys older than their time."""

@@ -51,11 +51,16 @@ class ChangeFeed:
     a backoff; any other exception is logged and the change skipped.
     """
 
-    def __init__(self, store: Store, collections: Sequence[str],
-                 handle: Callable[[list[Change], Checkpoint], Awaitable[bool]],
-                 on_history_lost: Callable[[str], Awaitable[None]],
-                 name: str = "changes", backoff: Backoff | None = None,
-                 clock: Callable[[], dt.datetime] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        collections: Sequence[str],
+        handle: Callable[[list[Change], Checkpoint], Awaitable[bool]],
+        on_history_lost: Callable[[str], Awaitable[None]],
+        name: str = "changes",
+        backoff: Backoff | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ):
         if not collections:
             raise ValueError("a change feed needs at least one collection")
         self._store = store
@@ -64,7 +69,7 @@ class ChangeFeed:
         self._on_history_lost = on_history_lost
         self.name = name
         self._backoff = backoff or Backoff()
-        self._clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._stream: ChangeStream | None = None
         self._saved_token = None
         self.running = False
@@ -110,9 +115,14 @@ class ChangeFeed:
                 except StoreError as exc:
                     await self._close_stream()
                     delay_s = self._backoff.next_delay()
-                    logger.warning("change stream interrupted",
-                                   extra={"feed": self.name, "error": str(exc),
-                                          "retry_in_s": round(delay_s, 3)})
+                    logger.warning(
+                        "change stream interrupted",
+                        extra={
+                            "feed": self.name,
+                            "error": str(exc),
+                            "retry_in_s": round(delay_s, 3),
+                        },
+                    )
                     self._interruptible = True
                     try:
                         await asyncio.sleep(delay_s)
@@ -170,9 +180,14 @@ class ChangeFeed:
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception:
-            logger.exception("change skipped", extra={
-                "feed": self.name, "changes": len(changes),
-                "document_id": str(changes[0].document_id)})
+            logger.exception(
+                "change skipped",
+                extra={
+                    "feed": self.name,
+                    "changes": len(changes),
+                    "document_id": str(changes[0].document_id),
+                },
+            )
         if saved:
             self._saved_token = checkpoint.token
         else:
@@ -181,8 +196,9 @@ class ChangeFeed:
         self.changes_handled += len(changes)
 
     async def _invalidated(self, change: Change) -> None:
-        logger.error("change stream invalidated", extra={"feed": self.name,
-                                                         "operation": change.operation})
+        logger.error(
+            "change stream invalidated", extra={"feed": self.name, "operation": change.operation}
+        )
         await self._on_history_lost("change_stream_invalidated")
         await self._close_stream()
         # resume after the invalidate event: the stream starts again from there
@@ -197,8 +213,7 @@ class ChangeFeed:
     def _measure(self, change: Change) -> None:
         if change.collection is None or change.wall_time is None:
             return
-        self.lag_s[change.collection] = max(
-            0.0, (self._clock() - change.wall_time).total_seconds())
+        self.lag_s[change.collection] = max(0.0, (self._clock() - change.wall_time).total_seconds())
         self.last_change_at[change.collection] = change.wall_time
 
     async def _save(self, token) -> None:

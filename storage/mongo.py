@@ -35,7 +35,8 @@ CHANGE_STREAM_HISTORY_LOST = 286
 INVALID_RESUME_TOKEN = 260
 CHANGE_STREAM_FATAL_ERROR = 280
 UNUSABLE_TOKEN_CODES = frozenset(
-    {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR})
+    {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR}
+)
 EVENTS = "realtime_events"
 COUNTERS = "realtime_counters"
 RESUME_TOKENS = "realtime_resume_tokens"
@@ -47,6 +48,8 @@ def translate_error(exc: PyMongoError) -> StoreError:
     if isinstance(exc, OperationFailure) and exc.code in UNUSABLE_TOKEN_CODES:
         return ChangeHistoryLost(f"change stream cannot resume (code {exc.code}): {exc}")
     return StoreError(f"mongodb: {exc}")
+
+
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
@@ -72,8 +75,9 @@ class MongoStore(Store):
         return f"mongodb://{host}/{self._database_name}"
 
     async def open(self) -> None:
-        self._client = AsyncMongoClient(self._url, tz_aware=True,
-                                        serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
+        self._client = AsyncMongoClient(
+            self._url, tz_aware=True, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
+        )
         await self.ping()
         try:
             info = await self.db.command("buildInfo")
@@ -130,14 +134,23 @@ class MongoStore(Store):
         return result.deleted_count > 0
 
     # -- changes -----------------------------------------------------------------------------
-    async def watch(self, collections: Sequence[str],
-                    resume_after: ResumeToken | None) -> ChangeStream:
-        pipeline = [{"$match": {"$or": [
-            {"ns.coll": {"$in": list(collections)}},
-            {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
-        ]}}]
-        options: dict[str, Any] = {"full_document": "updateLookup",
-                                   "max_await_time_ms": AWAIT_TIME_MS}
+    async def watch(
+        self, collections: Sequence[str], resume_after: ResumeToken | None
+    ) -> ChangeStream:
+        pipeline = [
+            {
+                "$match": {
+                    "$or": [
+                        {"ns.coll": {"$in": list(collections)}},
+                        {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
+                    ]
+                }
+            }
+        ]
+        options: dict[str, Any] = {
+            "full_document": "updateLookup",
+            "max_await_time_ms": AWAIT_TIME_MS,
+        }
         if self.pre_images:
             options["full_document_before_change"] = "whenAvailable"
         if resume_after is not None:
@@ -161,13 +174,15 @@ class MongoStore(Store):
                 await self.db[RESUME_TOKENS].delete_one({"_id": name})
             else:
                 await self.db[RESUME_TOKENS].replace_one(
-                    {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True)
+                    {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True
+                )
         except PyMongoError as exc:
             raise translate_error(exc) from exc
 
     # -- event log ---------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[NewEvent],
-                            checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+    async def append_events(
+        self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
+    ) -> list[StoredEvent | None]:
         stored = await self._append(events)
         if checkpoint is not None:
             await self.save_resume_token(checkpoint.name, checkpoint.token)
@@ -175,32 +190,45 @@ class MongoStore(Store):
 
     async def _append(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
         try:
-            known = {doc["source"] async for doc in self.db[EVENTS].find(
-                {"source": {"$in": [e.source for e in events]}}, {"source": 1})}
+            known = {
+                doc["source"]
+                async for doc in self.db[EVENTS].find(
+                    {"source": {"$in": [e.source for e in events]}}, {"source": 1}
+                )
+            }
             fresh = [e for e in events if e.source not in known]
             if not fresh:
                 return [None] * len(events)
             counter = await self.db[COUNTERS].find_one_and_update(
-                {"_id": "events"}, {"$inc": {"seq": len(fresh)}}, upsert=True,
-                return_document=ReturnDocument.AFTER)
+                {"_id": "events"},
+                {"$inc": {"seq": len(fresh)}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
             first = counter["seq"] - len(fresh) + 1
             now_ms = int(time.time() * 1000)
-            created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.timezone.utc)
+            created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
             stored: dict[str, StoredEvent | None] = {}
             for seq, event in enumerate(fresh, start=first):
                 try:
-                    await self.db[EVENTS].insert_one({
-                        "_id": seq, "source": event.source, "name": event.name,
-                        "payload": event.payload, "rooms": list(event.rooms),
-                        "created": created})
-                    stored[event.source] = StoredEvent(seq, now_ms, event.name,
-                                                       event.payload, tuple(event.rooms))
+                    await self.db[EVENTS].insert_one(
+                        {
+                            "_id": seq,
+                            "source": event.source,
+                            "name": event.name,
+                            "payload": event.payload,
+                            "rooms": list(event.rooms),
+                            "created": created,
+                        }
+                    )
+                    stored[event.source] = StoredEvent(
+                        seq, now_ms, event.name, event.payload, tuple(event.rooms)
+                    )
                 except DuplicateKeyError:  # another instance logged it first
                     stored[event.source] = None
         except PyMongoError as exc:
             raise translate_error(exc) from exc
         return [stored.get(e.source) for e in events]
-
 
     async def find_event(self, source: str) -> StoredEvent | None:
         try:
@@ -211,8 +239,12 @@ class MongoStore(Store):
 
     async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
         try:
-            cursor = self.db[EVENTS].find({"rooms": room, "_id": {"$gt": after_sequence}}) \
-                .sort("_id", ASCENDING).limit(limit)
+            cursor = (
+                self.db[EVENTS]
+                .find({"rooms": room, "_id": {"$gt": after_sequence}})
+                .sort("_id", ASCENDING)
+                .limit(limit)
+            )
             return [self._stored(doc) async for doc in cursor]
         except PyMongoError as exc:
             raise translate_error(exc) from exc
@@ -220,8 +252,7 @@ class MongoStore(Store):
     async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
         try:
             oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
-            newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1},
-                                                    sort=[("_id", -1)])
+            newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1}, sort=[("_id", -1)])
         except PyMongoError as exc:
             raise translate_error(exc) from exc
         return (oldest["_id"] if oldest else None, newest["_id"] if newest else None)
@@ -229,25 +260,34 @@ class MongoStore(Store):
     @staticmethod
     def _stored(doc: Mapping[str, Any]) -> StoredEvent:
         created_ms = int(doc["created"].timestamp() * 1000)
-        return StoredEvent(doc["_id"], created_ms, doc["name"], doc["payload"],
-                           tuple(doc["rooms"]))
+        return StoredEvent(doc["_id"], created_ms, doc["name"], doc["payload"], tuple(doc["rooms"]))
 
     # -- idempotency keys --------------------------------------------------------------------
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
         try:
             doc = await self.db[IDEMPOTENCY_KEYS].find_one(
-                {"_id": key, "expires": {"$gt": dt.datetime.now(dt.timezone.utc)}})
+                {"_id": key, "expires": {"$gt": dt.datetime.now(dt.UTC)}}
+            )
         except PyMongoError as exc:
             raise translate_error(exc) from exc
         return (doc["fingerprint"], doc["response"]) if doc else None
 
-    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
-                               ttl_s: float) -> None:
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=ttl_s)
+    async def remember_request(
+        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_s)
         try:
             await self.db[IDEMPOTENCY_KEYS].update_one(
-                {"_id": key}, {"$setOnInsert": {"fingerprint": fingerprint, "response": response,
-                                                "expires": expires}}, upsert=True)
+                {"_id": key},
+                {
+                    "$setOnInsert": {
+                        "fingerprint": fingerprint,
+                        "response": response,
+                        "expires": expires,
+                    }
+                },
+                upsert=True,
+            )
         except PyMongoError as exc:
             raise translate_error(exc) from exc
 

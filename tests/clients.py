@@ -96,8 +96,9 @@ class PyClient(Client):
     def __init__(self, url: str, path: str, transport: str, reconnect: bool = False):
         super().__init__(url, path, transport, reconnect)
         self.kind = f"py-{transport}"
-        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.1,
-                                        reconnection_delay_max=0.5)
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnect, reconnection_delay=0.1, reconnection_delay_max=0.5
+        )
         self._connect_error: Any = None
         self.sio.on("*", self._on_any)
         self.sio.on("connect_error", self._on_connect_error)
@@ -116,12 +117,21 @@ class PyClient(Client):
     async def connect(self, auth: dict | None = None) -> None:
         handshake = auth
         if self.reconnect:
+
             def handshake():  # called again on each reconnection
-                return {**(auth or {}), **({"lastEventId": self.last_event_id}
-                                           if self.last_event_id else {})}
+                return {
+                    **(auth or {}),
+                    **({"lastEventId": self.last_event_id} if self.last_event_id else {}),
+                }
+
         try:
-            await self.sio.connect(self.url, transports=[self.transport],
-                                   socketio_path=self.path, auth=handshake, wait_timeout=WAIT_S)
+            await self.sio.connect(
+                self.url,
+                transports=[self.transport],
+                socketio_path=self.path,
+                auth=handshake,
+                wait_timeout=WAIT_S,
+            )
         except socketio.exceptions.ConnectionError as exc:
             error = self._connect_error or {}
             raise Refused(error.get("message", str(exc)), error.get("data")) from None
@@ -155,8 +165,12 @@ class JsClient(Client):
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._process = await asyncio.create_subprocess_exec(
-            "node", JS_DRIVER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT)
+            "node",
+            JS_DRIVER,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
         self._reader = asyncio.create_task(self._read())
         await asyncio.wait_for(self._ready, WAIT_S)
 
@@ -204,17 +218,31 @@ class JsClient(Client):
         if self._process is None:
             await self._start()
         self._connected = asyncio.get_running_loop().create_future()
-        self._send({"op": "connect", "url": self.url, "path": self.path,
-                    "transports": [self.transport], "auth": auth or {},
-                    "reconnect": self.reconnect})
+        self._send(
+            {
+                "op": "connect",
+                "url": self.url,
+                "path": self.path,
+                "transports": [self.transport],
+                "auth": auth or {},
+                "reconnect": self.reconnect,
+            }
+        )
         await asyncio.wait_for(self._connected, WAIT_S)
 
     async def call(self, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
         ack_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._acks[ack_id] = future
-        self._send({"op": "emit", "id": ack_id, "event": event,
-                    "args": [] if data is None else [data], "ack": True})
+        self._send(
+            {
+                "op": "emit",
+                "id": ack_id,
+                "event": event,
+                "args": [] if data is None else [data],
+                "ack": True,
+            }
+        )
         return await asyncio.wait_for(future, timeout)
 
     async def emit(self, event: str, *args: Any) -> None:

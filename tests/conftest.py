@@ -10,10 +10,10 @@ import jwt
 import pytest
 from aiohttp import web
 
-from server.app import create_app
 from realtime.auth import issue_token
 from realtime.config import Settings, load_settings
 from realtime.gateway import GATEWAY
+from server.app import create_app
 from tests.clients import KINDS, Client, make_client
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -80,7 +80,8 @@ def raw_token() -> Callable[..., str]:
 @pytest.fixture(params=KINDS)
 def client_kind(request) -> str:
     if request.param.startswith("js") and not os.path.isdir(
-            os.path.join(os.path.dirname(__file__), "..", "node_modules", "socket.io-client")):
+        os.path.join(os.path.dirname(__file__), "..", "node_modules", "socket.io-client")
+    ):
         pytest.fail("socket.io-client is not installed: run `npm ci` (scripts/test does)")
     return request.param
 
@@ -104,8 +105,9 @@ async def clients(base_url, settings) -> AsyncIterator[Callable[..., Client]]:
 def connect(clients, token):
     """connect(kind, sub=..., role=..., shops=...) -> a client authenticated in the handshake."""
 
-    async def make(kind: str = "py-websocket", sub: str = "u1", role: str = "customer",
-                   shops=(), **auth) -> Client:
+    async def make(
+        kind: str = "py-websocket", sub: str = "u1", role: str = "customer", shops=(), **auth
+    ) -> Client:
         client = clients(kind)
         await client.connect({"token": token(sub, role, shops), **auth})
         await client.next_event("auth_success")

@@ -26,8 +26,15 @@ class GatewayProcess:
 
     async def start(self) -> GatewayProcess:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "realtime", "--port", str(self.port), cwd=ROOT, env=self.env,
-            stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "realtime",
+            "--port",
+            str(self.port),
+            cwd=ROOT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+        )
         line = (await asyncio.wait_for(self.process.stdout.readline(), 30)).decode()
         assert line.startswith("realtime gateway listening on "), line
         return self
@@ -40,8 +47,14 @@ class GatewayProcess:
 
 async def run_cli(env: dict[str, str], *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "realtime", *args, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT, **env}, stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "realtime",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+        stdout=asyncio.subprocess.PIPE,
+    )
     stdout, _ = await process.communicate()
     assert process.returncode == 0, args
     return stdout.decode().strip()

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from realtime.auth import TokenVerifier, issue_token
-from realtime.wire import iso_timestamp
 from realtime.config import load_settings
 from realtime.errors import GatewayError
+from realtime.wire import iso_timestamp
 
 SECRET = "s" * 40
 
@@ -47,10 +47,15 @@ def test_issued_development_tokens_verify(settings):
     assert 110 < principal.expires_at - time.time() <= 120
 
 
-@pytest.mark.parametrize("token, code", [
-    (None, "missing_token"), ("", "missing_token"), (17, "invalid_token"),
-    ("abc", "invalid_token"),
-])
+@pytest.mark.parametrize(
+    "token, code",
+    [
+        (None, "missing_token"),
+        ("", "missing_token"),
+        (17, "invalid_token"),
+        ("abc", "invalid_token"),
+    ],
+)
 def test_not_a_token(settings, token, code):
     assert refused(TokenVerifier(settings), token) == code
 
@@ -59,8 +64,13 @@ def test_refusals(settings):
     verifier = TokenVerifier(settings)
     now = int(time.time())
     assert refused(verifier, jwt.encode(claims(exp=now - 1), SECRET)) == "token_expired"
-    assert refused(verifier, jwt.encode({"sub": "u1", "role": "customer"}, SECRET)) == "invalid_token"
-    assert refused(verifier, jwt.encode(claims(), "another-key-0123456789-0123456789")) == "invalid_token"
+    assert (
+        refused(verifier, jwt.encode({"sub": "u1", "role": "customer"}, SECRET)) == "invalid_token"
+    )
+    assert (
+        refused(verifier, jwt.encode(claims(), "another-key-0123456789-0123456789"))
+        == "invalid_token"
+    )
     assert refused(verifier, jwt.encode(claims(), None, algorithm="none")) == "invalid_token"
     assert refused(verifier, jwt.encode(claims(role="root"), SECRET)) == "invalid_token"
     assert refused(verifier, jwt.encode(claims(sub=""), SECRET)) == "invalid_token"
@@ -69,8 +79,14 @@ def test_refusals(settings):
 
 
 def test_audience_and_issuer_are_checked_when_configured(tmp_path):
-    settings = load_settings({"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": SECRET,
-                              "JWT_AUDIENCE": "booking", "JWT_ISSUER": "https://id.example"})
+    settings = load_settings(
+        {
+            "STORE_PATH": str(tmp_path / "r.db"),
+            "JWT_SECRET": SECRET,
+            "JWT_AUDIENCE": "booking",
+            "JWT_ISSUER": "https://id.example",
+        }
+    )
     verifier = TokenVerifier(settings)
     good = claims(aud="booking", iss="https://id.example")
     assert verifier.verify(jwt.encode(good, SECRET)).user_id == "u1"
@@ -80,12 +96,22 @@ def test_audience_and_issuer_are_checked_when_configured(tmp_path):
 
 
 def test_claim_names_are_dotted_paths(tmp_path):
-    settings = load_settings({
-        "STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": SECRET,
-        "JWT_CLAIM_ROLE": "app_metadata.role", "JWT_CLAIM_SHOP_IDS": "app_metadata.shops",
-    })
-    token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60,
-                        "app_metadata": {"role": "staff", "shops": ["s1"]}}, SECRET)
+    settings = load_settings(
+        {
+            "STORE_PATH": str(tmp_path / "r.db"),
+            "JWT_SECRET": SECRET,
+            "JWT_CLAIM_ROLE": "app_metadata.role",
+            "JWT_CLAIM_SHOP_IDS": "app_metadata.shops",
+        }
+    )
+    token = jwt.encode(
+        {
+            "sub": "u1",
+            "exp": int(time.time()) + 60,
+            "app_metadata": {"role": "staff", "shops": ["s1"]},
+        },
+        SECRET,
+    )
     principal = TokenVerifier(settings).verify(token)
     assert principal.role == "staff" and principal.shop_ids == {"s1"}
     issued = issue_token(settings, "u2", "admin")
@@ -94,14 +120,21 @@ def test_claim_names_are_dotted_paths(tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
 def test_asymmetric_tokens_verify_with_the_public_key(tmp_path, algorithm):
-    private = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
-               if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1()))
-    pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if algorithm == "RS256"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     key_file = tmp_path / "public.pem"
     key_file.write_text(pem)
-    settings = load_settings({"STORE_PATH": str(tmp_path / "r.db"),
-                              "JWT_PUBLIC_KEY": str(key_file)})
+    settings = load_settings(
+        {"STORE_PATH": str(tmp_path / "r.db"), "JWT_PUBLIC_KEY": str(key_file)}
+    )
     verifier = TokenVerifier(settings)
     assert verifier.verify(jwt.encode(claims(), private, algorithm=algorithm)).user_id == "u1"
     # an HS token "signed" with the public key must not pass (algorithm confusion)
@@ -109,5 +142,5 @@ def test_asymmetric_tokens_verify_with_the_public_key(tmp_path, algorithm):
 
 
 def test_times_are_iso_utc_with_milliseconds():
-    moment = dt.datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=dt.timezone.utc)
+    moment = dt.datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=dt.UTC)
     assert iso_timestamp(moment.timestamp()) == "2026-11-21T10:00:00.123Z"

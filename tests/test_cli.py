@@ -18,8 +18,15 @@ from tests.clients import ROOT, make_client
 
 
 def run(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "realtime", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "realtime", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -38,8 +45,9 @@ def test_help_explains_every_option_and_variable(cli_env):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("variable, value", [("PORT", "abc"), ("AUTH_TIMEOUT", "0"),
-                                             ("LOG_LEVEL", "chatty")])
+@pytest.mark.parametrize(
+    "variable, value", [("PORT", "abc"), ("AUTH_TIMEOUT", "0"), ("LOG_LEVEL", "chatty")]
+)
 def test_a_bad_configuration_stops_start_up_with_one_clear_line(cli_env, variable, value):
     result = run(env={**cli_env, variable: value})
     assert result.returncode == 2
@@ -48,8 +56,20 @@ def test_a_bad_configuration_stops_start_up_with_one_clear_line(cli_env, variabl
 
 
 def test_token_is_signed_with_the_development_secret(cli_env, tmp_path):
-    result = run("token", "--sub", "u1", "--role", "staff", "--shop", "s1", "--shop", "s2",
-                 "--ttl", "120", env=cli_env)
+    result = run(
+        "token",
+        "--sub",
+        "u1",
+        "--role",
+        "staff",
+        "--shop",
+        "s1",
+        "--shop",
+        "s2",
+        "--ttl",
+        "120",
+        env=cli_env,
+    )
     assert result.returncode == 0, result.stderr
     secret = (tmp_path / "cli.db.jwt-secret").read_text().strip()
     claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
@@ -58,16 +78,24 @@ def test_token_is_signed_with_the_development_secret(cli_env, tmp_path):
 
 
 async def test_store_commands_write_documents(cli_env, tmp_path):
-    inserted = run("store", "insert", "bookings",
-                   json.dumps({"customerId": "c1", "shopId": "s1", "status": "PENDING"}),
-                   env=cli_env)
+    inserted = run(
+        "store",
+        "insert",
+        "bookings",
+        json.dumps({"customerId": "c1", "shopId": "s1", "status": "PENDING"}),
+        env=cli_env,
+    )
     assert inserted.returncode == 0, inserted.stderr
     doc_id = inserted.stdout.strip()
     assert len(doc_id) == 24 and inserted.stdout.count("\n") == 1
     kept = run("store", "insert", "bookings", '{"_id": "b-7", "status": "confirmed"}', env=cli_env)
     assert kept.stdout.strip() == "b-7"
-    assert run("store", "update", "bookings", doc_id, '{"status": "confirmed"}',
-               env=cli_env).returncode == 0
+    assert (
+        run(
+            "store", "update", "bookings", doc_id, '{"status": "confirmed"}', env=cli_env
+        ).returncode
+        == 0
+    )
     assert run("store", "delete", "bookings", "b-7", env=cli_env).returncode == 0
 
     store = SqliteStore(str(tmp_path / "cli.db"))
@@ -89,8 +117,16 @@ async def test_store_commands_write_documents(cli_env, tmp_path):
 async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
     token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "realtime", "--port", "0", cwd=ROOT, env=cli_env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "realtime",
+        "--port",
+        "0",
+        cwd=ROOT,
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
         assert line.startswith("realtime gateway listening on http://127.0.0.1:")

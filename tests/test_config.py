@@ -20,13 +20,25 @@ def test_defaults_match_the_spec(tmp_path):
     assert settings.broadcast_token is None and settings.cors_origins == ()
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("PORT", "abc"), ("PORT", "70000"), ("AUTH_TIMEOUT", "-1"), ("AUTH_TIMEOUT", "soon"),
-    ("MAX_PAYLOAD_BYTES", "12"), ("LOG_LEVEL", "loud"), ("REDIS_URL", "localhost:6379"),
-    ("MONGODB_URL", "http://db"), ("JWT_SECRET", "short"), ("BOOKING_FIELDS", "[1]"),
-    ("BOOKING_FIELDS", "{not json"), ("WS_COMPRESSION", "maybe"), ("JWT_ALGORITHMS", "none"),
-    ("BROADCAST_TOKEN", "tiny"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("AUTH_TIMEOUT", "-1"),
+        ("AUTH_TIMEOUT", "soon"),
+        ("MAX_PAYLOAD_BYTES", "12"),
+        ("LOG_LEVEL", "loud"),
+        ("REDIS_URL", "localhost:6379"),
+        ("MONGODB_URL", "http://db"),
+        ("JWT_SECRET", "short"),
+        ("BOOKING_FIELDS", "[1]"),
+        ("BOOKING_FIELDS", "{not json"),
+        ("WS_COMPRESSION", "maybe"),
+        ("JWT_ALGORITHMS", "none"),
+        ("BROADCAST_TOKEN", "tiny"),
+    ],
+)
 def test_a_bad_value_names_its_variable(tmp_path, variable, value):
     environ = {"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32, variable: value}
     with pytest.raises(ConfigError) as error:
@@ -36,11 +48,16 @@ def test_a_bad_value_names_its_variable(tmp_path, variable, value):
 
 
 def test_lists_and_flags_are_parsed(tmp_path):
-    settings = load_settings({
-        "STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32,
-        "CORS_ORIGINS": "https://a.example, https://b.example,", "WS_COMPRESSION": "true",
-        "BOOKING_FIELDS": '{"customerId": "client.id"}', "LOG_LEVEL": "warning",
-    })
+    settings = load_settings(
+        {
+            "STORE_PATH": str(tmp_path / "r.db"),
+            "JWT_SECRET": "x" * 32,
+            "CORS_ORIGINS": "https://a.example, https://b.example,",
+            "WS_COMPRESSION": "true",
+            "BOOKING_FIELDS": '{"customerId": "client.id"}',
+            "LOG_LEVEL": "warning",
+        }
+    )
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.ws_compression is True
     assert settings.booking_fields == {"customerId": "client.id"}
@@ -69,10 +86,25 @@ def test_a_public_key_selects_asymmetric_algorithms(tmp_path):
 
 def test_every_variable_is_described():
     names = [name for name, _, _ in describe_variables()]
-    for required in ("HOST", "PORT", "JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_ALGORITHMS",
-                     "JWT_AUDIENCE", "JWT_ISSUER", "MONGODB_URL", "MONGODB_DB", "STORE_PATH",
-                     "REDIS_URL", "BROADCAST_TOKEN", "CORS_ORIGINS", "AUTH_TIMEOUT",
-                     "MAX_PAYLOAD_BYTES", "LOG_LEVEL", "AUTH_EXPIRING_LEAD"):
+    for required in (
+        "HOST",
+        "PORT",
+        "JWT_SECRET",
+        "JWT_PUBLIC_KEY",
+        "JWT_ALGORITHMS",
+        "JWT_AUDIENCE",
+        "JWT_ISSUER",
+        "MONGODB_URL",
+        "MONGODB_DB",
+        "STORE_PATH",
+        "REDIS_URL",
+        "BROADCAST_TOKEN",
+        "CORS_ORIGINS",
+        "AUTH_TIMEOUT",
+        "MAX_PAYLOAD_BYTES",
+        "LOG_LEVEL",
+        "AUTH_EXPIRING_LEAD",
+    ):
         assert required in names
     assert len(names) == len(set(names))
 

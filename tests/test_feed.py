@@ -12,7 +12,7 @@ from storage.base import ChangeHistoryLost, ChangeStream, StoreError
 from storage.feed import Backoff, ChangeFeed
 from storage.mongo import MongoChangeStream, translate_error
 
-NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.UTC)
 
 
 class ScriptDone(Exception):
@@ -20,10 +20,14 @@ class ScriptDone(Exception):
 
 
 def event(n: int, operation: str = "insert", seconds_ago: float = 0.0) -> dict:
-    return {"_id": {"_data": f"{n:04d}"}, "operationType": operation,
-            "ns": {"db": "d", "coll": "bookings"}, "documentKey": {"_id": f"b{n}"},
-            "fullDocument": {"_id": f"b{n}"},
-            "wallTime": NOW - dt.timedelta(seconds=seconds_ago)}
+    return {
+        "_id": {"_data": f"{n:04d}"},
+        "operationType": operation,
+        "ns": {"db": "d", "coll": "bookings"},
+        "documentKey": {"_id": f"b{n}"},
+        "fullDocument": {"_id": f"b{n}"},
+        "wallTime": NOW - dt.timedelta(seconds=seconds_ago),
+    }
 
 
 class ScriptedStream(ChangeStream):
@@ -74,8 +78,11 @@ class ScriptedStore:
         self.watched_from.append(resume_after)
         if self._watch_errors:
             raise self._watch_errors.pop(0)
-        return ScriptedStream(self._scripts.pop(0) if self._scripts else [],
-                              resume_after or {"_data": "start"}, self._batches)
+        return ScriptedStream(
+            self._scripts.pop(0) if self._scripts else [],
+            resume_after or {"_data": "start"},
+            self._batches,
+        )
 
     async def load_resume_token(self, name):
         return self.tokens.get(name)
@@ -96,8 +103,7 @@ def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
     async def resync(reason):
         resyncs.append(reason)
 
-    return ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0),
-                      clock=lambda: NOW)
+    return ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0), clock=lambda: NOW)
 
 
 async def test_changes_are_handled_in_order_and_every_token_is_saved():
@@ -107,8 +113,12 @@ async def test_changes_are_handled_in_order_and_every_token_is_saved():
     with pytest.raises(ScriptDone):
         await feed.run()
     assert handled == ["b1", "b6"]
-    assert store.saved == [{"_data": "start"}, {"_data": "0001"}, {"_data": "0005"},
-                           {"_data": "0006"}]
+    assert store.saved == [
+        {"_data": "start"},
+        {"_data": "0001"},
+        {"_data": "0005"},
+        {"_data": "0006"},
+    ]
     assert feed.lag_s == {"bookings": 2.5} and resyncs == []
 
 
@@ -143,8 +153,9 @@ async def test_a_store_error_in_the_handler_retries_the_change_from_the_saved_to
 
 
 async def test_a_transient_stream_error_reopens_from_the_saved_token(caplog):
-    store = ScriptedStore([event(1), translate_error(AutoReconnect("primary stepped down"))],
-                          [event(2)])
+    store = ScriptedStore(
+        [event(1), translate_error(AutoReconnect("primary stepped down"))], [event(2)]
+    )
     handled = []
     with pytest.raises(ScriptDone):
         await feed_for(store, handled, []).run()
@@ -185,15 +196,18 @@ async def test_an_invalidate_event_resyncs_and_starts_after_it():
     assert handled == ["b1", "b3"]
 
 
-@pytest.mark.parametrize("error, lost", [
-    (OperationFailure("history lost", code=286), True),
-    (OperationFailure("invalid resume token", code=260), True),
-    (OperationFailure("fatal", code=280), True),
-    (OperationFailure("interrupted at shutdown", code=11600), False),
-    (ConnectionFailure("no route"), False),
-    (NetworkTimeout("timed out"), False),
-    (AutoReconnect("not primary"), False),
-])
+@pytest.mark.parametrize(
+    "error, lost",
+    [
+        (OperationFailure("history lost", code=286), True),
+        (OperationFailure("invalid resume token", code=260), True),
+        (OperationFailure("fatal", code=280), True),
+        (OperationFailure("interrupted at shutdown", code=11600), False),
+        (ConnectionFailure("no route"), False),
+        (NetworkTimeout("timed out"), False),
+        (AutoReconnect("not primary"), False),
+    ],
+)
 def test_pymongo_errors_are_read_as_lost_history_or_transient(error, lost):
     translated = translate_error(error)
     assert isinstance(translated, StoreError)
@@ -214,8 +228,9 @@ async def test_the_mongodb_stream_translates_what_pymongo_raises():
 
 
 async def test_buffered_changes_are_handed_over_together_and_checkpointed_once():
-    store = ScriptedStore([event(1), event(2), event(3), ("idle", {"_data": "0003"}), event(4)],
-                          batches=True)
+    store = ScriptedStore(
+        [event(1), event(2), event(3), ("idle", {"_data": "0003"}), event(4)], batches=True
+    )
     batches = []
 
     async def handle(changes, checkpoint):

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.env(BROADCAST_TOKEN=SERVICE_TOKEN)
 
 
 async def post(http, body, headers=None, **kwargs):
-    response = await http.post("/broadcast", json=body, headers={**AUTH, **(headers or {})},
-                               **kwargs)
+    response = await http.post(
+        "/broadcast", json=body, headers={**AUTH, **(headers or {})}, **kwargs
+    )
     return response.status, await response.json()
 
 
@@ -38,16 +39,24 @@ async def test_a_broadcast_reaches_exactly_its_rooms_and_users(http, connect, cl
     staff = await connect(client_kind, sub="st1", role="staff", shops=["s1"])
     assert (await staff.call("join_room", {"roomId": "shop-s1"}))["ok"]
 
-    status, body = await post(http, {"event": "notification", "data": {"title": "hello"},
-                                     "rooms": ["shop-s1"], "users": ["c1"]})
+    status, body = await post(
+        http,
+        {
+            "event": "notification",
+            "data": {"title": "hello"},
+            "rooms": ["shop-s1"],
+            "users": ["c1"],
+        },
+    )
     assert status == 202
     assert body["rooms"] == ["shop-s1", "user-c1"] and body["eventId"].isdigit()
     got = await customer.next_event("notification")
     assert got == {"title": "hello", "eventId": body["eventId"], "timestamp": got["timestamp"]}
     assert (await staff.next_event("notification"))["eventId"] == body["eventId"]
 
-    await post(http, {"event": "notification", "data": {"title": "end"},
-                      "users": ["c1", "c2", "st1"]})
+    await post(
+        http, {"event": "notification", "data": {"title": "end"}, "users": ["c1", "c2", "st1"]}
+    )
     await until_everyone_has([customer, bystander, staff], "end")
     assert titles(bystander) == ["end"]
 
@@ -59,25 +68,30 @@ async def test_an_idempotent_retry_returns_the_first_answer_and_emits_once(http,
     again = await post(http, body, {"Idempotency-Key": "payout-42"})
     assert first[0] == again[0] == 202 and first[1] == again[1]
     conflict = await post(http, {**body, "data": {"amount": 11}}, {"Idempotency-Key": "payout-42"})
-    assert conflict == (422, {"error": {"code": "idempotency_conflict",
-                                        "message": conflict[1]["error"]["message"]}})
+    assert conflict == (
+        422,
+        {"error": {"code": "idempotency_conflict", "message": conflict[1]["error"]["message"]}},
+    )
     await post(http, {"event": "notification", "data": {"title": "end"}, "users": ["c1"]})
     await customer.next_event("notification")
     assert [p["eventId"] for n, p in customer.log if n == "payout_update"] == [first[1]["eventId"]]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"data": {}, "users": ["c1"]}, "event"),
-    ({"event": "notification", "users": ["c1"]}, "data"),
-    ({"event": "notification", "data": [], "users": ["c1"]}, "data"),
-    ({"event": "notification", "data": {}}, "_schema"),
-    ({"event": "notification", "data": {}, "rooms": ["lobby"]}, "rooms"),
-    ({"event": "notification", "data": {}, "users": ["a b"]}, "users"),
-    ({"event": "reservation_update", "data": {}, "users": ["c1"]}, "event"),
-    ({"event": "auth_success", "data": {}, "users": ["c1"]}, "event"),
-    ({"event": "notification", "data": {}, "users": ["c1"], "extra": 1}, "extra"),
-    ("just a string", "_schema"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"data": {}, "users": ["c1"]}, "event"),
+        ({"event": "notification", "users": ["c1"]}, "data"),
+        ({"event": "notification", "data": [], "users": ["c1"]}, "data"),
+        ({"event": "notification", "data": {}}, "_schema"),
+        ({"event": "notification", "data": {}, "rooms": ["lobby"]}, "rooms"),
+        ({"event": "notification", "data": {}, "users": ["a b"]}, "users"),
+        ({"event": "reservation_update", "data": {}, "users": ["c1"]}, "event"),
+        ({"event": "auth_success", "data": {}, "users": ["c1"]}, "event"),
+        ({"event": "notification", "data": {}, "users": ["c1"], "extra": 1}, "extra"),
+        ("just a string", "_schema"),
+    ],
+)
 async def test_invalid_broadcasts_are_400_with_field_errors(http, body, field):
     status, answer = await post(http, body)
     assert status == 400
@@ -92,12 +106,14 @@ async def test_the_http_error_statuses(http):
     assert (await no_token.json())["error"]["code"] == "unauthenticated"
     wrong = await http.post("/broadcast", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status == 401
-    text = await http.post("/broadcast", data="hello", headers={**AUTH,
-                                                                "Content-Type": "text/plain"})
+    text = await http.post(
+        "/broadcast", data="hello", headers={**AUTH, "Content-Type": "text/plain"}
+    )
     assert text.status == 415
     assert (await text.json())["error"]["code"] == "unsupported_media_type"
-    broken = await http.post("/broadcast", data="{oops", headers={
-        **AUTH, "Content-Type": "application/json"})
+    broken = await http.post(
+        "/broadcast", data="{oops", headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert broken.status == 400 and (await broken.json())["error"]["code"] == "invalid_payload"
     unknown = await http.get("/nowhere")
     assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_found"
@@ -107,15 +123,18 @@ async def test_the_http_error_statuses(http):
 
 @pytest.mark.env(MAX_PAYLOAD_BYTES="2048")
 async def test_a_body_over_the_limit_is_413(http):
-    status, answer = await post(http, {"event": "notification", "data": {"x": "y" * 4096},
-                                       "users": ["c1"]})
+    status, answer = await post(
+        http, {"event": "notification", "data": {"x": "y" * 4096}, "users": ["c1"]}
+    )
     assert status == 413 and answer["error"]["code"] == "payload_too_large"
 
 
 @pytest.mark.env(BROADCAST_TOKEN="")
 async def test_without_a_configured_token_every_call_is_403(http):
     for token in ("", SERVICE_TOKEN):
-        response = await http.post("/broadcast", json={}, headers={"Authorization": f"Bearer {token}"})
+        response = await http.post(
+            "/broadcast", json={}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert response.status == 403
         assert (await response.json())["error"]["code"] == "forbidden"
     assert (await http.get("/status", headers=AUTH)).status == 403
@@ -167,9 +186,22 @@ async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(http, ga
     error = (await down.json())["error"]
     assert error["code"] == "unavailable" and error["message"] == "not ready: redis"
     assert error["details"]["store"] == "ok" and error["details"]["redis"].startswith("down")
-    redis = subprocess.Popen(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    redis = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(REDIS_PORT),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
+
         async def until_ready():
             while (await http.get("/ready")).status != 200:
                 pass  # each probe waits on the network; redis is starting
@@ -189,14 +221,18 @@ async def test_ready_is_503_when_the_watcher_stops(http, gateway):
 
 @pytest.mark.env(CORS_ORIGINS="https://app.example")
 async def test_cors_allows_only_the_configured_origins(http):
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "Authorization, Content-Type"}
-    allowed = await http.options("/broadcast", headers={"Origin": "https://app.example",
-                                                        **preflight})
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Authorization, Content-Type",
+    }
+    allowed = await http.options(
+        "/broadcast", headers={"Origin": "https://app.example", **preflight}
+    )
     assert allowed.status == 200
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
-    refused = await http.options("/broadcast", headers={"Origin": "https://evil.example",
-                                                        **preflight})
+    refused = await http.options(
+        "/broadcast", headers={"Origin": "https://evil.example", **preflight}
+    )
     assert "Access-Control-Allow-Origin" not in refused.headers
     handshake = "/socket.io/?EIO=4&transport=polling"
     ok = await http.get(handshake, headers={"Origin": "https://app.example"})

@@ -22,8 +22,11 @@ SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
 @pytest.fixture
 def env(tmp_path) -> dict[str, str]:
-    return {"STORE_PATH": str(tmp_path / "gateway.db"), "JWT_SECRET": SECRET,
-            "BROADCAST_TOKEN": SERVICE_TOKEN}
+    return {
+        "STORE_PATH": str(tmp_path / "gateway.db"),
+        "JWT_SECRET": SECRET,
+        "BROADCAST_TOKEN": SERVICE_TOKEN,
+    }
 
 
 @pytest.fixture
@@ -42,17 +45,20 @@ async def gateways(env):
         await gateway.stop()
 
 
-async def test_sigterm_exits_cleanly_and_clients_reconnect_and_catch_up(env, gateways, token,
-                                                                        client_kind):
+async def test_sigterm_exits_cleanly_and_clients_reconnect_and_catch_up(
+    env, gateways, token, client_kind
+):
     first = await gateways()
     client = make_client(client_kind, first.url, reconnect=True)
     try:
         await client.connect({"token": token("c1")})
         await client.next_event("auth_success")
         async with aiohttp.ClientSession(first.url) as http:
-            answer = await http.post("/broadcast", json={
-                "event": "notification", "data": {"title": "before"}, "users": ["c1"]},
-                headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
+            answer = await http.post(
+                "/broadcast",
+                json={"event": "notification", "data": {"title": "before"}, "users": ["c1"]},
+                headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+            )
             assert answer.status == 202
         await client.next_event("notification")
 
@@ -60,8 +66,13 @@ async def test_sigterm_exits_cleanly_and_clients_reconnect_and_catch_up(env, gat
         assert await asyncio.wait_for(first.process.wait(), 30) == 0
         await client.wait_disconnected()  # its transport was closed; it was not told to stay away
 
-        booking = await run_cli(env, "store", "insert", "bookings", json.dumps(
-            {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}))
+        booking = await run_cli(
+            env,
+            "store",
+            "insert",
+            "bookings",
+            json.dumps({"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}),
+        )
         await gateways()  # back on the same port and store
         again = await client.next_event("auth_success", timeout=30)  # reconnected by itself
         assert again["replayed"] == 1 and again["gap"] is False
@@ -98,8 +109,14 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_nothing(env, gateways
         await client.connect({"token": token("c1")})
         await client.next_event("auth_success")
         writer = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WRITER, env["STORE_PATH"], str(count), cwd=ROOT,
-            env={"PYTHONPATH": ROOT})
+            sys.executable,
+            "-c",
+            WRITER,
+            env["STORE_PATH"],
+            str(count),
+            cwd=ROOT,
+            env={"PYTHONPATH": ROOT},
+        )
         for _ in range(30):  # well into the stream
             await client.next_event("reservation_update")
         first.process.kill()

@@ -22,11 +22,22 @@ schema = schemathesis.openapi.from_path(os.path.join(ROOT, "docs", "openapi.yaml
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory):
     store = tmp_path_factory.mktemp("openapi") / "fuzz.db"
-    env = {**os.environ, "STORE_PATH": str(store), "JWT_SECRET": "f" * 40,
-           "BROADCAST_TOKEN": SERVICE_TOKEN, "LOG_LEVEL": "error", "PYTHONPATH": ROOT,
-           "MAX_PAYLOAD_BYTES": "65536"}
-    process = subprocess.Popen([sys.executable, "-m", "realtime", "--port", "0"], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "STORE_PATH": str(store),
+        "JWT_SECRET": "f" * 40,
+        "BROADCAST_TOKEN": SERVICE_TOKEN,
+        "LOG_LEVEL": "error",
+        "PYTHONPATH": ROOT,
+        "MAX_PAYLOAD_BYTES": "65536",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "realtime", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = process.stdout.readline()
     assert line.startswith("realtime gateway listening on "), line
     yield line.split(" on ")[1].split(" ")[0]
@@ -35,12 +46,21 @@ def gateway_url(tmp_path_factory):
 
 
 @schema.parametrize()
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 def test_the_api_answers_every_input_as_documented(case, gateway_url):
-    headers = {"Authorization": f"Bearer {SERVICE_TOKEN}"} if case.path in (
-        "/broadcast", "/status") else {}
+    headers = (
+        {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+        if case.path in ("/broadcast", "/status")
+        else {}
+    )
     key = (case.headers or {}).get("Idempotency-Key")
     if key and len(key) <= 200:
         # a generated key reused with another body is a 422 conflict (tested in test_http);
@@ -50,8 +70,14 @@ def test_the_api_answers_every_input_as_documented(case, gateway_url):
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 def test_the_api_refuses_unauthenticated_input_as_documented(case, gateway_url):
     case.call_and_validate(base_url=gateway_url)

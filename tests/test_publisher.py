@@ -15,8 +15,8 @@ import sqlite3
 import subprocess
 import sys
 
-from server.app import create_app
 from realtime.gateway import GATEWAY
+from server.app import create_app
 from tests.clients import ROOT, Client, make_client
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
@@ -32,8 +32,12 @@ async def audience(connect, kind):
         "other staff": await connect(kind, sub="st2", role="staff", shops=["s2"]),
         "admin": await connect(kind, sub="a1", role="admin"),
     }
-    joins = [("staff", "shop-s1"), ("other staff", "shop-s2"), ("admin", "admin-reservations"),
-             ("admin", "admin-payments")]
+    joins = [
+        ("staff", "shop-s1"),
+        ("other staff", "shop-s2"),
+        ("admin", "admin-reservations"),
+        ("admin", "admin-payments"),
+    ]
     for who, room in joins:
         assert (await people[who].call("join_room", {"roomId": room}))["ok"]
     for client in people.values():
@@ -42,8 +46,9 @@ async def audience(connect, kind):
 
 
 async def sentinel(store, people) -> None:
-    await store.insert_document("bookings", {"customerId": "nobody", "shopId": "sentinel",
-                                             "status": "pending", **SLOT})
+    await store.insert_document(
+        "bookings", {"customerId": "nobody", "shopId": "sentinel", "status": "pending", **SLOT}
+    )
     for client in people.values():
         while (await client.next_event("availability_update"))["shopId"] != "sentinel":
             pass
@@ -51,15 +56,19 @@ async def sentinel(store, people) -> None:
 
 def received(client, event):
     """What `client` got of `event`, leaving out the sentinel booking's own events."""
-    return [payload for name, payload in client.log
-            if name == event and payload.get("shopId") != "sentinel"]
+    return [
+        payload
+        for name, payload in client.log
+        if name == event and payload.get("shopId") != "sentinel"
+    ]
 
 
 async def test_a_booking_reaches_exactly_its_audience_in_order(gateway, connect, client_kind):
     people = await audience(connect, client_kind)
     store = gateway.store
-    booking = await store.insert_document("bookings", {
-        "customerId": "c1", "shopId": "s1", "status": "PENDING", **SLOT})
+    booking = await store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "PENDING", **SLOT}
+    )
     created = await people["customer"].next_event("reservation_update")
     assert created["updateType"] == "created" and created["reservationId"] == booking
     assert (await people["customer"].call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]
@@ -74,9 +83,18 @@ async def test_a_booking_reaches_exactly_its_audience_in_order(gateway, connect,
         assert confirmed["status"] == "confirmed" and confirmed["previousStatus"] == "pending"
         assert confirmed["eventId"] > updates[0]["eventId"]
         assert confirmed["timestamp"].endswith("Z")
-        assert set(confirmed) == {"reservationId", "status", "previousStatus", "updateType",
-                                  "userId", "shopId", "startsAt", "durationMinutes", "eventId",
-                                  "timestamp"}
+        assert set(confirmed) == {
+            "reservationId",
+            "status",
+            "previousStatus",
+            "updateType",
+            "userId",
+            "shopId",
+            "startsAt",
+            "durationMinutes",
+            "eventId",
+            "timestamp",
+        }
     for who in ("other customer", "other staff"):
         assert received(people[who], "reservation_update") == [], who
 
@@ -86,11 +104,21 @@ async def test_payments_and_availability_reach_their_rooms(gateway, connect, cli
     for client in (people["customer"], people["staff"], people["other staff"]):
         assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"]
     store = gateway.store
-    booking = await store.insert_document("bookings", {
-        "customerId": "c1", "shopId": "s1", "therapistId": "t1", "status": "confirmed", **SLOT})
-    await store.insert_document("payments", {"bookingId": booking, "customerId": "c1",
-                                              "shopId": "s1", "status": "paid", "amount": 80,
-                                              "currency": "EUR"})
+    booking = await store.insert_document(
+        "bookings",
+        {"customerId": "c1", "shopId": "s1", "therapistId": "t1", "status": "confirmed", **SLOT},
+    )
+    await store.insert_document(
+        "payments",
+        {
+            "bookingId": booking,
+            "customerId": "c1",
+            "shopId": "s1",
+            "status": "paid",
+            "amount": 80,
+            "currency": "EUR",
+        },
+    )
     await store.update_document("bookings", booking, {"status": "cancelled"})
     await sentinel(store, people)
 
@@ -100,8 +128,11 @@ async def test_payments_and_availability_reach_their_rooms(gateway, connect, cli
     for who in ("other customer", "other staff"):
         assert received(people[who], "payment_update") == []
     for who in ("customer", "staff", "other staff"):  # all three watch availability-s1
-        slots = [(e["available"], e["reservationId"]) for e in
-                 received(people[who], "availability_update") if e["shopId"] == "s1"]
+        slots = [
+            (e["available"], e["reservationId"])
+            for e in received(people[who], "availability_update")
+            if e["shopId"] == "s1"
+        ]
         assert slots == [(False, booking), (True, booking)], who
     assert received(people["admin"], "availability_update") == []
 
@@ -109,12 +140,26 @@ async def test_payments_and_availability_reach_their_rooms(gateway, connect, cli
 async def test_a_write_from_another_process_is_delivered(gateway, settings, connect, client_kind):
     admin = await connect(client_kind, sub="a1", role="admin")
     assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
-    env = {"STORE_PATH": settings.store_path, "JWT_SECRET": settings.jwt_secret,
-           "PYTHONPATH": ROOT, "PATH": "/usr/bin:/bin"}
+    env = {
+        "STORE_PATH": settings.store_path,
+        "JWT_SECRET": settings.jwt_secret,
+        "PYTHONPATH": ROOT,
+        "PATH": "/usr/bin:/bin",
+    }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "realtime", "store", "insert", "bookings",
-        json.dumps({"_id": "from-cli", "customerId": "c1", "shopId": "s1", "status": "pending",
-                    **SLOT}), cwd=ROOT, env=env, stdout=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "realtime",
+        "store",
+        "insert",
+        "bookings",
+        json.dumps(
+            {"_id": "from-cli", "customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+        ),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
     stdout, _ = await process.communicate()
     assert process.returncode == 0 and stdout.decode().strip() == "from-cli"
     update = await admin.next_event("reservation_update")
@@ -137,8 +182,10 @@ async def test_a_restart_emits_every_change_once(aiohttp_server, settings, token
     admin = await watching_admin(server, token)
     store = first[GATEWAY].store
     for n in range(3):
-        await store.insert_document("bookings", {"_id": f"before-{n}", "customerId": "c1",
-                                                 "shopId": "s1", "status": "pending", **SLOT})
+        await store.insert_document(
+            "bookings",
+            {"_id": f"before-{n}", "customerId": "c1", "shopId": "s1", "status": "pending", **SLOT},
+        )
     for n in range(3):
         assert (await admin.next_event("reservation_update"))["reservationId"] == f"before-{n}"
     await admin.close()
@@ -150,8 +197,16 @@ async def test_a_restart_emits_every_change_once(aiohttp_server, settings, token
     offline = SqliteStore(settings.store_path)
     await offline.open()
     for n in range(2):
-        await offline.insert_document("bookings", {"_id": f"while-down-{n}", "customerId": "c1",
-                                                   "shopId": "s1", "status": "cancelled", **SLOT})
+        await offline.insert_document(
+            "bookings",
+            {
+                "_id": f"while-down-{n}",
+                "customerId": "c1",
+                "shopId": "s1",
+                "status": "cancelled",
+                **SLOT,
+            },
+        )
     # as after a crash between logging and saving the token: replayed changes are recognised
     await offline.save_resume_token("changes", {"_data": f"{1:016x}"})
     await offline.close()
@@ -161,8 +216,7 @@ async def test_a_restart_emits_every_change_once(aiohttp_server, settings, token
     gateway = second[GATEWAY]
     # from the rewound token: two changes seen before, then two new ones, in that order
     for n in range(2):
-        assert (await admin.next_event("reservation_update"))["reservationId"] == \
-            f"while-down-{n}"
+        assert (await admin.next_event("reservation_update"))["reservationId"] == f"while-down-{n}"
     await admin.close()
     with sqlite3.connect(settings.store_path) as db:
         rows = db.execute("SELECT source, seq FROM events ORDER BY seq").fetchall()
@@ -179,8 +233,9 @@ async def test_two_gateways_on_one_store_emit_each_change_once(aiohttp_server, s
     await aiohttp_server(second)
     store = first[GATEWAY].store
     for n in range(5):
-        await store.insert_document("bookings", {"customerId": "c1", "shopId": "s1",
-                                                 "status": "pending", **SLOT})
+        await store.insert_document(
+            "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+        )
 
     async def consumed(app) -> None:  # what /status reports as changesHandled
         while app[GATEWAY].feed.changes_handled < 5:

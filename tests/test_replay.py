@@ -16,7 +16,8 @@ SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
 async def notify(gateway, user: str, title: str) -> str:
     answer = await gateway.broadcaster.broadcast(
-        {"event": "notification", "data": {"title": title}, "users": [user]}, None)
+        {"event": "notification", "data": {"title": title}, "users": [user]}, None
+    )
     return answer["eventId"]
 
 
@@ -24,8 +25,9 @@ def data_events(client) -> list[tuple[str, dict]]:
     return [(name, payload) for name, payload in client.log if "eventId" in (payload or {})]
 
 
-async def test_a_handshake_last_event_id_replays_the_user_room(gateway, clients, connect, token,
-                                                                client_kind):
+async def test_a_handshake_last_event_id_replays_the_user_room(
+    gateway, clients, connect, token, client_kind
+):
     admin = await connect(sub="a1", role="admin")
     assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
     first = await connect(client_kind, sub="c1")
@@ -35,8 +37,9 @@ async def test_a_handshake_last_event_id_replays_the_user_room(gateway, clients,
     await first.wait_disconnected()
 
     # missed while away: a booking change and a broadcast
-    booking = await gateway.store.insert_document("bookings", {
-        "customerId": "c1", "shopId": "s1", "status": "pending", **SLOT})
+    booking = await gateway.store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
     await admin.next_event("reservation_update")  # logged: the broadcast comes after it
     missed_broadcast = await notify(gateway, "c1", "while away")
 
@@ -61,41 +64,58 @@ async def test_join_room_replays_before_the_ack_and_gives_a_cursor(gateway, conn
     empty = await staff.call("join_room", {"roomId": "shop-s1"})
     assert empty == {"ok": True, "roomId": "shop-s1", "replayed": 0, "lastEventId": None}
     first = await gateway.broadcaster.broadcast(
-        {"event": "notification", "data": {"title": "one"}, "rooms": ["shop-s1"]}, None)
+        {"event": "notification", "data": {"title": "one"}, "rooms": ["shop-s1"]}, None
+    )
     await staff.next_event("notification")
     assert (await staff.call("leave_room", {"roomId": "shop-s1"}))["ok"]
-    later = [(await gateway.broadcaster.broadcast(
-        {"event": "notification", "data": {"title": f"n{n}"}, "rooms": ["shop-s1"]},
-        None))["eventId"] for n in range(3)]
+    later = [
+        (
+            await gateway.broadcaster.broadcast(
+                {"event": "notification", "data": {"title": f"n{n}"}, "rooms": ["shop-s1"]}, None
+            )
+        )["eventId"]
+        for n in range(3)
+    ]
     answer = await staff.call("join_room", {"roomId": "shop-s1", "lastEventId": first["eventId"]})
-    assert answer == {"ok": True, "roomId": "shop-s1", "replayed": 3, "lastEventId": later[-1],
-                      "gap": False}
+    assert answer == {
+        "ok": True,
+        "roomId": "shop-s1",
+        "replayed": 3,
+        "lastEventId": later[-1],
+        "gap": False,
+    }
     assert [p["eventId"] for n, p in staff.log if n == "notification"][1:] == later
 
 
 async def test_live_events_during_a_replay_arrive_after_it_without_gap_or_duplicate(
-        gateway, connect):
+    gateway, connect
+):
     staff = await connect(sub="st1", role="staff", shops=["s1"])
     start = await notify(gateway, "nobody", "start")
     for n in range(300):
         await gateway.broadcaster.broadcast(
-            {"event": "notification", "data": {"title": f"old {n}"}, "rooms": ["shop-s1"]}, None)
+            {"event": "notification", "data": {"title": f"old {n}"}, "rooms": ["shop-s1"]}, None
+        )
 
     async def keep_publishing():
         for n in range(100):
             await gateway.broadcaster.broadcast(
                 {"event": "notification", "data": {"title": f"live {n}"}, "rooms": ["shop-s1"]},
-                None)
+                None,
+            )
 
     publishing = asyncio.create_task(keep_publishing())
     answer = await staff.call("join_room", {"roomId": "shop-s1", "lastEventId": start})
     await publishing
     end = await gateway.broadcaster.broadcast(
-        {"event": "notification", "data": {"title": "end"}, "rooms": ["shop-s1"]}, None)
+        {"event": "notification", "data": {"title": "end"}, "rooms": ["shop-s1"]}, None
+    )
     while (await staff.next_event("notification"))["eventId"] != end["eventId"]:
         pass
     received = [p["eventId"] for n, p in staff.log if n == "notification"]
-    logged = [event_id(e.sequence) for e in await gateway.store.room_events("shop-s1", int(start), 1000)]
+    logged = [
+        event_id(e.sequence) for e in await gateway.store.room_events("shop-s1", int(start), 1000)
+    ]
     assert received == logged  # every event of the room after `start`, once, in order
     assert len(received) == 401 and answer["replayed"] >= 300
 

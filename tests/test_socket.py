@@ -50,15 +50,19 @@ async def test_a_user_id_sent_by_the_client_is_ignored(clients, token, client_ki
     assert refused["error"]["code"] == "forbidden"
 
 
-@pytest.mark.parametrize("case", ["other_key", "alg_none", "no_exp", "expired", "garbage",
-                                  "bad_role"])
+@pytest.mark.parametrize(
+    "case", ["other_key", "alg_none", "no_exp", "expired", "garbage", "bad_role"]
+)
 async def test_bad_handshake_token_is_refused_with_a_code(clients, raw_token, case, client_kind):
     now = int(time.time())
     tokens = {
-        "other_key": raw_token({"sub": "u", "role": "customer", "exp": now + 60},
-                               key="another-secret-0123456789-0123456789"),
-        "alg_none": raw_token({"sub": "u", "role": "customer", "exp": now + 60}, key=None,
-                              algorithm="none"),
+        "other_key": raw_token(
+            {"sub": "u", "role": "customer", "exp": now + 60},
+            key="another-secret-0123456789-0123456789",
+        ),
+        "alg_none": raw_token(
+            {"sub": "u", "role": "customer", "exp": now + 60}, key=None, algorithm="none"
+        ),
         "no_exp": raw_token({"sub": "u", "role": "customer"}),
         "expired": raw_token({"sub": "u", "role": "customer", "exp": now - 10}),
         "garbage": "not.a.token",
@@ -74,12 +78,15 @@ async def test_bad_handshake_token_is_refused_with_a_code(clients, raw_token, ca
 
 
 async def test_bad_authenticate_event_answers_auth_error_and_keeps_the_socket(
-        clients, token, raw_token, client_kind):
+    clients, token, raw_token, client_kind
+):
     client = clients(client_kind)
     await client.connect()
     answer = await client.call("authenticate", {"token": "x.y.z"})
-    assert answer == {"ok": False, "error": {"code": "invalid_token",
-                                              "message": answer["error"]["message"]}}
+    assert answer == {
+        "ok": False,
+        "error": {"code": "invalid_token", "message": answer["error"]["message"]},
+    }
     assert (await client.next_event("auth_error"))["code"] == "invalid_token"
     missing = await client.call("authenticate", {})
     assert missing["error"]["code"] == "missing_token"
@@ -115,8 +122,9 @@ async def test_expiring_token_is_warned_then_refreshed_then_expires(clients, tok
     await client.wait_disconnected()
 
 
-async def test_a_token_for_another_user_is_refused_and_the_identity_stays(connect, token,
-                                                                           client_kind):
+async def test_a_token_for_another_user_is_refused_and_the_identity_stays(
+    connect, token, client_kind
+):
     client = await connect(client_kind, sub="alice")
     answer = await client.call("authenticate", {"token": token("bob")})
     assert answer["error"]["code"] == "identity_changed"
@@ -159,16 +167,19 @@ async def test_join_before_authenticating_is_unauthenticated(clients, client_kin
     assert answer["error"]["code"] == "unauthenticated"
 
 
-@pytest.mark.parametrize("payload, code", [
-    (None, "invalid_payload"),
-    ("shop-s1", "invalid_payload"),
-    ({}, "invalid_payload"),
-    ({"roomId": 5}, "invalid_payload"),
-    ({"roomId": "lobby"}, "unknown_room"),
-    ({"roomId": "shop-"}, "unknown_room"),
-    ({"roomId": "shop-a b"}, "unknown_room"),
-    ({"roomId": "x" * 500}, "invalid_payload"),
-])
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (None, "invalid_payload"),
+        ("shop-s1", "invalid_payload"),
+        ({}, "invalid_payload"),
+        ({"roomId": 5}, "invalid_payload"),
+        ({"roomId": "lobby"}, "unknown_room"),
+        ({"roomId": "shop-"}, "unknown_room"),
+        ({"roomId": "shop-a b"}, "unknown_room"),
+        ({"roomId": "x" * 500}, "invalid_payload"),
+    ],
+)
 async def test_malformed_join_payloads_get_coded_errors(connect, payload, code):
     client = await connect("py-websocket")
     answer = await client.call("join_room", payload)

@@ -15,9 +15,11 @@ from storage.mongo import MongoStore
 from storage.sqlite.store import SqliteStore
 
 WAIT_S = 10.0
-MONGODB_SKIP = ("MONGODB_URL is not set: no MongoDB replica set is reachable from this machine "
-                "(none can be installed here); set MONGODB_URL=mongodb://host/?replicaSet=rs0 "
-                "to run the store contract against MongoDB")
+MONGODB_SKIP = (
+    "MONGODB_URL is not set: no MongoDB replica set is reachable from this machine "
+    "(none can be installed here); set MONGODB_URL=mongodb://host/?replicaSet=rs0 "
+    "to run the store contract against MongoDB"
+)
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
@@ -31,7 +33,8 @@ async def store(request, tmp_path):
         if store.pre_images:
             for name in ("bookings", "payments"):
                 await store.db.create_collection(
-                    name, changeStreamPreAndPostImages={"enabled": True})
+                    name, changeStreamPreAndPostImages={"enabled": True}
+                )
         yield store
         await store._client.drop_database(store.db.name)
         await store.close()
@@ -156,14 +159,20 @@ async def test_resume_tokens_are_kept_by_name(store):
 
 
 async def test_the_event_log_orders_and_deduplicates(store):
-    first = await store.append_events([
-        NewEvent("reservation_update", {"n": 1}, ("user-c1", "admin-reservations"), "change:a:0"),
-        NewEvent("availability_update", {"n": 2}, ("availability-s1",), "change:a:1"),
-    ])
-    again = await store.append_events([
-        NewEvent("reservation_update", {"n": 1}, ("user-c1",), "change:a:0"),
-        NewEvent("notification", {"n": 3}, ("user-c1",), "broadcast:k1"),
-    ])
+    first = await store.append_events(
+        [
+            NewEvent(
+                "reservation_update", {"n": 1}, ("user-c1", "admin-reservations"), "change:a:0"
+            ),
+            NewEvent("availability_update", {"n": 2}, ("availability-s1",), "change:a:1"),
+        ]
+    )
+    again = await store.append_events(
+        [
+            NewEvent("reservation_update", {"n": 1}, ("user-c1",), "change:a:0"),
+            NewEvent("notification", {"n": 3}, ("user-c1",), "broadcast:k1"),
+        ]
+    )
     assert again[0] is None
     sequences = [first[0].sequence, first[1].sequence, again[1].sequence]
     assert sequences == sorted(sequences) and len(set(sequences)) == 3
@@ -172,8 +181,9 @@ async def test_the_event_log_orders_and_deduplicates(store):
 
 
 async def test_a_logged_event_is_found_by_its_source(store):
-    [stored] = await store.append_events([NewEvent("notification", {"title": "hi"},
-                                                   ("user-c1",), "broadcast:key-1")])
+    [stored] = await store.append_events(
+        [NewEvent("notification", {"title": "hi"}, ("user-c1",), "broadcast:key-1")]
+    )
     assert await store.find_event("broadcast:key-1") == stored
     assert await store.find_event("broadcast:other") is None
 
@@ -209,15 +219,19 @@ async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_p
 
 async def test_a_checkpoint_is_saved_with_the_events(store):
     token = {"_data": "00000000000000aa"}
-    await store.append_events([NewEvent("notification", {}, ("user-u",), "change:aa:0")],
-                              Checkpoint("feed", token))
+    await store.append_events(
+        [NewEvent("notification", {}, ("user-u",), "change:aa:0")], Checkpoint("feed", token)
+    )
     assert await store.load_resume_token("feed") == token
 
 
 async def test_events_are_read_back_by_room_in_order(store):
-    logged = await store.append_events([
-        NewEvent("reservation_update", {"n": n}, ("user-c1", f"shop-s{n % 2}"), f"change:r:{n}")
-        for n in range(5)])
+    logged = await store.append_events(
+        [
+            NewEvent("reservation_update", {"n": n}, ("user-c1", f"shop-s{n % 2}"), f"change:r:{n}")
+            for n in range(5)
+        ]
+    )
     sequences = [e.sequence for e in logged]
     shop0 = await store.room_events("shop-s0", sequences[0] - 1, 10)
     assert [e.payload["n"] for e in shop0] == [0, 2, 4]

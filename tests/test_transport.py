@@ -16,15 +16,16 @@ import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
 import pytest
 
+from realtime.config import load_settings
 from realtime.tasks import TaskKeeper
 from realtime.transport import create_socketio_server
-from realtime.config import load_settings
 
 
 async def negotiated_compression(base_url: str) -> int:
     async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{base_url}/socket.io/?EIO=4&transport=websocket",
-                                      compress=15) as ws:
+        async with session.ws_connect(
+            f"{base_url}/socket.io/?EIO=4&transport=websocket", compress=15
+        ) as ws:
             opening = await ws.receive_str()
             assert opening.startswith("0{")  # engine.io OPEN packet
             return ws.compress
@@ -64,30 +65,43 @@ async def stalled_websocket(base_url: str, token: str):
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
     message = ("40" + json.dumps({"token": token})).encode()
     mask = os.urandom(4)
-    length = bytes([0x80 | len(message)]) if len(message) < 126 else \
-        bytes([0x80 | 126]) + struct.pack("!H", len(message))
+    length = (
+        bytes([0x80 | len(message)])
+        if len(message) < 126
+        else bytes([0x80 | 126]) + struct.pack("!H", len(message))
+    )
     writer.write(b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
     await writer.drain()
     return reader, writer  # the writer too: a collected StreamWriter closes the connection
 
 
 @pytest.mark.env(CLIENT_BACKLOG_MAX="50")
-async def test_a_stalled_client_is_cut_off_without_delaying_the_others(base_url, gateway, connect,
-                                                                       token):
+async def test_a_stalled_client_is_cut_off_without_delaying_the_others(
+    base_url, gateway, connect, token
+):
     healthy = await connect(sub="healthy")
     stalled, stalled_writer = await stalled_websocket(base_url, token("stalled"))
     big = "x" * 4000
     count = 3000
     for n in range(count):
         await gateway.broadcaster.broadcast(
-            {"event": "notification", "data": {"n": n, "pad": big}, "users": ["stalled", "healthy"]},
-            None)
+            {
+                "event": "notification",
+                "data": {"n": n, "pad": big},
+                "users": ["stalled", "healthy"],
+            },
+            None,
+        )
     got = [(await healthy.next_event("notification"))["n"] for _ in range(count)]
     assert got == list(range(count))  # everything, in order, while the other one stalled
 

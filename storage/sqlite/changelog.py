@@ -40,18 +40,29 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def record(db: sqlite3.Connection, collection: str, operation: str, doc_id: str,
-           after: dict | None = None, before: dict | None = None,
-           update: dict | None = None) -> None:
+def record(
+    db: sqlite3.Connection,
+    collection: str,
+    operation: str,
+    doc_id: str,
+    after: dict | None = None,
+    before: dict | None = None,
+    update: dict | None = None,
+) -> None:
     """Append one change, inside the caller's transaction (the document's write)."""
     db.execute(
         "INSERT INTO changes (collection, operation, doc_id, full_document, before_document,"
         " update_description, wall_time_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (collection, operation, doc_id,
-         dumps(after) if after is not None else None,
-         dumps(before) if before is not None else None,
-         dumps(update) if update is not None else None,
-         int(time.time() * 1000)))
+        (
+            collection,
+            operation,
+            doc_id,
+            dumps(after) if after is not None else None,
+            dumps(before) if before is not None else None,
+            dumps(update) if update is not None else None,
+            int(time.time() * 1000),
+        ),
+    )
 
 
 def newest(db: sqlite3.Connection) -> int:
@@ -74,15 +85,17 @@ def start_after(db: sqlite3.Connection, token: ResumeToken | None) -> int:
         return last
     after = token_sequence(token)
     if after > last:
-        raise ChangeHistoryLost(f"resume token {after} is ahead of the change log ({last}): "
-                                f"the store was replaced")
+        raise ChangeHistoryLost(
+            f"resume token {after} is ahead of the change log ({last}): the store was replaced"
+        )
     if oldest is not None and after < oldest - 1:
         raise ChangeHistoryLost(f"changes after {after} were pruned (oldest {oldest})")
     return after
 
 
-def read(db: sqlite3.Connection, database: str, collections: Sequence[str], after: int,
-         limit: int) -> tuple[int, list[dict[str, Any]]]:
+def read(
+    db: sqlite3.Connection, database: str, collections: Sequence[str], after: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
     """The newest sequence committed so far, and up to `limit` change events after `after`."""
     marks = ",".join("?" * len(collections))
     # one read transaction, so that `newest` and the rows are one snapshot: every change up to
@@ -93,7 +106,9 @@ def read(db: sqlite3.Connection, database: str, collections: Sequence[str], afte
         rows = db.execute(
             "SELECT seq, collection, operation, doc_id, full_document, before_document,"
             f" update_description, wall_time_ms FROM changes WHERE seq > ? AND collection IN"
-            f" ({marks}) ORDER BY seq LIMIT ?", (after, *collections, limit)).fetchall()
+            f" ({marks}) ORDER BY seq LIMIT ?",
+            (after, *collections, limit),
+        ).fetchall()
     finally:
         db.execute("COMMIT")
     return last, [_change_event(database, *row) for row in rows]
@@ -102,19 +117,30 @@ def read(db: sqlite3.Connection, database: str, collections: Sequence[str], afte
 def prune(db: sqlite3.Connection, horizon_ms: int) -> None:
     """Forget changes older than the horizon, inside the caller's transaction; the newest is
     kept, as it carries the sequence a fresh stream starts from."""
-    db.execute("DELETE FROM changes WHERE wall_time_ms < ? AND seq <"
-               " (SELECT MAX(seq) FROM changes)", (horizon_ms,))
+    db.execute(
+        "DELETE FROM changes WHERE wall_time_ms < ? AND seq < (SELECT MAX(seq) FROM changes)",
+        (horizon_ms,),
+    )
 
 
-def _change_event(database, seq, collection, operation, doc_id, full_document,
-                  before_document, update_description, wall_time_ms) -> dict[str, Any]:
+def _change_event(
+    database,
+    seq,
+    collection,
+    operation,
+    doc_id,
+    full_document,
+    before_document,
+    update_description,
+    wall_time_ms,
+) -> dict[str, Any]:
     event: dict[str, Any] = {
         "_id": token(seq),
         "operationType": operation,
         "ns": {"db": database, "coll": collection},
         "documentKey": {"_id": doc_id},
         "clusterTime": Timestamp(wall_time_ms // 1000, seq % 2**32),
-        "wallTime": dt.datetime.fromtimestamp(wall_time_ms / 1000, tz=dt.timezone.utc),
+        "wallTime": dt.datetime.fromtimestamp(wall_time_ms / 1000, tz=dt.UTC),
     }
     if full_document is not None:
         event["fullDocument"] = json.loads(full_document)
@@ -137,7 +163,8 @@ def token_sequence(resume_token: ResumeToken) -> int:
         return int(data, 16)
     except ValueError:
         raise ChangeHistoryLost(
-            f"not a resume token of this store: {str(resume_token)[:80]}") from None
+            f"not a resume token of this store: {str(resume_token)[:80]}"
+        ) from None
 
 
 class SqliteChangeStream(ChangeStream):

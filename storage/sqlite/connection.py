@@ -46,8 +46,9 @@ class SqliteConnection:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
 
         def connect() -> None:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                 timeout=0)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             self._db = db
@@ -65,7 +66,8 @@ class SqliteConnection:
             raise StoreError("the store is not open")
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._thread, retry_while_busy, function, *args)
+                self._thread, retry_while_busy, function, *args
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
 
@@ -124,8 +126,7 @@ def retry_while_busy(function: Callable[..., Result], *args: Any) -> Result:
             return function(*args)
         except sqlite3.OperationalError as exc:
             message = str(exc)
-            if ("locked" not in message and "busy" not in message) or \
-                    time.monotonic() > deadline:
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
                 raise
         time.sleep(delay)
         delay = min(BUSY_RETRY_MAX_S, delay * 2)
@@ -141,8 +142,7 @@ class _Upkeep(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                             timeout=0)
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=0)
         next_prune = time.monotonic() + PRUNE_INTERVAL_S
         try:
             while not self._stopping.wait(CHECKPOINT_INTERVAL_S):

@@ -26,7 +26,8 @@ from storage.sqlite import changelog
 from storage.sqlite.changelog import dumps
 from storage.sqlite.connection import SqliteConnection, write_transaction
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS documents (
     collection TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -57,14 +58,21 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     expires_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_ms);
-""" + changelog.SCHEMA
+"""
+    + changelog.SCHEMA
+)
 
 
 class SqliteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str, database_name: str = "embedded", poll_ms: int = 10,
-                 retention_s: float = 7 * 86400):
+    def __init__(
+        self,
+        path: str,
+        database_name: str = "embedded",
+        poll_ms: int = 10,
+        retention_s: float = 7 * 86400,
+    ):
         self._connection = SqliteConnection(path)
         self._database_name = database_name
         self._poll_s = poll_ms / 1000
@@ -100,11 +108,15 @@ class SqliteStore(Store):
         await self._run(self._prune, before_ms)
 
     def _prune(self, db: sqlite3.Connection, before_ms: int | None = None) -> None:
-        horizon_ms = before_ms if before_ms is not None else \
-            int(time.time() * 1000) - self._retention_ms
+        horizon_ms = (
+            before_ms if before_ms is not None else int(time.time() * 1000) - self._retention_ms
+        )
         with write_transaction(db):
-            db.execute("DELETE FROM event_rooms WHERE seq IN"
-                       " (SELECT seq FROM events WHERE created_ms < ?)", (horizon_ms,))
+            db.execute(
+                "DELETE FROM event_rooms WHERE seq IN"
+                " (SELECT seq FROM events WHERE created_ms < ?)",
+                (horizon_ms,),
+            )
             db.execute("DELETE FROM events WHERE created_ms < ?", (horizon_ms,))
             changelog.prune(db, horizon_ms)
 
@@ -126,8 +138,9 @@ class SqliteStore(Store):
         return await self._run(_delete, collection, str(doc_id))
 
     # -- changes -----------------------------------------------------------------------------
-    async def watch(self, collections: Sequence[str],
-                    resume_after: ResumeToken | None) -> ChangeStream:
+    async def watch(
+        self, collections: Sequence[str], resume_after: ResumeToken | None
+    ) -> ChangeStream:
         after = await self._run(changelog.start_after, resume_after)
         watched = tuple(collections)
 
@@ -137,8 +150,11 @@ class SqliteStore(Store):
         return changelog.SqliteChangeStream(read_changes, after, self._poll_s)
 
     async def load_resume_token(self, name: str) -> ResumeToken | None:
-        row = await self._run(lambda db: db.execute(
-            "SELECT token FROM resume_tokens WHERE name = ?", (name,)).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT token FROM resume_tokens WHERE name = ?", (name,)
+            ).fetchone()
+        )
         return json.loads(row[0]) if row else None
 
     async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
@@ -149,41 +165,54 @@ class SqliteStore(Store):
         await self._run(save)
 
     # -- event log ---------------------------------------------------------------------------
-    async def append_events(self, events: Sequence[NewEvent],
-                            checkpoint: Checkpoint | None = None) -> list[StoredEvent | None]:
+    async def append_events(
+        self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
+    ) -> list[StoredEvent | None]:
         return await self._run(_append, list(events), checkpoint)
 
     async def find_event(self, source: str) -> StoredEvent | None:
-        row = await self._run(lambda db: db.execute(
-            "SELECT seq, created_ms, name, payload, rooms FROM events WHERE source = ?",
-            (source,)).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT seq, created_ms, name, payload, rooms FROM events WHERE source = ?",
+                (source,),
+            ).fetchone()
+        )
         return _stored(*row) if row is not None else None
 
     async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
-        rows = await self._run(lambda db: db.execute(
-            "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
-            " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
-            " ORDER BY r.seq LIMIT ?", (room, after_sequence, limit)).fetchall())
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
+                " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
+                " ORDER BY r.seq LIMIT ?",
+                (room, after_sequence, limit),
+            ).fetchall()
+        )
         return [_stored(*row) for row in rows]
 
     async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
         def bounds(db: sqlite3.Connection) -> tuple[int | None, int | None]:
             oldest = db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            newest = db.execute("SELECT MAX(seq) FROM event_rooms WHERE room = ?",
-                                (room,)).fetchone()[0]
+            newest = db.execute(
+                "SELECT MAX(seq) FROM event_rooms WHERE room = ?", (room,)
+            ).fetchone()[0]
             return oldest, newest
 
         return await self._run(bounds)
 
     # -- idempotency keys --------------------------------------------------------------------
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        row = await self._run(lambda db: db.execute(
-            "SELECT fingerprint, response FROM idempotency_keys WHERE key = ? AND expires_ms > ?",
-            (key, int(time.time() * 1000))).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT fingerprint, response FROM idempotency_keys WHERE key = ? AND expires_ms > ?",
+                (key, int(time.time() * 1000)),
+            ).fetchone()
+        )
         return (row[0], json.loads(row[1])) if row else None
 
-    async def remember_request(self, key: str, fingerprint: str, response: dict[str, Any],
-                               ttl_s: float) -> None:
+    async def remember_request(
+        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
         def remember(db: sqlite3.Connection) -> None:
             now_ms = int(time.time() * 1000)
             with write_transaction(db):
@@ -191,16 +220,19 @@ class SqliteStore(Store):
                 db.execute(
                     "INSERT INTO idempotency_keys (key, fingerprint, response, expires_ms)"
                     " VALUES (?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                    (key, fingerprint, dumps(response), now_ms + int(ttl_s * 1000)))
+                    (key, fingerprint, dumps(response), now_ms + int(ttl_s * 1000)),
+                )
 
         await self._run(remember)
 
 
 # What runs on the connection's thread, one transaction each.
 
+
 def _get(db: sqlite3.Connection, collection: str, doc_id: str) -> dict[str, Any] | None:
-    row = db.execute("SELECT body FROM documents WHERE collection = ? AND id = ?",
-                     (collection, doc_id)).fetchone()
+    row = db.execute(
+        "SELECT body FROM documents WHERE collection = ? AND id = ?", (collection, doc_id)
+    ).fetchone()
     return json.loads(row[0]) if row else None
 
 
@@ -208,16 +240,17 @@ def _insert(db: sqlite3.Connection, collection: str, document: dict[str, Any]) -
     doc_id = str(document["_id"])
     with write_transaction(db):
         try:
-            db.execute("INSERT INTO documents (collection, id, body) VALUES (?, ?, ?)",
-                       (collection, doc_id, dumps(document)))
+            db.execute(
+                "INSERT INTO documents (collection, id, body) VALUES (?, ?, ?)",
+                (collection, doc_id, dumps(document)),
+            )
         except sqlite3.IntegrityError:
             raise StoreError(f"{collection} already holds a document {doc_id!r}") from None
         changelog.record(db, collection, "insert", doc_id, after=document)
     return doc_id
 
 
-def _update(db: sqlite3.Connection, collection: str, doc_id: str,
-            fields: dict[str, Any]) -> bool:
+def _update(db: sqlite3.Connection, collection: str, doc_id: str, fields: dict[str, Any]) -> bool:
     with write_transaction(db):
         before = _get(db, collection, doc_id)
         if before is None or not fields:
@@ -225,10 +258,19 @@ def _update(db: sqlite3.Connection, collection: str, doc_id: str,
         after = json.loads(dumps(before))
         for path, value in fields.items():
             set_at(after, path, value)
-        db.execute("UPDATE documents SET body = ? WHERE collection = ? AND id = ?",
-                   (dumps(after), collection, doc_id))
-        changelog.record(db, collection, "update", doc_id, after=after, before=before,
-                         update={"updatedFields": fields, "removedFields": []})
+        db.execute(
+            "UPDATE documents SET body = ? WHERE collection = ? AND id = ?",
+            (dumps(after), collection, doc_id),
+        )
+        changelog.record(
+            db,
+            collection,
+            "update",
+            doc_id,
+            after=after,
+            before=before,
+            update={"updatedFields": fields, "removedFields": []},
+        )
     return True
 
 
@@ -246,13 +288,16 @@ def _save_token(db: sqlite3.Connection, name: str, token: ResumeToken | None) ->
     if token is None:
         db.execute("DELETE FROM resume_tokens WHERE name = ?", (name,))
     else:
-        db.execute("INSERT INTO resume_tokens (name, token) VALUES (?, ?)"
-                   " ON CONFLICT(name) DO UPDATE SET token = excluded.token",
-                   (name, dumps(dict(token))))
+        db.execute(
+            "INSERT INTO resume_tokens (name, token) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET token = excluded.token",
+            (name, dumps(dict(token))),
+        )
 
 
-def _append(db: sqlite3.Connection, events: list[NewEvent],
-            checkpoint: Checkpoint | None) -> list[StoredEvent | None]:
+def _append(
+    db: sqlite3.Connection, events: list[NewEvent], checkpoint: Checkpoint | None
+) -> list[StoredEvent | None]:
     stored: list[StoredEvent | None] = []
     now_ms = int(time.time() * 1000)
     with write_transaction(db):
@@ -260,15 +305,18 @@ def _append(db: sqlite3.Connection, events: list[NewEvent],
             row = db.execute(
                 "INSERT INTO events (source, name, payload, rooms, created_ms)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(source) DO NOTHING RETURNING seq",
-                (event.source, event.name, dumps(event.payload), dumps(list(event.rooms)),
-                 now_ms)).fetchone()
+                (event.source, event.name, dumps(event.payload), dumps(list(event.rooms)), now_ms),
+            ).fetchone()
             if row is None:
                 stored.append(None)
                 continue
-            db.executemany("INSERT OR IGNORE INTO event_rooms (room, seq) VALUES (?, ?)",
-                           [(room, row[0]) for room in event.rooms])
-            stored.append(StoredEvent(row[0], now_ms, event.name, event.payload,
-                                      tuple(event.rooms)))
+            db.executemany(
+                "INSERT OR IGNORE INTO event_rooms (room, seq) VALUES (?, ?)",
+                [(room, row[0]) for room in event.rooms],
+            )
+            stored.append(
+                StoredEvent(row[0], now_ms, event.name, event.payload, tuple(event.rooms))
+            )
         if checkpoint is not None:
             _save_token(db, checkpoint.name, checkpoint.token)
     return stored

@@ -1,4 +1,5 @@
-"""HTTP routes and the error middleware: every error body is `{error: {code, message, details?}}`."""
+"""HTTP routes and the error middleware: every error body is
+`{error: {code, message, details?}}`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from realtime import health
 from realtime.errors import GatewayError
 from realtime.gateway import GATEWAY
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from storage.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         body = {"error": {"code": code, "message": (exc.reason or code).lower()}}
         allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = web.json_response(body, status=exc.status, headers=allow)
+    except StoreError as exc:
+        logger.warning(
+            "request failed: store unavailable", extra={"path": request.path, "error": str(exc)}
+        )
+        response = error_response(GatewayError("unavailable", "the store is unavailable; retry"))
     except Exception:
         logger.exception("request failed", extra={"path": request.path})
         response = error_response(GatewayError("internal"))

@@ -17,6 +17,7 @@ from realtime.emitter import Emitter
 from realtime.errors import AUTH_CODES, GatewayError
 from realtime.metrics import Metrics
 from realtime.sessions import Sessions
+from storage.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ _LEAVE = events.LeaveRoomSchema()
 
 
 class GatewayNamespace(socketio.AsyncNamespace):
+    """`on_connect`/`on_disconnect` for the lifecycle, `on_<event>` for each client event."""
+
     def __init__(
         self, sessions: Sessions, emitter: Emitter, metrics: Metrics, namespace: str = "/"
     ):
@@ -34,50 +37,47 @@ class GatewayNamespace(socketio.AsyncNamespace):
         self._sessions = sessions
         self._emitter = emitter
         self._metrics = metrics
-        self._handlers = {
-            events.AUTHENTICATE: self._authenticate,
-            events.JOIN_ROOM: self._join_room,
-            events.LEAVE_ROOM: self._leave_room,
-        }
 
-    async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event == "connect":
-            return await self._connect(*args[:3])
-        if event == "disconnect":
-            self._sessions.closed(args[0])
-            return None
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        # python-socketio's dispatcher, wrapped (as its docs allow) so that every client event
+        # is answered, the unknown ones included, and a failure never escapes.
+        if isinstance(event, str) and event in LIFECYCLE_EVENTS:
+            return await super().trigger_event(event, *args)
         sid, payload = args[0], args[1:]
+        name = str(event)[:64]
         try:
-            handler = self._handlers.get(event)
-            if handler is None:
+            if not isinstance(event, str) or event not in events.CLIENT_EVENTS:
                 raise GatewayError(
                     "invalid_payload",
-                    f"unknown event {str(event)[:64]!r}",
-                    details={"known": sorted(self._handlers)},
+                    f"unknown event {name!r}",
+                    details={"known": sorted(events.CLIENT_EVENTS)},
                 )
             if len(payload) > 1:
                 raise GatewayError("invalid_payload", "send one payload object")
-            return await handler(sid, payload[0] if payload else None)
+            return await super().trigger_event(event, sid, payload[0] if payload else None)
         except GatewayError as error:
-            logger.info(
-                "event refused", extra={"sid": sid, "event": str(event)[:64], "code": error.code}
+            logger.info("event refused", extra={"sid": sid, "event": name, "code": error.code})
+            return await self._answer_error(sid, name, error)
+        except StoreError as exc:
+            logger.warning(
+                "event failed: store unavailable",
+                extra={"sid": sid, "event": name, "error": str(exc)},
             )
-            return await self._answer_error(sid, event, error)
+            return await self._answer_error(sid, name, GatewayError("unavailable"))
         except Exception:
-            logger.exception("event failed", extra={"sid": sid, "event": str(event)[:64]})
-            return await self._answer_error(sid, event, GatewayError("internal"))
+            logger.exception("event failed", extra={"sid": sid, "event": name})
+            return await self._answer_error(sid, name, GatewayError("internal"))
 
     async def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
         if error.code in AUTH_CODES:
             await self._emitter.send_control(sid, events.AUTH_ERROR, error.to_dict())
         else:
             self._metrics.socket_errors.labels(error.code).inc()
-            await self._emitter.send_control(
-                sid, events.ERROR, {**error.to_dict(), "event": str(event)[:64]}
-            )
+            await self._emitter.send_control(sid, events.ERROR, {**error.to_dict(), "event": event})
         return {"ok": False, "error": error.to_dict()}
 
-    async def _connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         self._sessions.opened(sid)
         try:
             handshake = events.load(_HANDSHAKE, auth)
@@ -87,24 +87,38 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 sid, handshake["token"], handshake.get("lastEventId")
             )
         except GatewayError as error:
-            self._sessions.closed(sid)
-            logger.info("handshake refused", extra={"sid": sid, "code": error.code})
-            raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
-        # the CONNECT packet must reach the client before auth_success does
+            self._refuse(sid, error)
+        except StoreError as exc:
+            logger.warning(
+                "handshake failed: store unavailable", extra={"sid": sid, "error": str(exc)}
+            )
+            self._refuse(sid, GatewayError("unavailable"))
         self._sessions.announce_soon(sid, payload)
 
-    async def _authenticate(self, sid: str, data: Any) -> dict[str, Any]:
+    def _refuse(self, sid: str, error: GatewayError) -> None:
+        self._sessions.closed(sid)
+        logger.info("handshake refused", extra={"sid": sid, "code": error.code})
+        raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self._sessions.closed(sid)
+
+    # -- client events -----------------------------------------------------------------------
+    async def on_authenticate(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_AUTHENTICATE, data)
         payload = await self._sessions.authenticate(sid, body.get("token"))
         await self._sessions.announce(sid, payload)
         return {"ok": True, **payload}
 
-    async def _join_room(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_join_room(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_JOIN, data)
         answer = await self._sessions.join(sid, body["roomId"], body.get("lastEventId"))
         return {"ok": True, **answer}
 
-    async def _leave_room(self, sid: str, data: Any) -> dict[str, Any]:
+    async def on_leave_room(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_LEAVE, data)
         room = await self._sessions.leave(sid, body["roomId"])
         return {"ok": True, "roomId": room}
+
+
+LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})

@@ -33,6 +33,7 @@ BROADCAST_EVENTS = frozenset(
 AUTHENTICATE = "authenticate"
 JOIN_ROOM = "join_room"
 LEAVE_ROOM = "leave_room"
+CLIENT_EVENTS = frozenset({AUTHENTICATE, JOIN_ROOM, LEAVE_ROOM})
 
 _EVENT_ID = fields.String(allow_none=True, validate=validate.Length(max=64))
 

@@ -61,7 +61,7 @@ def redis_probe(url: str) -> Probe:
 async def readiness(probes: tuple[Probe, ...]) -> dict[str, str]:
     """`ok`, or what is wrong, for each probe."""
     answers = await asyncio.gather(*(_check(probe) for probe in probes))
-    return {probe.name: answer for probe, answer in zip(probes, answers)}
+    return {probe.name: answer for probe, answer in zip(probes, answers, strict=True)}
 
 
 async def _check(probe: Probe) -> str:

@@ -1,7 +1,7 @@
 """The storage interfaces the gateway is written against.
 
 Two stores implement them: the embedded SQLite store (`storage.sqlite`) and the thin MongoDB
-adapter (`storage.mongo`). Everything above (mapping, consumer, replay, leadership) is shared,
+adapter (`storage.mongo`). Everything above (the change feed, mapping, replay) is shared,
 and `tests/test_store_contract.py` holds both to the same behaviour.
 """
 
@@ -78,8 +78,8 @@ class ChangeStream(abc.ABC):
         driver does not tell)."""
         return 0
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 (optional: nothing to release by default)
+        """Release what the stream holds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,17 +112,18 @@ class StoredEvent:
 
 
 class Store(abc.ABC):
-    """Documents (bookings, payments) and, later, the gateway's own state."""
+    """Documents (bookings, payments) and the gateway's own state: resume tokens, the event
+    log, idempotency keys. Every failure is raised as `StoreError`."""
 
     name: str = "store"
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 (optional: nothing to do by default)
         """Connect and create what is missing (tables, indexes)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional: nothing to do by default)
         """Release connections; the store may not be used afterwards."""
 
-    async def start_maintenance(self) -> None:
+    async def start_maintenance(self) -> None:  # noqa: B027 (optional, as its doc says)
         """For a long-running process (the gateway): start the store's own background
         upkeep, stopped by `close()`. Nothing to do by default."""
 

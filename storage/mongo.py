@@ -5,11 +5,12 @@ replay logic live above it and are shared with the embedded store."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -50,6 +51,23 @@ def translate_error(exc: PyMongoError) -> StoreError:
     return StoreError(f"mongodb: {exc}")
 
 
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def store_errors(method: Method) -> Method:
+    """The one translation point: what the driver raises leaves as `StoreError`, the
+    contract of `storage.base`."""
+
+    @functools.wraps(method)
+    async def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except PyMongoError as exc:
+            raise translate_error(exc) from exc
+
+    return translated  # type: ignore[return-value]
+
+
 _OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
 
 
@@ -74,22 +92,21 @@ class MongoStore(Store):
         host = self._url.split("@")[-1].split("/")[0]  # never the credentials
         return f"mongodb://{host}/{self._database_name}"
 
+    @store_errors
     async def open(self) -> None:
-        self._client = AsyncMongoClient(
-            self._url, tz_aware=True, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
-        )
+        options: dict[str, Any] = {"tz_aware": True}
+        if "serverselectiontimeoutms" not in self._url.lower():  # the URL's own value wins
+            options["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
+        self._client = AsyncMongoClient(self._url, **options)
         await self.ping()
-        try:
-            info = await self.db.command("buildInfo")
-            # pre-images (`fullDocumentBeforeChange`) exist from MongoDB 6.0 on
-            self.pre_images = info.get("versionArray", [0])[0] >= 6
-            events = self.db[EVENTS]
-            await events.create_index("source", unique=True)
-            await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
-            await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
-            await self.db[IDEMPOTENCY_KEYS].create_index("expires", expireAfterSeconds=0)
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        info = await self.db.command("buildInfo")
+        # pre-images (`fullDocumentBeforeChange`) exist from MongoDB 6.0 on
+        self.pre_images = info.get("versionArray", [0])[0] >= 6
+        events = self.db[EVENTS]
+        await events.create_index("source", unique=True)
+        await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
+        await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
+        await self.db[IDEMPOTENCY_KEYS].create_index("expires", expireAfterSeconds=0)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -102,16 +119,16 @@ class MongoStore(Store):
             raise StoreError("the store is not open")
         return self._client[self._database_name]
 
+    @store_errors
     async def ping(self) -> None:
-        try:
-            await self.db.command("ping")
-        except PyMongoError as exc:
-            raise StoreError(f"mongodb does not answer: {exc}") from exc
+        await self.db.command("ping")
 
     # -- documents ---------------------------------------------------------------------------
+    @store_errors
     async def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         return await self.db[collection].find_one(id_filter(str(doc_id)))
 
+    @store_errors
     async def insert_document(self, collection: str, document: dict[str, Any]) -> str:
         document = dict(document)
         if document.get("_id") is None:
@@ -122,6 +139,7 @@ class MongoStore(Store):
             raise StoreError(f"{collection} already holds a document {document['_id']!r}") from None
         return str(document["_id"])
 
+    @store_errors
     async def update_document(self, collection: str, doc_id: str, fields: dict[str, Any]) -> bool:
         fields = {k: v for k, v in fields.items() if k != "_id"}
         if not fields:
@@ -129,11 +147,13 @@ class MongoStore(Store):
         result = await self.db[collection].update_one(id_filter(str(doc_id)), {"$set": fields})
         return result.matched_count > 0
 
+    @store_errors
     async def delete_document(self, collection: str, doc_id: str) -> bool:
         result = await self.db[collection].delete_one(id_filter(str(doc_id)))
         return result.deleted_count > 0
 
     # -- changes -----------------------------------------------------------------------------
+    @store_errors
     async def watch(
         self, collections: Sequence[str], resume_after: ResumeToken | None
     ) -> ChangeStream:
@@ -155,31 +175,24 @@ class MongoStore(Store):
             options["full_document_before_change"] = "whenAvailable"
         if resume_after is not None:
             options["start_after"] = resume_after
-        try:
-            stream = await self.db.watch(pipeline, **options)
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
-        return MongoChangeStream(stream)
+        return MongoChangeStream(await self.db.watch(pipeline, **options))
 
+    @store_errors
     async def load_resume_token(self, name: str) -> ResumeToken | None:
-        try:
-            found = await self.db[RESUME_TOKENS].find_one({"_id": name})
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        found = await self.db[RESUME_TOKENS].find_one({"_id": name})
         return found["token"] if found else None
 
+    @store_errors
     async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
-        try:
-            if token is None:
-                await self.db[RESUME_TOKENS].delete_one({"_id": name})
-            else:
-                await self.db[RESUME_TOKENS].replace_one(
-                    {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True
-                )
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        if token is None:
+            await self.db[RESUME_TOKENS].delete_one({"_id": name})
+        else:
+            await self.db[RESUME_TOKENS].replace_one(
+                {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True
+            )
 
     # -- event log ---------------------------------------------------------------------------
+    @store_errors
     async def append_events(
         self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
     ) -> list[StoredEvent | None]:
@@ -189,72 +202,63 @@ class MongoStore(Store):
         return stored
 
     async def _append(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
-        try:
-            known = {
-                doc["source"]
-                async for doc in self.db[EVENTS].find(
-                    {"source": {"$in": [e.source for e in events]}}, {"source": 1}
-                )
-            }
-            fresh = [e for e in events if e.source not in known]
-            if not fresh:
-                return [None] * len(events)
-            counter = await self.db[COUNTERS].find_one_and_update(
-                {"_id": "events"},
-                {"$inc": {"seq": len(fresh)}},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
+        known = {
+            doc["source"]
+            async for doc in self.db[EVENTS].find(
+                {"source": {"$in": [e.source for e in events]}}, {"source": 1}
             )
-            first = counter["seq"] - len(fresh) + 1
-            now_ms = int(time.time() * 1000)
-            created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
-            stored: dict[str, StoredEvent | None] = {}
-            for seq, event in enumerate(fresh, start=first):
-                try:
-                    await self.db[EVENTS].insert_one(
-                        {
-                            "_id": seq,
-                            "source": event.source,
-                            "name": event.name,
-                            "payload": event.payload,
-                            "rooms": list(event.rooms),
-                            "created": created,
-                        }
-                    )
-                    stored[event.source] = StoredEvent(
-                        seq, now_ms, event.name, event.payload, tuple(event.rooms)
-                    )
-                except DuplicateKeyError:  # another instance logged it first
-                    stored[event.source] = None
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        }
+        fresh = [e for e in events if e.source not in known]
+        if not fresh:
+            return [None] * len(events)
+        counter = await self.db[COUNTERS].find_one_and_update(
+            {"_id": "events"},
+            {"$inc": {"seq": len(fresh)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        first = counter["seq"] - len(fresh) + 1
+        now_ms = int(time.time() * 1000)
+        created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
+        stored: dict[str, StoredEvent | None] = {}
+        for seq, event in enumerate(fresh, start=first):
+            try:
+                await self.db[EVENTS].insert_one(
+                    {
+                        "_id": seq,
+                        "source": event.source,
+                        "name": event.name,
+                        "payload": event.payload,
+                        "rooms": list(event.rooms),
+                        "created": created,
+                    }
+                )
+                stored[event.source] = StoredEvent(
+                    seq, now_ms, event.name, event.payload, tuple(event.rooms)
+                )
+            except DuplicateKeyError:  # another instance logged it first
+                stored[event.source] = None
         return [stored.get(e.source) for e in events]
 
+    @store_errors
     async def find_event(self, source: str) -> StoredEvent | None:
-        try:
-            doc = await self.db[EVENTS].find_one({"source": source})
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        doc = await self.db[EVENTS].find_one({"source": source})
         return self._stored(doc) if doc is not None else None
 
+    @store_errors
     async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
-        try:
-            cursor = (
-                self.db[EVENTS]
-                .find({"rooms": room, "_id": {"$gt": after_sequence}})
-                .sort("_id", ASCENDING)
-                .limit(limit)
-            )
-            return [self._stored(doc) async for doc in cursor]
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        cursor = (
+            self.db[EVENTS]
+            .find({"rooms": room, "_id": {"$gt": after_sequence}})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [self._stored(doc) async for doc in cursor]
 
+    @store_errors
     async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
-        try:
-            oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
-            newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1}, sort=[("_id", -1)])
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
+        newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1}, sort=[("_id", -1)])
         return (oldest["_id"] if oldest else None, newest["_id"] if newest else None)
 
     @staticmethod
@@ -263,33 +267,29 @@ class MongoStore(Store):
         return StoredEvent(doc["_id"], created_ms, doc["name"], doc["payload"], tuple(doc["rooms"]))
 
     # -- idempotency keys --------------------------------------------------------------------
+    @store_errors
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        try:
-            doc = await self.db[IDEMPOTENCY_KEYS].find_one(
-                {"_id": key, "expires": {"$gt": dt.datetime.now(dt.UTC)}}
-            )
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        doc = await self.db[IDEMPOTENCY_KEYS].find_one(
+            {"_id": key, "expires": {"$gt": dt.datetime.now(dt.UTC)}}
+        )
         return (doc["fingerprint"], doc["response"]) if doc else None
 
+    @store_errors
     async def remember_request(
         self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
     ) -> None:
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_s)
-        try:
-            await self.db[IDEMPOTENCY_KEYS].update_one(
-                {"_id": key},
-                {
-                    "$setOnInsert": {
-                        "fingerprint": fingerprint,
-                        "response": response,
-                        "expires": expires,
-                    }
-                },
-                upsert=True,
-            )
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        await self.db[IDEMPOTENCY_KEYS].update_one(
+            {"_id": key},
+            {
+                "$setOnInsert": {
+                    "fingerprint": fingerprint,
+                    "response": response,
+                    "expires": expires,
+                }
+            },
+            upsert=True,
+        )
 
 
 class MongoChangeStream(ChangeStream):
@@ -300,11 +300,10 @@ class MongoChangeStream(ChangeStream):
     def resume_token(self) -> ResumeToken | None:
         return self._stream.resume_token
 
+    @store_errors
     async def try_next(self) -> Mapping[str, Any] | None:
-        try:
-            return await self._stream.try_next()
-        except PyMongoError as exc:
-            raise translate_error(exc) from exc
+        return await self._stream.try_next()
 
+    @store_errors
     async def close(self) -> None:
         await self._stream.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -30,6 +31,18 @@ def environ(tmp_path, request) -> dict[str, str]:
     for marker in reversed(list(request.node.iter_markers("env"))):
         variables.update(marker.kwargs)
     return variables
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """free_port() -> a TCP port on 127.0.0.1 that nothing listens on right now."""
+
+    def pick() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    return pick
 
 
 @pytest.fixture

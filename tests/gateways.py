@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 
 from tests.clients import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class GatewayProcess:

@@ -1,16 +1,15 @@
-"""The change consumer's loop and error paths, fed finite scripted streams (no sleeps), and
-the MongoDB adapter's reading of PyMongo's real exceptions and error codes."""
+"""The change consumer's loop and error paths, fed finite scripted streams (no sleeps)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, OperationFailure
+from pymongo.errors import AutoReconnect, OperationFailure
 
 from storage.base import ChangeHistoryLost, ChangeStream, StoreError
 from storage.feed import Backoff, ChangeFeed
-from storage.mongo import MongoChangeStream, translate_error
+from storage.mongo import translate_error
 
 NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.UTC)
 
@@ -194,37 +193,6 @@ async def test_an_invalidate_event_resyncs_and_starts_after_it():
     assert resyncs == ["change_stream_invalidated"]
     assert store.watched_from == [None, {"_data": "0002"}]
     assert handled == ["b1", "b3"]
-
-
-@pytest.mark.parametrize(
-    "error, lost",
-    [
-        (OperationFailure("history lost", code=286), True),
-        (OperationFailure("invalid resume token", code=260), True),
-        (OperationFailure("fatal", code=280), True),
-        (OperationFailure("interrupted at shutdown", code=11600), False),
-        (ConnectionFailure("no route"), False),
-        (NetworkTimeout("timed out"), False),
-        (AutoReconnect("not primary"), False),
-    ],
-)
-def test_pymongo_errors_are_read_as_lost_history_or_transient(error, lost):
-    translated = translate_error(error)
-    assert isinstance(translated, StoreError)
-    assert isinstance(translated, ChangeHistoryLost) is lost
-
-
-async def test_the_mongodb_stream_translates_what_pymongo_raises():
-    class PyMongoStream:  # stands in for pymongo's AsyncChangeStream: only what we call
-        resume_token = {"_data": "82"}
-
-        async def try_next(self):
-            raise OperationFailure("resume point gone", code=286)
-
-    stream = MongoChangeStream(PyMongoStream())
-    assert stream.resume_token == {"_data": "82"}
-    with pytest.raises(ChangeHistoryLost):
-        await stream.try_next()
 
 
 async def test_buffered_changes_are_handed_over_together_and_checkpointed_once():

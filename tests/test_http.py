@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import subprocess
 
+import aiohttp
 import pytest
+
+from realtime.config import load_settings
+from server.app import create_app
 
 SERVICE_TOKEN = "service-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
@@ -170,35 +171,22 @@ async def test_metrics_count_auth_failures(http, clients):
     assert 'realtime_auth_failures_total{code="invalid_token"} 1.0' in metrics
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-REDIS_PORT = free_port()
-
-
-@pytest.mark.env(REDIS_URL=f"redis://127.0.0.1:{REDIS_PORT}/0")
-async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(http, gateway):
+async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(
+    aiohttp_server, environ, free_port
+):
+    redis_port = free_port()  # nothing listens there yet
+    settings = load_settings({**environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"})
+    server = await aiohttp_server(create_app(settings))
+    http = aiohttp.ClientSession(str(server.make_url("")))
     down = await http.get("/ready")
     assert down.status == 503
     error = (await down.json())["error"]
     assert error["code"] == "unavailable" and error["message"] == "not ready: redis"
     assert error["details"]["store"] == "ok" and error["details"]["redis"].startswith("down")
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(REDIS_PORT),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
+    redis = await asyncio.create_subprocess_exec(
+        *("redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"),
+        *("--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.DEVNULL,
     )
     try:
 
@@ -209,7 +197,8 @@ async def test_ready_is_503_while_redis_is_down_and_200_when_it_returns(http, ga
         await asyncio.wait_for(until_ready(), 20)
     finally:
         redis.terminate()
-        redis.wait()
+        await redis.wait()
+        await http.close()
 
 
 async def test_ready_is_503_when_the_watcher_stops(http, gateway):
@@ -239,3 +228,11 @@ async def test_cors_allows_only_the_configured_origins(http):
     assert ok.status == 200
     assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert (await http.get(handshake, headers={"Origin": "https://evil.example"})).status == 400
+
+
+async def test_a_store_outage_is_503_unavailable(http, gateway):
+    await gateway.store.close()  # the store goes away under the running gateway
+    status, answer = await post(http, {"event": "notification", "data": {}, "users": ["c1"]})
+    assert status == 503 and answer["error"]["code"] == "unavailable"
+    ready = await http.get("/ready")
+    assert ready.status == 503 and (await ready.json())["error"]["details"]["store"] != "ok"

@@ -13,24 +13,23 @@ import aiohttp
 import pytest
 
 from tests.clients import ROOT, make_client
-from tests.conftest import SECRET
-from tests.gateways import GatewayProcess, free_port, run_cli
+from tests.gateways import GatewayProcess, run_cli
 
 SERVICE_TOKEN = "lifecycle-service-token-0123456789"
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
 
 @pytest.fixture
-def env(tmp_path) -> dict[str, str]:
+def env(environ) -> dict[str, str]:
     return {
-        "STORE_PATH": str(tmp_path / "gateway.db"),
-        "JWT_SECRET": SECRET,
+        "STORE_PATH": environ["STORE_PATH"],
+        "JWT_SECRET": environ["JWT_SECRET"],
         "BROADCAST_TOKEN": SERVICE_TOKEN,
     }
 
 
 @pytest.fixture
-async def gateways(env):
+async def gateways(env, free_port):
     """gateways() -> a started gateway process; every process is killed in teardown."""
     started: list[GatewayProcess] = []
     port = free_port()

@@ -124,31 +124,16 @@ async def test_authorisation_matrix(gateway, clients, connect):
     assert outcomes == expected
 
 
-async def test_a_mongodb_style_document_with_other_field_names_is_authorised(
-    aiohttp_server, tmp_path, clients, token
-):
-    from realtime.config import load_settings
-    from realtime.gateway import GATEWAY
-    from server.app import create_app
-    from tests.clients import make_client
-    from tests.conftest import SECRET
-
-    settings = load_settings(
-        {
-            "STORE_PATH": str(tmp_path / "other.db"),
-            "JWT_SECRET": SECRET,
-            "BOOKINGS_COLLECTION": "appointments",
-            "BOOKING_FIELDS": '{"customerId": "client.id", "shopId": "venue"}',
-        }
-    )
-    app = create_app(settings)
-    server = await aiohttp_server(app)
-    await app[GATEWAY].store.insert_document(
+@pytest.mark.env(
+    BOOKINGS_COLLECTION="appointments",
+    BOOKING_FIELDS='{"customerId": "client.id", "shopId": "venue"}',
+)
+async def test_a_mongodb_style_document_with_other_field_names_is_authorised(gateway, connect):
+    await gateway.store.insert_document(
         "appointments", {"_id": "a1", "client": {"id": "c9"}, "venue": "v1", "status": "PENDING"}
     )
-    client = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
-    try:
-        await client.connect({"token": token("c9")})
-        assert (await client.call("join_room", {"roomId": "reservation-a1"}))["ok"] is True
-    finally:
-        await client.close()
+    client = await connect(sub="c9")
+    assert (await client.call("join_room", {"roomId": "reservation-a1"}))["ok"] is True
+    other = await connect(sub="c1")
+    refused = await other.call("join_room", {"roomId": "reservation-a1"})
+    assert refused["error"]["code"] == "forbidden"

@@ -204,3 +204,15 @@ async def test_a_message_over_the_size_limit_closes_only_that_transport(connect,
     await big.emit("join_room", {"roomId": "availability-s1", "padding": "x" * 4096})
     await big.wait_disconnected()
     assert (await small.call("join_room", {"roomId": "availability-s1"}))["ok"] is True
+
+
+async def test_a_store_outage_is_answered_unavailable_and_the_socket_stays(
+    gateway, connect, client_kind
+):
+    client = await connect(client_kind, sub="c1")
+    await gateway.store.close()  # the store goes away under the running gateway
+    answer = await client.call("join_room", {"roomId": "reservation-b1"})
+    assert answer["ok"] is False and answer["error"]["code"] == "unavailable"
+    assert (await client.next_event("error"))["code"] == "unavailable"
+    # what needs no store still works on the same socket
+    assert (await client.call("leave_room", {"roomId": "user-c1"}))["ok"] is True

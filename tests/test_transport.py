@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -85,12 +86,35 @@ async def stalled_websocket(base_url: str, token: str):
     return reader, writer  # the writer too: a collected StreamWriter closes the connection
 
 
+def holds_connection(server_port: int, client_port: int) -> bool:
+    """Whether this process (the server under test) still has a socket open for the TCP
+    connection from `client_port`: a closed one may linger in the kernel, not in the process."""
+    open_sockets = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                open_sockets.add(int(target[8:-1]))
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local_port, remote_port = (int(f.split(":")[1], 16) for f in fields[1:3])
+            if (local_port, remote_port) == (server_port, client_port) and int(
+                fields[9]
+            ) in open_sockets:
+                return True
+    return False
+
+
 @pytest.mark.env(CLIENT_BACKLOG_MAX="50")
 async def test_a_stalled_client_is_cut_off_without_delaying_the_others(
     base_url, gateway, connect, token
 ):
     healthy = await connect(sub="healthy")
     stalled, stalled_writer = await stalled_websocket(base_url, token("stalled"))
+    server_port = int(base_url.rsplit(":", 1)[1])
+    client_port = stalled_writer.get_extra_info("sockname")[1]
+    assert holds_connection(server_port, client_port)
     big = "x" * 4000
     count = 3000
     for n in range(count):
@@ -104,6 +128,9 @@ async def test_a_stalled_client_is_cut_off_without_delaying_the_others(
         )
     got = [(await healthy.next_event("notification"))["n"] for _ in range(count)]
     assert got == list(range(count))  # everything, in order, while the other one stalled
+    # cut at once although it still reads nothing: a graceful close would wait for it to read
+    # what the server's transport still holds, keeping the connection (and that data) open
+    assert not holds_connection(server_port, client_port)
 
     async def drained() -> int:  # what the stalled client had been sent, then the cut
         size = 0

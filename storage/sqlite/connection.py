@@ -42,10 +42,10 @@ class SqliteConnection:
 
     async def open(self, setup: Callable[[sqlite3.Connection], None]) -> None:
         """Open the file (WAL mode) and run `setup` (create what is missing) on it."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
 
         def connect() -> None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=0
             )

@@ -204,7 +204,8 @@ class SqliteStore(Store):
     async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
         row = await self._run(
             lambda db: db.execute(
-                "SELECT fingerprint, response FROM idempotency_keys WHERE key = ? AND expires_ms > ?",
+                "SELECT fingerprint, response FROM idempotency_keys"
+                " WHERE key = ? AND expires_ms > ?",
                 (key, int(time.time() * 1000)),
             ).fetchone()
         )

@@ -1,0 +1,69 @@
+"""The MongoDB adapter at its boundary with the driver, without a MongoDB server (none can be
+installed here; the store contract in test_store_contract.py runs against a real replica set
+when MONGODB_URL is set): PyMongo's real exception classes and error codes, and the real
+driver failing to reach a server, come out as the store's own errors."""
+
+from __future__ import annotations
+
+import pytest
+from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, OperationFailure
+
+from storage.base import ChangeHistoryLost, StoreError
+from storage.mongo import MongoChangeStream, MongoStore, translate_error
+
+
+@pytest.mark.parametrize(
+    "error, lost",
+    [
+        (OperationFailure("history lost", code=286), True),
+        (OperationFailure("invalid resume token", code=260), True),
+        (OperationFailure("fatal", code=280), True),
+        (OperationFailure("interrupted at shutdown", code=11600), False),
+        (ConnectionFailure("no route"), False),
+        (NetworkTimeout("timed out"), False),
+        (AutoReconnect("not primary"), False),
+    ],
+)
+def test_pymongo_errors_are_read_as_lost_history_or_transient(error, lost):
+    translated = translate_error(error)
+    assert isinstance(translated, StoreError)
+    assert isinstance(translated, ChangeHistoryLost) is lost
+
+
+async def test_the_mongodb_stream_translates_what_pymongo_raises():
+    class PyMongoStream:  # stands in for pymongo's AsyncChangeStream: only what we call
+        resume_token = {"_data": "82"}
+
+        async def try_next(self):
+            raise OperationFailure("resume point gone", code=286)
+
+    stream = MongoChangeStream(PyMongoStream())
+    assert stream.resume_token == {"_data": "82"}
+    with pytest.raises(ChangeHistoryLost):
+        await stream.try_next()
+
+
+async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driver_error(free_port):
+    # (does not run MongoDB: the real driver, pointed at a port where nothing listens)
+    store = MongoStore(
+        f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=100", "realtime_unreachable"
+    )
+    try:
+        with pytest.raises(StoreError):
+            await store.open()
+        calls = [
+            store.ping(),
+            store.get_document("bookings", "b1"),
+            store.insert_document("bookings", {"status": "pending"}),
+            store.update_document("bookings", "b1", {"status": "confirmed"}),
+            store.delete_document("bookings", "b1"),
+            store.load_resume_token("changes"),
+            store.find_event("broadcast:k"),
+            store.room_events("user-c1", 0, 10),
+            store.recall_request("k"),
+        ]
+        for call in calls:
+            with pytest.raises(StoreError):
+                await call
+    finally:
+        await store.close()

@@ -46,10 +46,10 @@ async def blast(request: web.Request) -> web.Response:
 
 def main() -> None:
     from realtime.tasks import TaskKeeper
-    from realtime.transport import TransportControl
+    from realtime.transport import Bounds, TransportControl
 
     # without compression, as the gateway's default
-    TransportControl(sio.eio, compression=False, backlog_max=10**9, tasks=TaskKeeper())
+    TransportControl(sio.eio, False, Bounds(10**9, 10**15), TaskKeeper())
     app = web.Application()
     sio.attach(app)
     app.router.add_post("/blast", blast)

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import time
+from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
@@ -77,6 +78,31 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+def json_body(raw: bytes, charset: str | None) -> Any:
+    """A request body as JSON: numbers finite (clients cannot read NaN or Infinity), nesting
+    and digits within what Python reads; otherwise a coded refusal, never a crash."""
+    try:
+        text = raw.decode(charset or "utf-8")
+    except LookupError:
+        raise GatewayError(
+            "unsupported_media_type", f"unknown charset {str(charset)[:40]!r}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise GatewayError(
+            "invalid_payload", f"the body is not {charset or 'utf-8'}: {exc}"
+        ) from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise GatewayError("invalid_payload", "the body is nested too deeply") from None
+    except ValueError as exc:  # invalid JSON, NaN/Infinity, an integer of too many digits
+        raise GatewayError("invalid_payload", f"the body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON clients can read")
+
+
 def require_service_token(request: web.Request) -> None:
     """Bearer BROADCAST_TOKEN, compared in constant time; no token configured: 403 for all."""
     expected = request.app[GATEWAY].settings.broadcast_token
@@ -94,10 +120,7 @@ async def broadcast(request: web.Request) -> web.Response:
     require_service_token(request)
     if request.content_type != "application/json":
         raise GatewayError("unsupported_media_type")
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GatewayError("invalid_payload", f"the body is not valid JSON: {exc}") from None
+    body = json_body(await request.read(), request.charset)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX and key.isprintable()):
         raise GatewayError(

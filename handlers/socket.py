@@ -17,6 +17,7 @@ from realtime.emitter import Emitter
 from realtime.errors import AUTH_CODES, GatewayError
 from realtime.metrics import Metrics
 from realtime.sessions import Sessions
+from realtime.transport import RefusedEventName
 from storage.base import StoreError
 
 logger = logging.getLogger(__name__)
@@ -40,12 +41,22 @@ class GatewayNamespace(socketio.AsyncNamespace):
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         # python-socketio's dispatcher, wrapped (as its docs allow) so that every client event
-        # is answered, the unknown ones included, and a failure never escapes.
+        # is answered, the unknown ones included, and a failure never escapes. A client event
+        # never arrives named `connect` or `disconnect`: `GatewayServer` hands those over as
+        # `RefusedEventName`, so these two names are the library's own lifecycle calls.
         if isinstance(event, str) and event in LIFECYCLE_EVENTS:
             return await super().trigger_event(event, *args)
         sid, payload = args[0], args[1:]
         name = str(event)[:64]
         try:
+            if isinstance(event, RefusedEventName):
+                raise GatewayError(
+                    "invalid_payload",
+                    f"the event name {name!r} is reserved"
+                    if isinstance(event.name, str)
+                    else "an event name must be a string",
+                    details={"known": sorted(events.CLIENT_EVENTS)},
+                )
             if not isinstance(event, str) or event not in events.CLIENT_EVENTS:
                 raise GatewayError(
                     "invalid_payload",
@@ -93,6 +104,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 "handshake failed: store unavailable", extra={"sid": sid, "error": str(exc)}
             )
             self._refuse(sid, GatewayError("unavailable"))
+        except Exception:
+            logger.exception("handshake failed", extra={"sid": sid})
+            self._refuse(sid, GatewayError("internal"))
         self._sessions.announce_soon(sid, payload)
 
     def _refuse(self, sid: str, error: GatewayError) -> None:

@@ -15,6 +15,7 @@ from realtime.wire import iso_timestamp
 from storage.paths import set_at, value_at
 
 ROLES = ("customer", "staff", "admin")
+MAX_EXP_S = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,8 +113,16 @@ class TokenVerifier:
             user_id=user_id,
             role=role,
             shop_ids=frozenset(str(s) for s in shop_ids),
-            expires_at=float(claims["exp"]),
+            expires_at=self._expiry(claims["exp"]),
         )
+
+    @staticmethod
+    def _expiry(exp: Any) -> float:
+        # PyJWT has checked that `exp` is a number in the future; a date past year 9999 is no
+        # expiry a clock, a timer or an ISO timestamp can hold
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not exp <= MAX_EXP_S:
+            raise GatewayError("invalid_token", "the token's exp is out of range")
+        return float(exp)
 
 
 def issue_token(

@@ -31,29 +31,34 @@ class Broadcaster:
         )
 
     async def broadcast(self, body: Any, idempotency_key: str | None) -> dict[str, Any]:
-        """Validate, log and emit; returns `{eventId, rooms}`. A key seen before returns the
-        first answer without emitting; with another body it is `idempotency_conflict`."""
+        """Validate, log and emit; returns `{eventId, rooms}`. A key seen before (within
+        `IDEMPOTENCY_TTL`) returns the first answer without emitting; with another body it is
+        `idempotency_conflict`. A key reused after its time is a new request."""
         request = events.load(_SCHEMA, body, unknown_fields="refuse")
         rooms = self._rooms(request)
         fingerprint = hashlib.sha256(
             json.dumps(request, sort_keys=True, separators=(",", ":"), default=str).encode()
         ).hexdigest()
-        if idempotency_key is not None:
-            remembered = await self._store.recall_request(idempotency_key)
-            if remembered is not None:
-                return self._same_request(remembered, fingerprint)
-        source = f"broadcast:{idempotency_key or uuid.uuid4().hex}"
+        claim = None
+        if idempotency_key is None:
+            source = f"broadcast:{uuid.uuid4().hex}"
+        else:
+            # claimed before the event is logged, so that a retry after a crash in between
+            # finds the same source (and the logged event), never a second event
+            claim = await self._store.claim_request(idempotency_key, fingerprint, self._ttl_s)
+            if claim.fingerprint != fingerprint:
+                raise GatewayError("idempotency_conflict")
+            if claim.response is not None:
+                return claim.response
+            source = f"broadcast:{idempotency_key}:{claim.nonce}"
         [stored] = await self._emitter.publish(
             [NewEvent(request["event"], request["data"], rooms, source)]
         )
         if stored is None:  # logged by an earlier attempt with this key that did not answer
             stored = await self._store.find_event(source)
         response = {"eventId": event_id(stored.sequence), "rooms": list(stored.rooms)}
-        if idempotency_key is not None:
-            await self._store.remember_request(idempotency_key, fingerprint, response, self._ttl_s)
-            remembered = await self._store.recall_request(idempotency_key)
-            if remembered is not None:  # a concurrent attempt may have answered first
-                return self._same_request(remembered, fingerprint)
+        if claim is not None:
+            await self._store.complete_request(idempotency_key, claim.nonce, response)
         return response
 
     def _rooms(self, request: dict[str, Any]) -> tuple[str, ...]:
@@ -74,10 +79,3 @@ class Broadcaster:
         if errors:
             raise GatewayError("invalid_payload", "the broadcast is not valid", details=errors)
         return tuple(dict.fromkeys(rooms))
-
-    @staticmethod
-    def _same_request(remembered: tuple[str, dict[str, Any]], fingerprint: str) -> dict[str, Any]:
-        first_fingerprint, response = remembered
-        if first_fingerprint != fingerprint:
-            raise GatewayError("idempotency_conflict")
-        return response

@@ -86,6 +86,8 @@ class Settings:
     watcher_poll_ms: int = 10
     shutdown_timeout_s: float = 10.0
     client_backlog_max: int = 1000
+    client_backlog_max_bytes: int = 2_000_000
+    client_stall_timeout_s: float = 30.0
 
     @property
     def uses_mongodb(self) -> bool:
@@ -253,7 +255,7 @@ class SettingsSchema(Schema):
         "info",
     )
     socketio_path = _env(
-        fields.String(validate=validate.Regexp(r"^/[\w./-]*$")),
+        fields.String(validate=validate.Regexp(r"/[\w./-]*\Z")),
         "SOCKETIO_PATH",
         "URL path of the Socket.IO endpoint",
         "/socket.io/",
@@ -334,6 +336,19 @@ class SettingsSchema(Schema):
         "packets queued for one client that does not read before its "
         "transport is closed (it reconnects and catches up by replay)",
         "1000",
+    )
+    client_backlog_max_bytes = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=10_000)),
+        "CLIENT_BACKLOG_MAX_BYTES",
+        "bytes queued for one client that does not read before its transport is closed; "
+        "replays are read and sent in slices of a quarter of it",
+        "2000000",
+    )
+    client_stall_timeout_s = _env(
+        fields.Float(validate=_positive),
+        "CLIENT_STALL_TIMEOUT",
+        "seconds a replay waits for a client that reads nothing before its transport is closed",
+        "30",
     )
 
     @post_load

@@ -34,15 +34,16 @@ CHANGE_ROOM_PATTERNS = [
 ]
 
 
-REPLAY_BATCH = 500
-REPLAY_STALL_S = 30.0  # a replay waits this long for a client to read, then cuts it off
+REPLAY_BATCH = 500  # events read from the log at once, at most
 
 
 @dataclasses.dataclass(frozen=True)
 class Replay:
     replayed: int  # events sent before the socket entered the room
     last_event_id: str | None  # the room's newest event id when it entered
-    gap: bool  # events after the client's id are gone (retention) or too many to replay
+    # events after the client's id are gone (retention), were never in this log (an id ahead
+    # of it: the store was replaced), or are too many to replay: the client must refetch
+    gap: bool
 
 
 class Emitter:
@@ -54,15 +55,23 @@ class Emitter:
         store: Store,
         transports: TransportControl,
         replay_max: int = 10_000,
+        stall_timeout_s: float = 30.0,
     ):
         self._sio = sio
         self._store = store
         self._transports = transports
         self._replay_max = replay_max
+        self._stall_timeout_s = stall_timeout_s
         # Held while events are logged and emitted, and while a replaying socket catches up
         # and enters its room: so ids go out in order and nothing slips between the two.
         self._lock = asyncio.Lock()
+        self._after_emit: list[Callable[[StoredEvent], Awaitable[None]]] = []
         self.emitted: dict[str, int] = {}
+
+    def after_emit(self, listener: Callable[[StoredEvent], Awaitable[None]]) -> None:
+        """Run `listener(event)` after each data event is emitted, before the next one goes
+        out (under the publish lock)."""
+        self._after_emit.append(listener)
 
     async def publish(
         self, new_events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
@@ -84,6 +93,8 @@ class Emitter:
                         "rooms": list(event.rooms),
                     },
                 )
+                for listener in self._after_emit:
+                    await listener(event)
         return stored
 
     async def enter_with_replay(
@@ -98,18 +109,28 @@ class Emitter:
         if last_event_id is None:
             async with self._lock:
                 await enter()
-                _, newest = await self._store.event_bounds(room)
-            return Replay(0, event_id(newest) if newest else None, False)
+                bounds = await self._store.event_bounds(room)
+            return Replay(0, _event_id_or_none(bounds.room_newest), False)
         cursor = events.last_event_sequence(last_event_id)
-        oldest, _ = await self._store.event_bounds(room)
-        gap = oldest is not None and cursor < oldest - 1
+        bounds = await self._store.event_bounds(room)
+        if cursor > bounds.newest:  # an id this log never gave: nothing to replay from
+            async with self._lock:
+                await enter()
+                bounds = await self._store.event_bounds(room)
+            return Replay(0, _event_id_or_none(bounds.room_newest), True)
+        gap = bounds.oldest is not None and cursor < bounds.oldest - 1
         replayed = 0
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
-        batch_size = max(1, min(REPLAY_BATCH, self._transports.backlog_max // 4))
+        # read and sent in slices: what waits for this client stays within its backlog's
+        # bounds, in packets and in bytes, with room left for live events
+        limits = self._transports.bounds
+        slice_events = max(1, min(REPLAY_BATCH, limits.packets // 4))
+        slice_bytes = max(1, limits.bytes // 4)
         while replayed < self._replay_max:
-            try:  # at the client's pace: its backlog stays within bounds
+            try:  # at the client's pace
                 await asyncio.wait_for(
-                    self._transports.wait_for_room(eio_sid, batch_size), REPLAY_STALL_S
+                    self._transports.wait_for_room(eio_sid, slice_events, slice_bytes),
+                    self._stall_timeout_s,
                 )
             except TimeoutError:
                 await self._transports.close(eio_sid, abort=True)
@@ -117,20 +138,23 @@ class Emitter:
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
             batch = await self._store.room_events(
-                room, cursor, min(batch_size, self._replay_max - replayed)
+                room, cursor, min(slice_events, self._replay_max - replayed), slice_bytes
             )
-            cursor, replayed = await self._send(sid, batch, cursor, replayed)
-            if len(batch) < batch_size:
+            if not batch:
                 break
+            cursor, replayed = await self._send(sid, batch, cursor, replayed)
         async with self._lock:
+            # what was logged since the last slice, then the room: nothing slips in between
             if replayed < self._replay_max:
-                batch = await self._store.room_events(room, cursor, self._replay_max - replayed)
+                batch = await self._store.room_events(
+                    room, cursor, min(slice_events, self._replay_max - replayed), slice_bytes
+                )
                 cursor, replayed = await self._send(sid, batch, cursor, replayed)
             # more than can be replayed: the client must refetch
             gap = gap or bool(await self._store.room_events(room, cursor, 1))
             await enter()
-            _, newest = await self._store.event_bounds(room)
-        return Replay(replayed, event_id(newest) if newest else None, gap)
+            bounds = await self._store.event_bounds(room)
+        return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
 
     async def _send(
         self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int
@@ -148,3 +172,7 @@ class Emitter:
     async def resync_everyone(self, reason: str) -> None:
         """Tell every client that the history of change events was lost: refetch."""
         await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": CHANGE_ROOM_PATTERNS})
+
+
+def _event_id_or_none(sequence: int | None) -> str | None:
+    return event_id(sequence) if sequence is not None else None

@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
 
+from realtime import rooms
 from realtime.errors import GatewayError
 from realtime.wire import event_sequence
 
@@ -92,7 +93,11 @@ def load(schema: Schema, payload: Any, unknown_fields: str = "ignore") -> dict[s
         ) from None
 
 
-_TARGET_ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}$", error="not a valid user id")
+def _user_id(value: str) -> None:
+    if not rooms.is_room_key(value):
+        raise ValidationError("not a valid user id")
+
+
 MAX_TARGETS = 1000
 
 
@@ -108,7 +113,7 @@ class BroadcastSchema(Schema):
         validate=validate.Length(max=MAX_TARGETS),
     )
     users = fields.List(
-        fields.String(validate=_TARGET_ID),
+        fields.String(validate=_user_id),
         load_default=list,
         validate=validate.Length(max=MAX_TARGETS),
     )

@@ -61,6 +61,11 @@ class _Observed(Collector):
     def collect(self):
         counts = self._connections()
         yield GaugeMetricFamily(
+            "realtime_transports",
+            "Engine.IO connections on this instance, with or without a Socket.IO socket",
+            value=counts.get("transports", 0),
+        )
+        yield GaugeMetricFamily(
             "realtime_connections",
             "Connected Socket.IO clients on this instance",
             value=counts.get("connections", 0),

@@ -8,6 +8,7 @@ from typing import Any
 
 from realtime.emitter import Emitter
 from realtime.mapping import DocumentMapping
+from realtime.wire import without_non_finite
 from storage.base import Change, Checkpoint, NewEvent
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,19 @@ class ChangePublisher:
                 )
                 continue
             token = _token_text(change.token)
-            new_events.extend(
-                NewEvent(event.name, event.payload, event.rooms, f"change:{token}:{position}")
-                for position, event in enumerate(outgoing)
-            )
+            for position, event in enumerate(outgoing):
+                payload, replaced = without_non_finite(event.payload)
+                if replaced:  # a MongoDB double can be NaN or infinite; JSON cannot
+                    logger.warning(
+                        "non-finite numbers sent as null",
+                        extra={
+                            "collection": change.collection,
+                            "document_id": str(change.document_id),
+                            "fields": replaced,
+                        },
+                    )
+                source = f"change:{token}:{position}"
+                new_events.append(NewEvent(event.name, payload, event.rooms, source))
         if not new_events:
             return False
         await self._emitter.publish(new_events, checkpoint)

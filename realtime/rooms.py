@@ -11,8 +11,15 @@ from realtime.errors import GatewayError
 
 ADMIN_ROOMS = ("admin-general", "admin-reservations", "admin-payments")
 # ids in room names: what ObjectId hex, UUIDs, numbers and most provider ids are made of
+# (matched whole, with `fullmatch`: `$` would also match before a trailing newline)
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}"
-_KEYED_ROOM = re.compile(rf"^(user|shop|reservation|availability)-({_ID})$")
+_ROOM_KEY = re.compile(_ID)
+_KEYED_ROOM = re.compile(rf"(user|shop|reservation|availability)-({_ID})")
+
+
+def is_room_key(text: object) -> bool:
+    """Whether `text` can be the id in a room name (`user-{id}`, `shop-{id}`, ...)."""
+    return isinstance(text, str) and _ROOM_KEY.fullmatch(text) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +38,7 @@ def parse_room(room_id: object) -> Room:
         raise GatewayError("unknown_room", "a room name is a string")
     if room_id in ADMIN_ROOMS:
         return Room("admin", room_id)
-    match = _KEYED_ROOM.match(room_id)
+    match = _KEYED_ROOM.fullmatch(room_id)
     if match is None:
         raise GatewayError(
             "unknown_room",
@@ -92,6 +99,16 @@ class RoomPolicy:
     def __init__(self, reservations: ReservationDirectory):
         self._reservations = reservations
 
+    @staticmethod
+    def allows_reservation(principal: Principal, parties: ReservationParties) -> bool:
+        """Whether a reservation concerning `parties` is `principal`'s to follow: its
+        customer's, its shop's staff's, an admin's."""
+        return (
+            principal.is_admin
+            or (principal.role == "customer" and parties.customer_id == principal.user_id)
+            or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
+        )
+
     async def authorize(self, principal: Principal, room: Room) -> None:
         """Return if `principal` may join `room`; raise forbidden / not_found otherwise."""
         if principal.is_admin:
@@ -106,9 +123,7 @@ class RoomPolicy:
             parties = await self._reservations.reservation_parties(room.key)
             if parties is None:
                 raise GatewayError("not_found", f"no reservation {room.key!r}")
-            allowed = (
-                principal.role == "customer" and parties.customer_id == principal.user_id
-            ) or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
+            allowed = self.allows_reservation(principal, parties)
         else:  # admin rooms
             allowed = False
         if not allowed:

@@ -1,8 +1,11 @@
 """What each connected socket is allowed, and for how long.
 
-A socket starts unauthenticated with an `AUTH_TIMEOUT` deadline. A verified token gives it a
-principal, its home rooms and two deadlines: `auth_expiring` shortly before `exp`, and
-disconnection at `exp` unless a fresh token for the same user arrives first.
+Every Engine.IO connection must carry an authenticated socket within `AUTH_TIMEOUT` of opening
+(or of losing the one it had), or its transport is closed, whatever its namespace does. A
+verified token gives a socket a principal, its home rooms and two deadlines: `auth_expiring`
+shortly before `exp`, and disconnection at `exp` unless a fresh token for the same user
+arrives first. A background step of a socket's life that fails closes that socket: none is
+left half set up.
 """
 
 from __future__ import annotations
@@ -22,8 +25,17 @@ from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.rooms import RoomPolicy, home_rooms, parse_room, user_room
+from realtime.rooms import (
+    ReservationParties,
+    RoomPolicy,
+    home_rooms,
+    parse_room,
+    reservation_room,
+    user_room,
+)
 from realtime.tasks import TaskKeeper
+from realtime.transport import TransportControl
+from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +43,10 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(slots=True)  # one per connection: kept small
 class SocketSession:
     sid: str
+    eio_sid: str  # its Engine.IO connection
     principal: Principal | None = None
     rooms: set[str] = dataclasses.field(default_factory=set)
-    deadline: asyncio.TimerHandle | None = None
+    deadline: asyncio.TimerHandle | None = None  # the token's next deadline
     replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
 
     def cancel_deadline(self) -> None:
@@ -52,6 +65,7 @@ class Sessions:
         verifier: TokenVerifier,
         policy: RoomPolicy,
         emitter: Emitter,
+        transports: TransportControl,
         metrics: Metrics,
         tasks: TaskKeeper,
         clock: Callable[[], float] = time.time,
@@ -61,22 +75,80 @@ class Sessions:
         self._verifier = verifier
         self._policy = policy
         self._emitter = emitter
+        self._transports = transports
         self._metrics = metrics
+        self._tasks = tasks
         self._clock = clock
         self._sessions: dict[str, SocketSession] = {}
-        self._tasks = tasks
+        self._members: dict[str, set[str]] = {}  # room -> sids in it, on this instance
+        self._open_transports: set[str] = set()
+        # transports without an authenticated socket, and when they are closed for it
+        self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
+
+    # -- transports --------------------------------------------------------------------------
+    def transport_opened(self, eio_sid: str) -> None:
+        self._open_transports.add(eio_sid)
+        self._arm_auth_deadline(eio_sid)
+
+    def transport_closed(self, eio_sid: str) -> None:
+        self._open_transports.discard(eio_sid)
+        self._cancel_auth_deadline(eio_sid)
+
+    def _arm_auth_deadline(self, eio_sid: str) -> None:
+        self._cancel_auth_deadline(eio_sid)
+
+        def fire() -> None:
+            self._auth_deadlines.pop(eio_sid, None)
+            self._tasks.spawn(
+                self._auth_timed_out(eio_sid),
+                name="auth timeout",
+                on_error=lambda exc: self._failed(eio_sid, None, "auth timeout", exc),
+            )
+
+        self._auth_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
+            self._settings.auth_timeout_s, fire
+        )
+
+    def _cancel_auth_deadline(self, eio_sid: str) -> None:
+        deadline = self._auth_deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+
+    async def _auth_timed_out(self, eio_sid: str) -> None:
+        session = next((s for s in self._sessions_of(eio_sid) if s.principal is not None), None)
+        if session is not None or eio_sid not in self._open_transports:
+            return
+        logger.info("auth timeout", extra={"eio_sid": eio_sid})
+        self._metrics.auth_failures.labels("auth_timeout").inc()
+        for unauthenticated in self._sessions_of(eio_sid):
+            error = GatewayError("auth_timeout").to_dict()
+            await self._emitter.send_control(unauthenticated.sid, events.AUTH_ERROR, error)
+            await self._sio.disconnect(unauthenticated.sid)
+        await self._transports.close(eio_sid)
+
+    def _sessions_of(self, eio_sid: str) -> list[SocketSession]:
+        sid = self._sio.manager.sid_from_eio_sid(eio_sid, "/")
+        session = self._sessions.get(sid) if sid is not None else None
+        return [session] if session is not None else []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def opened(self, sid: str) -> SocketSession:
-        session = SocketSession(sid=sid)
+        session = SocketSession(sid=sid, eio_sid=self._sio.manager.eio_sid_from_sid(sid, "/"))
         self._sessions[sid] = session
-        self._arm(session, self._settings.auth_timeout_s, self._auth_timed_out)
         return session
 
     def closed(self, sid: str) -> None:
         session = self._sessions.pop(sid, None)
-        if session is not None:
-            session.cancel_deadline()
+        if session is None:
+            return
+        session.cancel_deadline()
+        for room in session.rooms:
+            self._forget_member(room, sid)
+        if session.principal is not None and session.eio_sid in self._open_transports:
+            # its transport may stay open (a client may connect the namespace again): it must
+            # carry an authenticated socket again in time. (An unauthenticated socket's
+            # transport still has its first deadline: connecting again does not move it.)
+            self._arm_auth_deadline(session.eio_sid)
 
     def get(self, sid: str) -> SocketSession:
         session = self._sessions.get(sid)
@@ -87,6 +159,34 @@ class Sessions:
     def shutdown(self) -> None:
         for session in self._sessions.values():
             session.cancel_deadline()
+        for eio_sid in list(self._auth_deadlines):
+            self._cancel_auth_deadline(eio_sid)
+
+    def _spawn_for(
+        self, session: SocketSession, coroutine: Coroutine[Any, Any, None], name: str
+    ) -> None:
+        """Run a step of this socket's life in the background; if it fails, the socket is
+        closed rather than left half set up (say, authenticated with no expiry armed)."""
+        self._tasks.spawn(
+            coroutine,
+            name=name,
+            on_error=lambda exc: self._failed(session.eio_sid, session.sid, name, exc),
+        )
+
+    def _failed(self, eio_sid: str, sid: str | None, step: str, exc: BaseException) -> None:
+        logger.error(
+            "socket closed: a step of its life failed",
+            extra={"sid": sid, "eio_sid": eio_sid, "step": step},
+            exc_info=exc,
+        )
+        self._tasks.spawn(self._close(eio_sid, sid), name="close failed socket")
+
+    async def _close(self, eio_sid: str, sid: str | None) -> None:
+        try:
+            if sid is not None and sid in self._sessions:
+                await self._sio.disconnect(sid)
+        finally:
+            await self._transports.close(eio_sid)
 
     # -- authentication ----------------------------------------------------------------------
     async def authenticate(
@@ -114,9 +214,14 @@ class Sessions:
         except GatewayError as error:
             self._metrics.auth_failures.labels(error.code).inc()
             raise
-        session.cancel_deadline()
+        # decided before anything changes: a refresh that fails here leaves the socket as it was
+        revoked = await self._disallowed_rooms(session, principal) if current is not None else []
         session.principal = principal
-        revoked = await self._revoke_disallowed(session) if current is not None else []
+        self._cancel_auth_deadline(session.eio_sid)
+        # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
+        self._arm(session, principal.expires_at - self._clock(), self._token_expired)
+        for room in revoked:
+            await self._leave(session, room)
         session.replay_from = last_event_id
         for room in home_rooms(principal):
             if last_event_id is None or room != user_room(principal.user_id):
@@ -142,11 +247,13 @@ class Sessions:
     def announce_soon(self, sid: str, payload: dict[str, Any]) -> None:
         """`announce` once the current handler has returned: a handshake's `auth_success`
         must reach the client after the CONNECT packet, which is sent when `connect` returns."""
-        self._tasks.spawn(self.announce(sid, payload), name="announce")
+        session = self._sessions.get(sid)
+        if session is not None:
+            self._spawn_for(session, self.announce(sid, payload), "announce")
 
     async def announce(self, sid: str, payload: dict[str, Any]) -> None:
         """Replay what a handshake's lastEventId missed, send `auth_success`, then arm the
-        token's expiry deadlines (after, so a token that is already close to `exp` gets
+        `auth_expiring` warning (after, so a token that is already close to `exp` gets
         `auth_expiring` after `auth_success`, not before)."""
         session = self._sessions.get(sid)
         if session is None or session.principal is None:
@@ -161,24 +268,20 @@ class Sessions:
         await self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
 
-    async def _revoke_disallowed(self, session: SocketSession) -> list[str]:
-        revoked = []
+    async def _disallowed_rooms(self, session: SocketSession, principal: Principal) -> list[str]:
+        disallowed = []
         for room in sorted(session.rooms):
             try:
-                await self._policy.authorize(session.principal, parse_room(room))
+                await self._policy.authorize(principal, parse_room(room))
             except GatewayError:
-                revoked.append(room)
-                await self._leave(session, room)
-        return revoked
+                disallowed.append(room)
+        return disallowed
 
     def _arm_expiry(self, session: SocketSession) -> None:
         assert session.principal is not None
         left_s = session.principal.expires_at - self._clock()
         lead_s = self._settings.auth_expiring_lead_s
-        if left_s > lead_s:
-            self._arm(session, left_s - lead_s, self._auth_expiring)
-        else:
-            self._arm(session, 0, self._auth_expiring)
+        self._arm(session, max(0.0, left_s - lead_s), self._auth_expiring)
 
     async def _auth_expiring(self, session: SocketSession) -> None:
         principal = session.principal
@@ -187,24 +290,15 @@ class Sessions:
         await self._emitter.send_control(
             session.sid,
             events.AUTH_EXPIRING,
-            {
-                "expiresAt": principal.expires_at_iso(),
-                "secondsLeft": int(left_s),
-            },
+            {"expiresAt": principal.expires_at_iso(), "secondsLeft": int(left_s)},
         )
         self._arm(session, left_s, self._token_expired)
 
     async def _token_expired(self, session: SocketSession) -> None:
         logger.info("token expired", extra={"sid": session.sid})
-        await self._refuse_and_disconnect(session, GatewayError("token_expired"))
-
-    async def _auth_timed_out(self, session: SocketSession) -> None:
-        logger.info("auth timeout", extra={"sid": session.sid})
-        await self._refuse_and_disconnect(session, GatewayError("auth_timeout"))
-
-    async def _refuse_and_disconnect(self, session: SocketSession, error: GatewayError) -> None:
-        self._metrics.auth_failures.labels(error.code).inc()
-        await self._emitter.send_control(session.sid, events.AUTH_ERROR, error.to_dict())
+        self._metrics.auth_failures.labels("token_expired").inc()
+        error = GatewayError("token_expired").to_dict()
+        await self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
         await self._sio.disconnect(session.sid)
 
     def _arm(
@@ -218,7 +312,7 @@ class Sessions:
         def fire() -> None:
             session.deadline = None
             if self._sessions.get(session.sid) is session:
-                self._tasks.spawn(action(session), name=action.__name__)
+                self._spawn_for(session, action(session), action.__name__)
 
         session.deadline = asyncio.get_running_loop().call_later(max(0.0, delay_s), fire)
 
@@ -259,28 +353,56 @@ class Sessions:
         await self._leave(self.get(sid), room.name)
         return room.name
 
+    async def recheck_reservation(self, event: StoredEvent) -> None:
+        """After a booking change is emitted, the members of its reservation room whom the
+        change no longer concerns (another customer, another shop) leave it: they got this
+        change, and get nothing more of that reservation."""
+        if event.name != events.RESERVATION_UPDATE:
+            return
+        payload = event.payload
+        room = reservation_room(str(payload.get("reservationId")))
+        if not self._members.get(room) or payload.get("updateType") == "deleted":
+            return
+        parties = ReservationParties(payload.get("userId"), payload.get("shopId"))
+        if parties.customer_id is None and parties.shop_id is None:
+            return  # the change does not say whom the booking concerns: nothing to judge by
+        for sid in list(self._members[room]):
+            session = self._sessions.get(sid)
+            if session is None or session.principal is None:
+                continue
+            if not self._policy.allows_reservation(session.principal, parties):
+                await self._leave(session, room)
+                await self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": [room]})
+                logger.info("room revoked", extra={"sid": sid, "room": room})
+
     async def _enter(self, session: SocketSession, room: str) -> None:
         if room not in session.rooms:
             session.rooms.add(room)
+            self._members.setdefault(room, set()).add(session.sid)
             await self._sio.enter_room(session.sid, room)
 
     async def _leave(self, session: SocketSession, room: str) -> None:
         if room in session.rooms:
             session.rooms.discard(room)
+            self._forget_member(room, session.sid)
             await self._sio.leave_room(session.sid, room)
+
+    def _forget_member(self, room: str, sid: str) -> None:
+        members = self._members.get(room)
+        if members is not None:
+            members.discard(sid)
+            if not members:
+                del self._members[room]
 
     # -- figures -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         authenticated = [s for s in self._sessions.values() if s.principal is not None]
         return {
+            "transports": len(self._open_transports),  # Engine.IO connections, joined or not
             "connections": len(self._sessions),
             "authenticated": len(authenticated),
             "users": len({s.principal.user_id for s in authenticated}),
         }
 
     def room_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for session in self._sessions.values():
-            for room in session.rooms:
-                sizes[room] = sizes.get(room, 0) + 1
-        return sizes
+        return {room: len(members) for room, members in self._members.items()}

@@ -4,6 +4,8 @@ every event, ack and HTTP answer spells them the same way."""
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +14,7 @@ from bson import ObjectId
 from storage.base import StoredEvent
 
 EVENT_ID_DIGITS = 16  # zero-padded, so that ids sort as strings in emission order
+_EVENT_ID = re.compile(rf"[0-9]{{1,{EVENT_ID_DIGITS}}}")  # any sequence the stores can hold
 
 
 def iso_timestamp(unix_s: float) -> str:
@@ -26,8 +29,9 @@ def event_id(sequence: int) -> str:
 
 
 def event_sequence(text: Any) -> int:
-    """The sequence behind an `eventId`; ValueError when it is not one."""
-    if not (isinstance(text, str) and text.isdigit() and len(text) <= 19):
+    """The sequence behind an `eventId`: ASCII digits, at most `EVENT_ID_DIGITS` of them (so
+    within what SQLite and MongoDB integers hold); ValueError otherwise."""
+    if not (isinstance(text, str) and _EVENT_ID.fullmatch(text)):
         raise ValueError(f"not an event id: {str(text)[:40]!r}")
     return int(text)
 
@@ -71,6 +75,24 @@ def json_safe(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
+def without_non_finite(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """`value` with NaN and infinite numbers replaced by None (JSON has no such numbers, and
+    socket.io-client drops a connection that sends one), and the paths of those replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, [path or "."]
+    if isinstance(value, Mapping):
+        cleaned, replaced = {}, []
+        for key, item in value.items():
+            cleaned[key], found = without_non_finite(item, f"{path}.{key}" if path else str(key))
+            replaced.extend(found)
+        return (cleaned if replaced else value), replaced
+    if isinstance(value, (list, tuple)):
+        items = [without_non_finite(item, f"{path}[{n}]") for n, item in enumerate(value)]
+        replaced = [p for _, found in items for p in found]
+        return ([item for item, _ in items] if replaced else value), replaced
+    return value, []
 
 
 def wire_payload(stored: StoredEvent) -> dict[str, Any]:

@@ -54,7 +54,9 @@ def create_app(
     tasks = TaskKeeper()
     mapping = DocumentMapping(settings)
     sio, transports = create_socketio_server(settings, tasks)
-    emitter = Emitter(sio, store, transports, settings.replay_max_events)
+    emitter = Emitter(
+        sio, store, transports, settings.replay_max_events, settings.client_stall_timeout_s
+    )
     feed = ChangeFeed(
         store,
         mapping.collections,
@@ -68,9 +70,12 @@ def create_app(
         TokenVerifier(settings),
         RoomPolicy(StoreReservations(store, mapping)),
         emitter,
+        transports,
         metrics,
         tasks,
     )
+    transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
+    emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
     metrics.observe(
         connections=sessions.counts,

@@ -111,6 +111,23 @@ class StoredEvent:
     rooms: Sequence[str]
 
 
+@dataclasses.dataclass(frozen=True)
+class EventBounds:
+    oldest: int | None  # the oldest sequence still in the log (None: the log is empty)
+    newest: int  # the newest sequence ever given, kept or pruned (0: none yet)
+    room_newest: int | None  # the newest sequence addressed to the room asked about
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestClaim:
+    """An Idempotency-Key's record: the first request's fingerprint, the nonce that sources its
+    event, and its answer once given."""
+
+    fingerprint: str
+    nonce: str
+    response: dict[str, Any] | None
+
+
 class Store(abc.ABC):
     """Documents (bookings, payments) and the gateway's own state: resume tokens, the event
     log, idempotency keys. Every failure is raised as `StoreError`."""
@@ -182,20 +199,24 @@ class Store(abc.ABC):
         """The logged event with this source, or None."""
 
     @abc.abstractmethod
-    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
-        """The logged events addressed to `room` after this sequence, oldest first."""
+    async def room_events(
+        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+    ) -> list[StoredEvent]:
+        """The logged events addressed to `room` after this sequence, oldest first: at most
+        `limit`, and with `max_bytes`, no more once their payloads weigh that much (the first
+        is always returned)."""
 
     @abc.abstractmethod
-    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
-        """(the oldest sequence still in the whole log, the newest sequence of `room`)."""
+    async def event_bounds(self, room: str) -> EventBounds:
+        """Where the log starts and ends, and the newest sequence of `room`."""
 
     # -- idempotency keys --------------------------------------------------------------------
     @abc.abstractmethod
-    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        """(request fingerprint, response) remembered under an Idempotency-Key, or None."""
+    async def claim_request(self, key: str, fingerprint: str, ttl_s: float) -> RequestClaim:
+        """The live record of this Idempotency-Key; when there is none (never used, or its
+        `ttl_s` has passed), one is made for this request, with a fresh nonce and no answer.
+        Atomic: concurrent claims of one key get the same record."""
 
     @abc.abstractmethod
-    async def remember_request(
-        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
-    ) -> None:
-        """Remember a response for `ttl_s` seconds; forget keys older than their time."""
+    async def complete_request(self, key: str, nonce: str, response: dict[str, Any]) -> None:
+        """Keep the answer of the request that claimed `key` with `nonce`."""

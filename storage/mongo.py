@@ -9,9 +9,11 @@ import functools
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import bson
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
@@ -20,7 +22,9 @@ from storage.base import (
     ChangeHistoryLost,
     ChangeStream,
     Checkpoint,
+    EventBounds,
     NewEvent,
+    RequestClaim,
     ResumeToken,
     Store,
     StoredEvent,
@@ -68,12 +72,12 @@ def store_errors(method: Method) -> Method:
     return translated  # type: ignore[return-value]
 
 
-_OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 
 
 def id_filter(doc_id: str) -> dict[str, Any]:
     """Ids travel as strings; ObjectId hex is looked up as either form."""
-    if _OBJECT_ID.match(doc_id):
+    if _OBJECT_ID.fullmatch(doc_id):
         return {"_id": {"$in": [ObjectId(doc_id), doc_id]}}
     return {"_id": doc_id}
 
@@ -246,20 +250,36 @@ class MongoStore(Store):
         return self._stored(doc) if doc is not None else None
 
     @store_errors
-    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
+    async def room_events(
+        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+    ) -> list[StoredEvent]:
         cursor = (
             self.db[EVENTS]
             .find({"rooms": room, "_id": {"$gt": after_sequence}})
             .sort("_id", ASCENDING)
             .limit(limit)
         )
-        return [self._stored(doc) async for doc in cursor]
+        found, weight = [], 0
+        async for doc in cursor:
+            found.append(self._stored(doc))
+            weight += len(bson.encode(doc["payload"]))
+            if max_bytes is not None and weight >= max_bytes:
+                break
+        await cursor.close()
+        return found
 
     @store_errors
-    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
+    async def event_bounds(self, room: str) -> EventBounds:
         oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
-        newest = await self.db[EVENTS].find_one({"rooms": room}, {"_id": 1}, sort=[("_id", -1)])
-        return (oldest["_id"] if oldest else None, newest["_id"] if newest else None)
+        counter = await self.db[COUNTERS].find_one({"_id": "events"})
+        room_newest = await self.db[EVENTS].find_one(
+            {"rooms": room}, {"_id": 1}, sort=[("_id", -1)]
+        )
+        return EventBounds(
+            oldest["_id"] if oldest else None,
+            counter["seq"] if counter else 0,
+            room_newest["_id"] if room_newest else None,
+        )
 
     @staticmethod
     def _stored(doc: Mapping[str, Any]) -> StoredEvent:
@@ -268,27 +288,33 @@ class MongoStore(Store):
 
     # -- idempotency keys --------------------------------------------------------------------
     @store_errors
-    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        doc = await self.db[IDEMPOTENCY_KEYS].find_one(
-            {"_id": key, "expires": {"$gt": dt.datetime.now(dt.UTC)}}
-        )
-        return (doc["fingerprint"], doc["response"]) if doc else None
+    async def claim_request(self, key: str, fingerprint: str, ttl_s: float) -> RequestClaim:
+        now = dt.datetime.now(dt.UTC)
+        fresh = {
+            "fingerprint": fingerprint,
+            "nonce": uuid.uuid4().hex,
+            "response": None,
+            "expires": now + dt.timedelta(seconds=ttl_s),
+        }
+        try:
+            # replaces a record whose time has passed (the TTL monitor may not have deleted it
+            # yet), inserts one where there is none; a live one makes the upsert collide
+            doc = await self.db[IDEMPOTENCY_KEYS].find_one_and_update(
+                {"_id": key, "expires": {"$lte": now}},
+                {"$set": fresh},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            doc = await self.db[IDEMPOTENCY_KEYS].find_one({"_id": key})
+            if doc is None:  # expired and deleted between the two calls: claim again
+                return await self.claim_request(key, fingerprint, ttl_s)
+        return RequestClaim(doc["fingerprint"], doc.get("nonce", ""), doc.get("response"))
 
     @store_errors
-    async def remember_request(
-        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
-    ) -> None:
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_s)
+    async def complete_request(self, key: str, nonce: str, response: dict[str, Any]) -> None:
         await self.db[IDEMPOTENCY_KEYS].update_one(
-            {"_id": key},
-            {
-                "$setOnInsert": {
-                    "fingerprint": fingerprint,
-                    "response": response,
-                    "expires": expires,
-                }
-            },
-            upsert=True,
+            {"_id": key, "nonce": nonce}, {"$set": {"response": response}}
         )
 
 

@@ -116,13 +116,19 @@ async def clients(base_url, settings) -> AsyncIterator[Callable[..., Client]]:
 
 @pytest.fixture
 def connect(clients, token):
-    """connect(kind, sub=..., role=..., shops=...) -> a client authenticated in the handshake."""
+    """connect(kind, sub=..., role=..., shops=..., ttl=...) -> a client authenticated in the
+    handshake; other keywords go into the handshake's `auth`."""
 
     async def make(
-        kind: str = "py-websocket", sub: str = "u1", role: str = "customer", shops=(), **auth
+        kind: str = "py-websocket",
+        sub: str = "u1",
+        role: str = "customer",
+        shops=(),
+        ttl: float = 3600,
+        **auth,
     ) -> Client:
         client = clients(kind)
-        await client.connect({"token": token(sub, role, shops), **auth})
+        await client.connect({"token": token(sub, role, shops, ttl), **auth})
         await client.next_event("auth_success")
         return client
 

@@ -32,6 +32,15 @@ class GatewayProcess:
         assert line.startswith("realtime gateway listening on "), line
         return self
 
+    def memory_kb(self, field: str = "VmHWM") -> int:
+        """From /proc: VmHWM, the most resident memory the process has had; VmRSS, now."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import aiohttp
 import pytest
 
 from realtime.config import load_settings
 from server.app import create_app
+from storage.base import StoreError
 
 SERVICE_TOKEN = "service-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
@@ -236,3 +238,87 @@ async def test_a_store_outage_is_503_unavailable(http, gateway):
     assert status == 503 and answer["error"]["code"] == "unavailable"
     ready = await http.get("/ready")
     assert ready.status == 503 and (await ready.json())["error"]["details"]["store"] != "ok"
+
+
+# -- what a hostile or broken service sends ------------------------------------------------------
+async def raw_post(http, text: str, content_type: str = "application/json"):
+    response = await http.post(
+        "/broadcast", data=text.encode(), headers={**AUTH, "Content-Type": content_type}
+    )
+    return response.status, await response.json()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+async def test_a_non_finite_number_is_refused(http, number):
+    status, answer = await raw_post(
+        http, f'{{"event": "notification", "data": {{"x": {number}}}, "users": ["c1"]}}'
+    )
+    assert status == 400 and answer["error"]["code"] == "invalid_payload"
+    assert number in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 5000 + "]" * 5000,  # nested deeper than Python reads
+        '{"event": "notification", "data": {"x": ' + "9" * 5000 + '}, "users": ["c1"]}',
+        '{"event": "notification", "data": {}, "users": ["c1"]',  # cut short
+        "\udcff",  # not UTF-8 once encoded (surrogate escape)
+    ],
+    ids=["deep nesting", "5000 digits", "truncated", "not utf-8"],
+)
+async def test_a_body_python_cannot_read_is_400_not_500(http, body):
+    raw = body.encode("utf-8", "surrogateescape")
+    response = await http.post(
+        "/broadcast", data=raw, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_payload"
+
+
+async def test_an_unknown_charset_is_415(http):
+    status, answer = await raw_post(http, "{}", "application/json; charset=x-bogus")
+    assert status == 415 and answer["error"]["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("target", [{"users": ["c1\n"]}, {"rooms": ["shop-s1\n"]}])
+async def test_an_id_with_a_trailing_newline_is_refused(http, target):
+    status, answer = await post(http, {"event": "notification", "data": {}, **target})
+    assert status == 400 and set(answer["error"]["details"]) == set(target)
+
+
+async def test_a_key_reused_after_its_time_is_a_new_request(http, connect, settings):
+    customer = await connect(sub="c1")
+    body = {"event": "payout_update", "data": {"amount": 10}, "users": ["c1"]}
+    first = await post(http, body, {"Idempotency-Key": "payout-7"})
+    with sqlite3.connect(settings.store_path) as db:  # IDEMPOTENCY_TTL has passed for the key
+        db.execute("UPDATE idempotency_keys SET expires_ms = 0 WHERE key = 'payout-7'")
+    again = await post(http, body, {"Idempotency-Key": "payout-7"})
+    assert first[0] == again[0] == 202 and again[1]["eventId"] > first[1]["eventId"]
+    got = [(await customer.next_event("payout_update"))["eventId"] for _ in range(2)]
+    assert got == [first[1]["eventId"], again[1]["eventId"]]
+    retried = await post(http, body, {"Idempotency-Key": "payout-7"})  # within the new time
+    assert retried == again
+
+
+async def test_a_retry_after_an_unanswered_attempt_returns_the_logged_event_once(
+    http, connect, gateway, monkeypatch
+):
+    customer = await connect(sub="c1")
+    complete = gateway.store.complete_request
+
+    async def lost_answer(*args):  # the attempt logs and emits, then its answer is lost
+        monkeypatch.setattr(gateway.store, "complete_request", complete)
+        raise StoreError("the store went away before the answer was kept")
+
+    monkeypatch.setattr(gateway.store, "complete_request", lost_answer)
+    body = {"event": "payout_update", "data": {"amount": 5}, "users": ["c1"]}
+    failed = await post(http, body, {"Idempotency-Key": "payout-8"})
+    assert failed[0] == 503
+    retried = await post(http, body, {"Idempotency-Key": "payout-8"})
+    assert retried[0] == 202
+    await post(http, {"event": "notification", "data": {"title": "end"}, "users": ["c1"]})
+    await customer.next_event("notification")
+    assert [p["eventId"] for n, p in customer.log if n == "payout_update"] == [
+        retried[1]["eventId"]
+    ]

@@ -51,19 +51,21 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
     try:
         with pytest.raises(StoreError):
             await store.open()
-        calls = [
-            store.ping(),
-            store.get_document("bookings", "b1"),
-            store.insert_document("bookings", {"status": "pending"}),
-            store.update_document("bookings", "b1", {"status": "confirmed"}),
-            store.delete_document("bookings", "b1"),
-            store.load_resume_token("changes"),
-            store.find_event("broadcast:k"),
-            store.room_events("user-c1", 0, 10),
-            store.recall_request("k"),
-        ]
-        for call in calls:
+        calls = {
+            "ping": lambda: store.ping(),
+            "get_document": lambda: store.get_document("bookings", "b1"),
+            "insert_document": lambda: store.insert_document("bookings", {"status": "pending"}),
+            "update_document": lambda: store.update_document("bookings", "b1", {"x": 1}),
+            "delete_document": lambda: store.delete_document("bookings", "b1"),
+            "load_resume_token": lambda: store.load_resume_token("changes"),
+            "find_event": lambda: store.find_event("broadcast:k"),
+            "room_events": lambda: store.room_events("user-c1", 0, 10),
+            "event_bounds": lambda: store.event_bounds("user-c1"),
+            "claim_request": lambda: store.claim_request("k", "fingerprint", 60),
+        }
+        for name, call in calls.items():
             with pytest.raises(StoreError):
-                await call
+                await call()
+                pytest.fail(f"{name} did not raise")
     finally:
         await store.close()

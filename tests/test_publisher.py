@@ -248,3 +248,74 @@ async def test_two_gateways_on_one_store_emit_each_change_once(aiohttp_server, s
         await asyncio.wait_for(consumed(app), 10)
     emitted = [app[GATEWAY].emitter.emitted.get("reservation_update", 0) for app in (first, second)]
     assert sum(emitted) == 5  # each change once, by whichever instance logged it first
+
+
+async def test_a_non_finite_number_in_a_document_reaches_clients_as_null(
+    gateway, connect, client_kind, caplog
+):
+    # (a MongoDB double can be NaN; socket.io-client cannot parse it and would drop the
+    # connection, reconnect, get it again by replay, for ever)
+    admin = await connect(client_kind, sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-payments"}))["ok"]
+    payment = await gateway.store.insert_document(
+        "payments",
+        {
+            "bookingId": "b1",
+            "customerId": "c1",
+            "shopId": "s1",
+            "status": "paid",
+            "amount": float("nan"),
+            "currency": "EUR",
+        },
+    )
+    await gateway.store.update_document("payments", payment, {"amount": float("inf")})
+    first = await admin.next_event("payment_update")
+    second = await admin.next_event("payment_update")
+    assert (first["paymentId"], first["amount"]) == (payment, None)
+    assert (second["paymentId"], second["amount"]) == (payment, None)
+    assert not admin.disconnected.is_set()
+    assert "non-finite numbers sent as null" in caplog.text
+
+
+async def test_a_booking_moved_to_another_customer_or_shop_leaves_their_reservation_room(
+    gateway, connect, client_kind
+):
+    people = {
+        "old customer": await connect(client_kind, sub="c1"),
+        "old shop": await connect(client_kind, sub="st1", role="staff", shops=["s1"]),
+        "new customer": await connect(client_kind, sub="c2"),
+        "admin": await connect(client_kind, sub="a1", role="admin"),
+    }
+    assert (await people["admin"].call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    store = gateway.store
+    booking = await store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    assert (await people["admin"].next_event("reservation_update"))["updateType"] == "created"
+    room = f"reservation-{booking}"
+    for who in ("old customer", "old shop"):
+        assert (await people[who].call("join_room", {"roomId": room}))["ok"], who
+
+    await store.update_document("bookings", booking, {"customerId": "c2", "shopId": "s2"})
+    for who in ("old customer", "old shop"):  # they get the change that moved it, then leave
+        while (moved := await people[who].next_event("reservation_update"))["userId"] != "c2":
+            pass
+        assert moved["shopId"] == "s2"
+        assert await people[who].next_event("rooms_revoked") == {"rooms": [room]}
+    assert (await people["new customer"].call("join_room", {"roomId": room}))["ok"]
+
+    await store.update_document("bookings", booking, {"status": "confirmed"})
+    for who in ("new customer", "admin"):
+        while (await people[who].next_event("reservation_update"))["status"] != "confirmed":
+            pass
+    # emitted after the confirmation: once it has arrived, so would have anything before it
+    await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": "end"}, "users": ["c1", "st1"]}, None
+    )
+    for who in ("old customer", "old shop"):
+        await people[who].next_event("notification")
+        statuses = [p["status"] for p in received(people[who], "reservation_update")]
+        assert "confirmed" not in statuses, who
+    refused = await people["old customer"].call("join_room", {"roomId": room})
+    assert refused["error"]["code"] == "forbidden"
+    assert "rooms_revoked" not in people["admin"].names()

@@ -6,10 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 
+from realtime.auth import issue_token
+from realtime.config import load_settings
 from realtime.wire import event_id
 from tests.clients import Refused
+from tests.gateways import GatewayProcess
+from tests.raw import stalled_websocket
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
@@ -148,3 +153,73 @@ async def test_a_malformed_last_event_id_is_refused(clients, connect, token):
     with pytest.raises(Refused) as error:
         await refused.connect({"token": token("c1"), "lastEventId": "yesterday"})
     assert error.value.data["code"] == "invalid_payload"
+
+
+async def test_an_id_beyond_the_log_is_a_gap(gateway, clients, connect, token):
+    # as after the store was replaced: the client holds an id this log never gave
+    newest = await notify(gateway, "c1", "the newest")
+    beyond = event_id(int(newest) + 1000)
+    client = await connect(sub="c1")
+    answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": beyond})
+    assert answer == {
+        "ok": True,
+        "roomId": "user-c1",
+        "replayed": 0,
+        "lastEventId": newest,
+        "gap": True,
+    }
+    again = clients()
+    await again.connect({"token": token("c1"), "lastEventId": beyond})
+    success = await again.next_event("auth_success")
+    assert success["gap"] is True and success["replayed"] == 0
+    live = await notify(gateway, "c1", "live")
+    assert (await again.next_event("notification"))["eventId"] == live
+
+
+SERVICE_TOKEN = "replay-service-token-0123456789"
+
+
+async def test_replays_to_clients_that_do_not_read_are_bounded_in_bytes(environ, free_port):
+    """Three clients replay 15 MB each without reading: the server holds about a backlog's
+    worth of bytes for each (not the replay), then cuts them off."""
+    event_bytes, events = 100_000, 150
+    gateway = await GatewayProcess(
+        {
+            "STORE_PATH": environ["STORE_PATH"],
+            "JWT_SECRET": environ["JWT_SECRET"],
+            "BROADCAST_TOKEN": SERVICE_TOKEN,
+            "MAX_PAYLOAD_BYTES": str(2 * event_bytes),
+            "CLIENT_BACKLOG_MAX_BYTES": "400000",
+            "CLIENT_STALL_TIMEOUT": "2",
+        },
+        free_port(),
+    ).start()
+    writers = []
+    try:
+        async with aiohttp.ClientSession(gateway.url) as http:
+            auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+            for n in range(events):
+                body = {
+                    "event": "notification",
+                    "data": {"n": n, "pad": "x" * event_bytes},
+                    "rooms": ["availability-big"],
+                }
+                assert (await http.post("/broadcast", json=body, headers=auth)).status == 202
+            before_kb = gateway.memory_kb()
+            token = issue_token(load_settings(environ), "c1", "customer")
+            join = '421["join_room",{"roomId":"availability-big","lastEventId":"0"}]'
+            for _ in range(3):
+                writers.append((await stalled_websocket(gateway.url, token, join))[1])
+
+            async def until_cut_off() -> None:
+                while (await (await http.get("/status", headers=auth)).json())["transports"]:
+                    pass  # each look is a round trip to the gateway
+
+            await asyncio.wait_for(until_cut_off(), 30)
+        growth_mb = (gateway.memory_kb() - before_kb) / 1024
+        # unbounded, each replay would hold its 15 MB twice over (read, then queued)
+        assert growth_mb < 25, f"peak memory grew by {growth_mb:.0f} MB"
+    finally:
+        for writer in writers:
+            writer.close()
+        await gateway.stop()

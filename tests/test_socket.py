@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
+import aiohttp
 import pytest
 
 from tests.clients import Refused
+from tests.raw import RawSocket
 
 
 # -- authentication ----------------------------------------------------------------------------
@@ -216,3 +220,170 @@ async def test_a_store_outage_is_answered_unavailable_and_the_socket_stays(
     assert (await client.next_event("error"))["code"] == "unavailable"
     # what needs no store still works on the same socket
     assert (await client.call("leave_room", {"roomId": "user-c1"}))["ok"] is True
+
+
+# -- what a hostile client tries -----------------------------------------------------------------
+@pytest.mark.parametrize("name", ["disconnect", "connect", "connect_error"])
+async def test_a_client_event_with_a_reserved_name_is_refused(base_url, token, name):
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect({"token": token("c1")})).startswith("40{")
+        await raw.next_event("auth_success")
+        answer = await raw.call(1, name, {"token": token("c2")})
+        assert answer["ok"] is False and answer["error"]["code"] == "invalid_payload"
+        assert name in answer["error"]["message"]
+        assert (await raw.next_event("error"))["code"] == "invalid_payload"
+        # the socket is still what it was: c1, in its room, not c2
+        assert (await raw.call(2, "join_room", {"roomId": "user-c1"}))["ok"] is True
+        assert (await raw.call(3, "join_room", {"roomId": "user-c2"}))["ok"] is False
+    finally:
+        await raw.close()
+
+
+@pytest.mark.env(AUTH_EXPIRING_LEAD="0")
+@pytest.mark.parametrize("kind", ["py-websocket", "py-polling"])
+async def test_a_disconnect_event_does_not_spare_a_socket_its_expiry(clients, token, kind):
+    client = clients(kind)
+    await client.connect({"token": token("c1", ttl=2)})
+    await client.next_event("auth_success")
+    answer = await client.call("disconnect", {})
+    assert answer["error"]["code"] == "invalid_payload"
+    assert (await client.next_event("auth_error"))["code"] == "token_expired"
+    await client.wait_disconnected()
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.5")
+async def test_a_disconnect_event_does_not_spare_an_unauthenticated_socket_its_timeout(
+    base_url,
+):
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect()).startswith("40{")
+        await raw.send('42["disconnect"]')
+        assert (await raw.next_event("error"))["code"] == "invalid_payload"
+        assert (await raw.next_event("auth_error"))["code"] == "auth_timeout"
+        await raw.wait_closed()
+    finally:
+        await raw.close()
+
+
+@pytest.mark.env(AUTH_EXPIRING_LEAD="0")
+@pytest.mark.parametrize("kind", ["py-websocket", "py-polling"])
+async def test_a_connect_event_cannot_swap_the_identity(connect, token, kind):
+    # an admin whose token expires presents a customer's token through a `connect` event
+    admin = await connect(kind, sub="a1", role="admin", ttl=2)
+    assert (await admin.call("join_room", {"roomId": "admin-payments"}))["ok"]
+    answer = await admin.call("connect", {"token": token("c9", "customer", ttl=3600)})
+    assert answer["error"]["code"] == "invalid_payload"
+    assert (await admin.next_event("auth_error"))["code"] == "token_expired"  # the admin's exp
+    await admin.wait_disconnected()
+
+
+@pytest.mark.parametrize("case", ["19 digits", "17 digits", "arabic digits", "trailing newline"])
+async def test_a_last_event_id_out_of_bounds_is_invalid_payload(
+    http, gateway, clients, connect, token, client_kind, case
+):
+    last_event_id = {
+        "19 digits": "9999999999999999999",
+        "17 digits": "1" * 17,
+        "arabic digits": "\u0663",
+        "trailing newline": "0000000000000001\n",
+    }[case]
+    client = await connect(client_kind, sub="c1")
+    answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": last_event_id})
+    assert answer["error"]["code"] == "invalid_payload"
+    refused = clients(client_kind)
+    with pytest.raises(Refused) as error:
+        await refused.connect({"token": token("c2"), "lastEventId": last_event_id})
+    assert error.value.data["code"] == "invalid_payload"
+    assert gateway.sessions.counts()["connections"] == 1  # nothing left of the refused one
+
+
+@pytest.mark.parametrize("exp", [1e20, 1e300, 10**400])
+async def test_an_absurd_exp_is_an_invalid_token_and_leaves_no_session(
+    gateway, clients, raw_token, client_kind, exp
+):
+    client = clients(client_kind)
+    with pytest.raises(Refused) as error:
+        await client.connect({"token": raw_token({"sub": "u1", "role": "customer", "exp": exp})})
+    assert error.value.data["code"] == "invalid_token"
+    assert gateway.sessions.counts()["connections"] == 0
+    anonymous = clients(client_kind)
+    await anonymous.connect()
+    answer = await anonymous.call(
+        "authenticate", {"token": raw_token({"sub": "u1", "role": "customer", "exp": exp})}
+    )
+    assert answer["error"]["code"] == "invalid_token"
+
+
+async def test_a_failure_while_announcing_closes_the_socket(
+    gateway, clients, connect, token, monkeypatch, client_kind
+):
+    first = await connect(client_kind, sub="c1")
+    cursor = (
+        await gateway.broadcaster.broadcast(
+            {"event": "notification", "data": {}, "users": ["c1"]}, None
+        )
+    )["eventId"]
+    await first.next_event("notification")
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("the replay failed")
+
+    monkeypatch.setattr(gateway.store, "room_events", broken)
+    client = clients(client_kind)
+    await client.connect({"token": token("c1"), "lastEventId": cursor})
+    # never authenticated half-way (no auth_success, no expiry armed): closed instead
+    await client.wait_disconnected()
+    assert "auth_success" not in client.names()
+    assert gateway.sessions.counts()["connections"] == 1
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.5")
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_transport_that_never_connects_the_namespace_is_closed(
+    base_url, gateway, transport
+):
+    async with aiohttp.ClientSession() as http:
+        if transport == "websocket":
+            raw = await RawSocket(base_url).open()  # answers pings, never sends "40"
+            await raw.wait_closed()
+            await raw.close()
+        else:
+            url = f"{base_url}/socket.io/?EIO=4&transport=polling"
+            opening = await (await http.get(url)).text()
+            sid = json.loads(opening[1:])["sid"]
+
+            async def polled_until_gone() -> int:
+                while True:
+                    answer = await http.get(f"{url}&sid={sid}")
+                    if answer.status != 200:
+                        return answer.status
+
+            assert await asyncio.wait_for(polled_until_gone(), 10) == 400
+    assert gateway.sessions.counts()["transports"] == 0
+
+
+@pytest.mark.env(AUTH_TIMEOUT="1")
+async def test_connecting_the_namespace_again_does_not_extend_the_auth_deadline(base_url):
+    raw = await RawSocket(base_url).open()
+
+    async def connect_and_disconnect_for_ever() -> None:
+        while True:  # each connection of the namespace would once have had a deadline of its own
+            assert (await raw.connect()).startswith("40{")
+            await raw.send("41")
+
+    cycling = asyncio.create_task(connect_and_disconnect_for_ever())
+    try:
+        await raw.wait_closed(timeout=5)  # at the deadline of the transport, ~1 s after it opened
+    finally:
+        cycling.cancel()
+        await asyncio.gather(cycling, return_exceptions=True)
+        await raw.close()
+
+
+async def test_a_room_name_with_a_trailing_newline_is_unknown(connect, client_kind):
+    client = await connect(client_kind, sub="c1")
+    for room in ("user-c1\n", "availability-s1\n"):
+        answer = await client.call("join_room", {"roomId": room})
+        assert answer["error"]["code"] == "unknown_room"

@@ -188,13 +188,25 @@ async def test_a_logged_event_is_found_by_its_source(store):
     assert await store.find_event("broadcast:other") is None
 
 
-async def test_idempotency_keys_are_remembered_for_their_time(store):
-    assert await store.recall_request("k1") is None
-    await store.remember_request("k1", "hash-a", {"eventId": "0000000000000001"}, ttl_s=60)
-    await store.remember_request("k1", "hash-b", {"eventId": "other"}, ttl_s=60)  # first wins
-    assert await store.recall_request("k1") == ("hash-a", {"eventId": "0000000000000001"})
-    await store.remember_request("k2", "hash", {"eventId": "x"}, ttl_s=-1)  # already expired
-    assert await store.recall_request("k2") is None
+async def test_an_idempotency_key_is_claimed_once_for_its_time(store):
+    first = await store.claim_request("k1", "hash-a", ttl_s=60)
+    assert first.fingerprint == "hash-a" and first.response is None and first.nonce
+    assert await store.claim_request("k1", "hash-b", ttl_s=60) == first  # the live record
+    await store.complete_request("k1", first.nonce, {"eventId": "0000000000000001"})
+    answered = await store.claim_request("k1", "hash-a", ttl_s=60)
+    assert (answered.fingerprint, answered.response) == ("hash-a", {"eventId": "0000000000000001"})
+
+    # concurrent first claims of one key get one record
+    claims = await asyncio.gather(*(store.claim_request("k2", f"h{n}", 60) for n in range(5)))
+    assert len({(claim.fingerprint, claim.nonce) for claim in claims}) == 1
+
+    # past its time, a key is claimed anew: another nonce, no answer; the old claim's late
+    # answer does not become the new one's
+    expired = await store.claim_request("k3", "h", ttl_s=-1)
+    renewed = await store.claim_request("k3", "h", ttl_s=60)
+    assert renewed.nonce != expired.nonce and renewed.response is None
+    await store.complete_request("k3", expired.nonce, {"eventId": "old"})
+    assert (await store.claim_request("k3", "h", ttl_s=60)).response is None
 
 
 async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_path):
@@ -208,6 +220,8 @@ async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_p
         await store.append_events([NewEvent("notification", {}, ("user-u",), "s1")])
         await store.prune()
         assert await store.find_event("s1") is None
+        bounds = await store.event_bounds("user-u")
+        assert bounds.oldest is None and bounds.newest == 1  # the ids given are not forgotten
         with pytest.raises(ChangeHistoryLost):  # the change after `token` is gone
             await store.watch(["bookings"], token)
         fresh = await store.watch(["bookings"], None)  # from now still works
@@ -237,6 +251,22 @@ async def test_events_are_read_back_by_room_in_order(store):
     assert [e.payload["n"] for e in shop0] == [0, 2, 4]
     assert [e.payload["n"] for e in await store.room_events("user-c1", sequences[1], 2)] == [2, 3]
     assert await store.room_events("user-nobody", 0, 10) == []
-    oldest, newest = await store.event_bounds("shop-s1")
-    assert oldest == sequences[0] and newest == sequences[3]
-    assert (await store.event_bounds("user-nobody"))[1] is None
+    bounds = await store.event_bounds("shop-s1")
+    assert (bounds.oldest, bounds.newest, bounds.room_newest) == (
+        sequences[0],
+        sequences[4],
+        sequences[3],
+    )
+    assert (await store.event_bounds("user-nobody")).room_newest is None
+
+
+async def test_room_events_can_be_read_in_slices_bounded_in_bytes(store):
+    big = "x" * 1000
+    logged = await store.append_events(
+        [NewEvent("notification", {"pad": big}, ("user-c1",), f"b:{n}") for n in range(5)]
+    )
+    start = logged[0].sequence - 1
+    assert len(await store.room_events("user-c1", start, 10, max_bytes=2500)) == 3
+    assert len(await store.room_events("user-c1", start, 10, max_bytes=1)) == 1  # one at least
+    assert len(await store.room_events("user-c1", start, 2, max_bytes=10**6)) == 2
+    assert len(await store.room_events("user-c1", start, 10)) == 5

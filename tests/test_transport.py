@@ -6,12 +6,8 @@ These fail if the library internals `realtime/transport.py` relies on move.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import os
-import socket
-import struct
 
 import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
@@ -20,6 +16,7 @@ import pytest
 from realtime.config import load_settings
 from realtime.tasks import TaskKeeper
 from realtime.transport import create_socketio_server
+from tests.raw import stalled_websocket
 
 
 async def negotiated_compression(base_url: str) -> int:
@@ -54,36 +51,6 @@ async def test_a_polling_client_that_closes_is_answered_at_once(connect):
     client = await connect("py-polling")
     await asyncio.wait_for(client.sio.disconnect(), 10)
     assert not client.sio.connected
-
-
-async def stalled_websocket(base_url: str, token: str):
-    """A client that connects, authenticates, then never reads again: tiny buffers, so the
-    server's writes back up at once."""
-    host, port = base_url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-    message = ("40" + json.dumps({"token": token})).encode()
-    mask = os.urandom(4)
-    length = (
-        bytes([0x80 | len(message)])
-        if len(message) < 126
-        else bytes([0x80 | 126]) + struct.pack("!H", len(message))
-    )
-    writer.write(b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(message)))
-    await writer.drain()
-    return reader, writer  # the writer too: a collected StreamWriter closes the connection
 
 
 def holds_connection(server_port: int, client_port: int) -> bool:
@@ -163,3 +130,41 @@ async def test_a_poll_carries_no_more_packets_than_python_clients_accept(setting
     assert [p.data for p in first + second] == [f"m{n}" for n in range(2 * limit)]
     encoded = engineio.payload.Payload(packets=first).encode()
     assert len(engineio.payload.Payload(encoded_payload=encoded).packets) == limit  # decodes
+
+
+@pytest.mark.env(CLIENT_BACKLOG_MAX_BYTES="300000", MAX_PAYLOAD_BYTES="200000")
+async def test_a_stalled_client_is_cut_off_by_bytes_long_before_its_packet_bound(
+    base_url, gateway, connect, token
+):
+    healthy = await connect(sub="healthy")
+    _, stalled_writer = await stalled_websocket(base_url, token("stalled"))
+    count, pad = 60, "x" * 200_000  # 12 MB, 60 packets: far below CLIENT_BACKLOG_MAX
+    try:
+        for n in range(count):
+            await gateway.broadcaster.broadcast(
+                {
+                    "event": "notification",
+                    "data": {"n": n, "pad": pad},
+                    "users": ["stalled", "healthy"],
+                },
+                None,
+            )
+        got = [(await healthy.next_event("notification"))["n"] for _ in range(count)]
+        assert got == list(range(count))
+        assert gateway.transports.slow_clients_closed == 1
+    finally:
+        stalled_writer.close()
+
+
+async def test_the_library_calls_we_adjust_are_still_there(settings):
+    import socketio.async_server
+
+    sio, _ = create_socketio_server(settings, TaskKeeper())
+    # client events enter python-socketio through `_handle_event` (GatewayServer's override)...
+    assert "_handle_event" in vars(socketio.async_server.AsyncServer)
+    assert "_handle_event" in vars(type(sio))
+    # ...its own lifecycle through these, which must not
+    for name in ("_handle_connect", "_handle_disconnect"):
+        assert name not in vars(type(sio))
+    # Engine.IO's connection events are wrapped for the transport lifecycle
+    assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,9 @@ from bson import ObjectId
 from storage.base import (
     ChangeStream,
     Checkpoint,
+    EventBounds,
     NewEvent,
+    RequestClaim,
     ResumeToken,
     Store,
     StoredEvent,
@@ -54,8 +57,9 @@ CREATE TABLE IF NOT EXISTS event_rooms (
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL,
-    response TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
+    response TEXT NOT NULL,  -- '' until the request is answered
+    expires_ms INTEGER NOT NULL,
+    nonce TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_ms);
 """
@@ -84,6 +88,7 @@ class SqliteStore(Store):
     async def open(self) -> None:
         def setup(db: sqlite3.Connection) -> None:
             db.executescript(SCHEMA)
+            _migrate(db)
             self._prune(db)
 
         await self._connection.open(setup)
@@ -179,52 +184,35 @@ class SqliteStore(Store):
         )
         return _stored(*row) if row is not None else None
 
-    async def room_events(self, room: str, after_sequence: int, limit: int) -> list[StoredEvent]:
-        rows = await self._run(
-            lambda db: db.execute(
-                "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
-                " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
-                " ORDER BY r.seq LIMIT ?",
-                (room, after_sequence, limit),
-            ).fetchall()
-        )
-        return [_stored(*row) for row in rows]
+    async def room_events(
+        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+    ) -> list[StoredEvent]:
+        return await self._run(_room_events, room, after_sequence, limit, max_bytes)
 
-    async def event_bounds(self, room: str) -> tuple[int | None, int | None]:
-        def bounds(db: sqlite3.Connection) -> tuple[int | None, int | None]:
+    async def event_bounds(self, room: str) -> EventBounds:
+        def bounds(db: sqlite3.Connection) -> EventBounds:
             oldest = db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            newest = db.execute(
+            newest = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            room_newest = db.execute(
                 "SELECT MAX(seq) FROM event_rooms WHERE room = ?", (room,)
             ).fetchone()[0]
-            return oldest, newest
+            return EventBounds(oldest, newest[0] if newest else 0, room_newest)
 
         return await self._run(bounds)
 
     # -- idempotency keys --------------------------------------------------------------------
-    async def recall_request(self, key: str) -> tuple[str, dict[str, Any]] | None:
-        row = await self._run(
-            lambda db: db.execute(
-                "SELECT fingerprint, response FROM idempotency_keys"
-                " WHERE key = ? AND expires_ms > ?",
-                (key, int(time.time() * 1000)),
-            ).fetchone()
-        )
-        return (row[0], json.loads(row[1])) if row else None
+    async def claim_request(self, key: str, fingerprint: str, ttl_s: float) -> RequestClaim:
+        return await self._run(_claim, key, fingerprint, ttl_s)
 
-    async def remember_request(
-        self, key: str, fingerprint: str, response: dict[str, Any], ttl_s: float
-    ) -> None:
-        def remember(db: sqlite3.Connection) -> None:
-            now_ms = int(time.time() * 1000)
+    async def complete_request(self, key: str, nonce: str, response: dict[str, Any]) -> None:
+        def complete(db: sqlite3.Connection) -> None:
             with write_transaction(db):
-                db.execute("DELETE FROM idempotency_keys WHERE expires_ms <= ?", (now_ms,))
                 db.execute(
-                    "INSERT INTO idempotency_keys (key, fingerprint, response, expires_ms)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
-                    (key, fingerprint, dumps(response), now_ms + int(ttl_s * 1000)),
+                    "UPDATE idempotency_keys SET response = ? WHERE key = ? AND nonce = ?",
+                    (dumps(response), key, nonce),
                 )
 
-        await self._run(remember)
+        await self._run(complete)
 
 
 # What runs on the connection's thread, one transaction each.
@@ -325,3 +313,49 @@ def _append(
 
 def _stored(seq: int, created_ms: int, name: str, payload: str, rooms: str) -> StoredEvent:
     return StoredEvent(seq, created_ms, name, json.loads(payload), tuple(json.loads(rooms)))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older version up to the schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(idempotency_keys)")}
+    if "nonce" not in columns:
+        db.execute("ALTER TABLE idempotency_keys ADD COLUMN nonce TEXT NOT NULL DEFAULT ''")
+
+
+def _room_events(
+    db: sqlite3.Connection, room: str, after: int, limit: int, max_bytes: int | None
+) -> list[StoredEvent]:
+    rows = db.execute(
+        "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
+        " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
+        " ORDER BY r.seq LIMIT ?",
+        (room, after, limit),
+    )
+    found, weight = [], 0
+    for row in rows:  # read lazily: a slice bounded in bytes stops reading when full
+        found.append(_stored(*row))
+        weight += len(row[3])
+        if max_bytes is not None and weight >= max_bytes:
+            break
+    return found
+
+
+def _claim(db: sqlite3.Connection, key: str, fingerprint: str, ttl_s: float) -> RequestClaim:
+    now_ms = int(time.time() * 1000)
+    with write_transaction(db):
+        row = db.execute(
+            "SELECT fingerprint, nonce, response FROM idempotency_keys"
+            " WHERE key = ? AND expires_ms > ?",
+            (key, now_ms),
+        ).fetchone()
+        if row is not None:
+            return RequestClaim(row[0], row[1], json.loads(row[2]) if row[2] else None)
+        # forget what has expired (this key's old record among them)
+        db.execute("DELETE FROM idempotency_keys WHERE expires_ms <= ?", (now_ms,))
+        nonce = uuid.uuid4().hex
+        db.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, nonce, response, expires_ms)"
+            " VALUES (?, ?, ?, '', ?)",
+            (key, fingerprint, nonce, now_ms + int(ttl_s * 1000)),
+        )
+    return RequestClaim(fingerprint, nonce, None)

@@ -1,0 +1,142 @@
+"""Clients that speak Engine.IO v4 / Socket.IO v5 frame by frame, for what the official clients
+will not send (reserved event names, a connection that never joins the namespace) and for a
+client that stops reading."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+import aiohttp
+
+WAIT_S = 10.0
+
+
+class RawSocket:
+    """A bare WebSocket client of the gateway: text frames in and out, pings answered."""
+
+    def __init__(self, base_url: str, path: str = "/socket.io/"):
+        self._url = f"{base_url}{path}?EIO=4&transport=websocket"
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self.closed = asyncio.Event()
+        self.received: list[str] = []  # every frame but pings, in order
+        self._taken: set[int] = set()  # indexes of the frames a lookup has taken
+        self._arrived = asyncio.Event()
+
+    async def open(self) -> RawSocket:
+        """Open the Engine.IO connection (its OPEN packet read), no namespace yet."""
+        self._http = aiohttp.ClientSession()
+        self._ws = await self._http.ws_connect(self._url)
+        opening = await self._ws.receive_str()
+        assert opening.startswith("0{"), opening
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        async for message in self._ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            if message.data == "2":  # Engine.IO PING
+                await self._ws.send_str("3")
+                continue
+            self.received.append(message.data)
+            self._arrived.set()
+        self.closed.set()
+        self._arrived.set()
+
+    async def send(self, frame: str) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(frame)
+
+    async def connect(self, auth: dict | None = None) -> str:
+        """Connect the namespace `/`: the answer frame (`40{...}` or `44{...}`)."""
+        await self.send("40" + (json.dumps(auth) if auth else ""))
+        return await self.next_frame(lambda frame: frame[:2] in ("40", "44"))
+
+    async def call(self, ack_id: int, event: Any, *args: Any) -> Any:
+        """Send an event with an ack id; the ack's first argument."""
+        await self.send(f"42{ack_id}" + json.dumps([event, *args]))
+        prefix = f"43{ack_id}["
+        frame = await self.next_frame(lambda frame: frame.startswith(prefix))
+        return json.loads(frame[len(prefix) - 1 :])[0]
+
+    async def next_event(self, name: str, timeout: float = WAIT_S) -> Any:
+        frame = await self.next_frame(
+            lambda frame: frame.startswith("42[") and json.loads(frame[2:])[0] == name, timeout
+        )
+        return json.loads(frame[2:])[1]
+
+    async def next_frame(self, wanted, timeout: float = WAIT_S) -> str:
+        """The first frame not taken yet that `wanted(frame)` accepts, in arrival order."""
+
+        async def find() -> str:
+            while True:
+                for index, frame in enumerate(self.received):
+                    if index not in self._taken and wanted(frame):
+                        self._taken.add(index)
+                        return frame
+                if self.closed.is_set():
+                    raise AssertionError(f"closed; got {self.received}")
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no such frame within {timeout}s; got {self.received}") from None
+
+    async def wait_closed(self, timeout: float = WAIT_S) -> None:
+        try:
+            await asyncio.wait_for(self.closed.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"still open after {timeout}s") from None
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+        if self._http is not None:
+            await self._http.close()
+
+
+async def stalled_websocket(base_url: str, token: str, *frames: str):
+    """A client that connects, authenticates, sends `frames`, then never reads again: tiny
+    buffers, so the server's writes back up at once. Returns (reader, writer): keep the writer,
+    a collected StreamWriter closes the connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    for message in ("40" + json.dumps({"token": token}), *frames):
+        writer.write(_masked_text_frame(message.encode()))
+    await writer.drain()
+    return reader, writer
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    else:
+        length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -65,7 +65,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 )
             if len(payload) > 1:
                 raise GatewayError("invalid_payload", "send one payload object")
-            return await super().trigger_event(event, sid, payload[0] if payload else None)
+            # the library's dispatch would turn a cancelled handler into an empty ack
+            handler = getattr(self, f"on_{event}")
+            return await handler(sid, payload[0] if payload else None)
         except GatewayError as error:
             logger.info("event refused", extra={"sid": sid, "event": name, "code": error.code})
             return await self._answer_error(sid, name, error)
@@ -98,21 +100,23 @@ class GatewayNamespace(socketio.AsyncNamespace):
                 sid, handshake["token"], handshake.get("lastEventId")
             )
         except GatewayError as error:
-            self._refuse(sid, error)
+            raise self._refusal(sid, error) from None
         except StoreError as exc:
             logger.warning(
                 "handshake failed: store unavailable", extra={"sid": sid, "error": str(exc)}
             )
-            self._refuse(sid, GatewayError("unavailable"))
+            raise self._refusal(sid, GatewayError("unavailable")) from None
         except Exception:
             logger.exception("handshake failed", extra={"sid": sid})
-            self._refuse(sid, GatewayError("internal"))
+            raise self._refusal(sid, GatewayError("internal")) from None
         self._sessions.announce_soon(sid, payload)
 
-    def _refuse(self, sid: str, error: GatewayError) -> None:
+    def _refusal(self, sid: str, error: GatewayError) -> Exception:
+        """The refusal of a handshake, for `connect_error` (`{code, message}` as its data);
+        the socket's session is forgotten."""
         self._sessions.closed(sid)
         logger.info("handshake refused", extra={"sid": sid, "code": error.code})
-        raise socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
+        return socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._sessions.closed(sid)

@@ -107,7 +107,9 @@ def create_app(
     )
     sio.attach(app, socketio_path=settings.socketio_path)
     setup_routes(app, settings.cors_origins)
+    # started in this order, stopped in the reverse: the store is closed last
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_parts_lifetime)
     app.cleanup_ctx.append(_feed_lifetime)
     if demo:
         app.cleanup_ctx.append(_demo_lifetime)
@@ -122,12 +124,19 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     await gateway.store.start_maintenance()
     logger.info("store open", extra={"store": gateway.store.describe()})
     yield
+    await gateway.store.close()
+
+
+async def _parts_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """What the running parts hold beside the store: deadlines, background tasks, the
+    probes' own connections."""
+    yield
+    gateway = app[GATEWAY]
     gateway.sessions.shutdown()
     await gateway.tasks.close()
     for probe in gateway.probes:
         if probe.close is not None:
             await probe.close()
-    await gateway.store.close()
 
 
 async def _feed_lifetime(app: web.Application) -> AsyncIterator[None]:

@@ -221,7 +221,3 @@ async def _run(settings: Settings, demo: bool) -> None:
         logger.info("shutting down")
     finally:
         await runner.cleanup()
-
-
-if __name__ == "__main__":  # python -m server.cli
-    sys.exit(main())

@@ -112,6 +112,7 @@ class MongoStore(Store):
         await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
         await self.db[IDEMPOTENCY_KEYS].create_index("expires", expireAfterSeconds=0)
 
+    @store_errors
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()

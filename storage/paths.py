@@ -18,8 +18,9 @@ def value_at(data: Mapping[str, Any], path: str) -> Any:
 
 
 def set_at(data: MutableMapping[str, Any], path: str, value: Any) -> None:
-    """Set the value at a dotted path, making (or replacing) the objects along it, as
-    MongoDB's `$set` does on a document."""
+    """Set the value at a dotted path, making the objects along it where they are missing
+    (as MongoDB's `$set` does) and replacing a value that is not an object (where MongoDB
+    would refuse the update)."""
     *parents, leaf = path.split(".")
     target = data
     for part in parents:

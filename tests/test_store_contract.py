@@ -231,6 +231,22 @@ async def test_the_embedded_store_forgets_what_is_older_than_its_retention(tmp_p
         await store.close()
 
 
+async def test_the_embedded_store_prunes_in_its_upkeep_while_it_runs(tmp_path):
+    store = SqliteStore(str(tmp_path / "upkeep.db"), retention_s=-1, prune_interval_s=0.05)
+    await store.open()
+    try:
+        await store.start_maintenance()
+        await store.append_events([NewEvent("notification", {}, ("user-u",), "old")])
+
+        async def pruned() -> None:
+            while await store.find_event("old") is not None:
+                pass  # each look is a round trip to the store's thread
+
+        await asyncio.wait_for(pruned(), WAIT_S)
+    finally:
+        await store.close()
+
+
 async def test_a_checkpoint_is_saved_with_the_events(store):
     token = {"_data": "00000000000000aa"}
     await store.append_events(

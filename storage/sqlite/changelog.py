@@ -17,6 +17,7 @@ from typing import Any
 from bson import Timestamp
 
 from storage.base import ChangeHistoryLost, ChangeStream, ResumeToken
+from storage.sqlite.connection import dumps
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -34,10 +35,6 @@ READ_BATCH = 500  # changes read from the log at once
 
 # (newest sequence committed, up to `limit` change events after `after`)
 ReadChanges = Callable[[int, int], Awaitable[tuple[int, list[dict[str, Any]]]]]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def record(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -28,6 +29,11 @@ CHECKPOINT_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 60.0
 
 Result = TypeVar("Result")
+
+
+def dumps(value: Any) -> str:
+    """A value as the JSON text the store's columns hold (dates and ObjectIds as strings)."""
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 class SqliteConnection:
@@ -77,19 +83,16 @@ class SqliteConnection:
             raise StoreError("the store is not open")
         return self._db
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """`BEGIN IMMEDIATE` ... COMMIT/ROLLBACK: the write lock is taken up front, so two
-        processes never deadlock upgrading a read lock."""
-        with write_transaction(self.db) as db:
-            yield db
-
-    async def start_upkeep(self, prune: Callable[[sqlite3.Connection], None]) -> None:
+    async def start_upkeep(
+        self,
+        prune: Callable[[sqlite3.Connection], None],
+        prune_interval_s: float = PRUNE_INTERVAL_S,
+    ) -> None:
         """For a long-running process: write the WAL back to the database file from a thread
         of its own, instead of inside a commit every ~1,000 pages (the fsync it costs would
         stall the pipeline), and `prune` the logs now and then. Stopped by `close()`."""
         await self.run(lambda: self.db.execute("PRAGMA wal_autocheckpoint = 0"))
-        self._upkeep = _Upkeep(self.path, prune)
+        self._upkeep = _Upkeep(self.path, prune, prune_interval_s)
         self._upkeep.start()
 
     async def close(self) -> None:
@@ -133,22 +136,25 @@ def retry_while_busy(function: Callable[..., Result], *args: Any) -> Result:
 
 
 class _Upkeep(threading.Thread):
-    """WAL checkpoints every second, pruning every minute, on a connection of its own."""
+    """WAL checkpoints every second, pruning now and then, on a connection of its own."""
 
-    def __init__(self, path: str, prune: Callable[[sqlite3.Connection], None]):
+    def __init__(
+        self, path: str, prune: Callable[[sqlite3.Connection], None], prune_interval_s: float
+    ):
         super().__init__(name="sqlite-upkeep", daemon=True)
         self._path = path
         self._prune = prune
+        self._prune_interval_s = prune_interval_s
         self._stopping = threading.Event()
 
     def run(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=0)
-        next_prune = time.monotonic() + PRUNE_INTERVAL_S
+        next_prune = time.monotonic() + self._prune_interval_s
         try:
-            while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+            while not self._stopping.wait(min(CHECKPOINT_INTERVAL_S, self._prune_interval_s)):
                 self._attempt("wal checkpoint", db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
                 if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_INTERVAL_S
+                    next_prune = time.monotonic() + self._prune_interval_s
                     self._attempt("prune", retry_while_busy, self._prune, db)
             self._attempt("wal checkpoint", db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
         finally:

@@ -26,8 +26,12 @@ from storage.base import (
 )
 from storage.paths import set_at
 from storage.sqlite import changelog
-from storage.sqlite.changelog import dumps
-from storage.sqlite.connection import SqliteConnection, write_transaction
+from storage.sqlite.connection import (
+    PRUNE_INTERVAL_S,
+    SqliteConnection,
+    dumps,
+    write_transaction,
+)
 
 SCHEMA = (
     """
@@ -76,11 +80,13 @@ class SqliteStore(Store):
         database_name: str = "embedded",
         poll_ms: int = 10,
         retention_s: float = 7 * 86400,
+        prune_interval_s: float = PRUNE_INTERVAL_S,
     ):
         self._connection = SqliteConnection(path)
         self._database_name = database_name
         self._poll_s = poll_ms / 1000
         self._retention_ms = int(retention_s * 1000)
+        self._prune_interval_s = prune_interval_s
 
     def describe(self) -> str:
         return f"sqlite:{os.path.abspath(self._connection.path)}"
@@ -94,7 +100,7 @@ class SqliteStore(Store):
         await self._connection.open(setup)
 
     async def start_maintenance(self) -> None:
-        await self._connection.start_upkeep(self._prune)
+        await self._connection.start_upkeep(self._prune, self._prune_interval_s)
 
     async def close(self) -> None:
         await self._connection.close()

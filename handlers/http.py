@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -92,7 +93,7 @@ def json_body(raw: bytes, charset: str | None) -> Any:
             "invalid_payload", f"the body is not {charset or 'utf-8'}: {exc}"
         ) from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise GatewayError("invalid_payload", "the body is nested too deeply") from None
     except ValueError as exc:  # invalid JSON, NaN/Infinity, an integer of too many digits
@@ -101,6 +102,13 @@ def json_body(raw: bytes, charset: str | None) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON clients can read")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise ValueError(f"{text[:40]} is beyond what a JSON client can read")
+    return value
 
 
 def require_service_token(request: web.Request) -> None:

@@ -51,11 +51,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
         try:
             if isinstance(event, RefusedEventName):
                 raise GatewayError(
-                    "invalid_payload",
-                    f"the event name {name!r} is reserved"
-                    if isinstance(event.name, str)
-                    else "an event name must be a string",
-                    details={"known": sorted(events.CLIENT_EVENTS)},
+                    "invalid_payload", event.reason, details={"known": sorted(events.CLIENT_EVENTS)}
                 )
             if not isinstance(event, str) or event not in events.CLIENT_EVENTS:
                 raise GatewayError(

@@ -56,6 +56,8 @@ class Broadcaster:
         )
         if stored is None:  # logged by an earlier attempt with this key that did not answer
             stored = await self._store.find_event(source)
+            if stored is None:  # IDEMPOTENCY_TTL <= EVENT_RETENTION: only if pruned by hand
+                raise GatewayError("internal", "the first attempt's event is no longer logged")
         response = {"eventId": event_id(stored.sequence), "rooms": list(stored.rooms)}
         if claim is not None:
             await self._store.complete_request(idempotency_key, claim.nonce, response)

@@ -314,7 +314,7 @@ class SettingsSchema(Schema):
     idempotency_ttl_s = _env(
         fields.Float(validate=_positive),
         "IDEMPOTENCY_TTL",
-        "seconds an Idempotency-Key is remembered",
+        "seconds an Idempotency-Key is remembered (at most EVENT_RETENTION)",
         "86400",
     )
     watcher_poll_ms = _env(
@@ -378,6 +378,12 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise ConfigError(variable, f"{message} (got {present.get(variable)!r})") from None
     if overrides:
         settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.idempotency_ttl_s > settings.event_retention_s:
+        # a retry must find the first attempt's event in the log
+        raise ConfigError(
+            "IDEMPOTENCY_TTL",
+            f"must not exceed EVENT_RETENTION ({settings.event_retention_s:g} s)",
+        )
     return _complete_keys(settings)
 
 

@@ -65,12 +65,14 @@ class Emitter:
         # Held while events are logged and emitted, and while a replaying socket catches up
         # and enters its room: so ids go out in order and nothing slips between the two.
         self._lock = asyncio.Lock()
-        self._after_emit: list[Callable[[StoredEvent], Awaitable[None]]] = []
+        self._after_emit: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
         self.emitted: dict[str, int] = {}
 
-    def after_emit(self, listener: Callable[[StoredEvent], Awaitable[None]]) -> None:
-        """Run `listener(event)` after each data event is emitted, before the next one goes
-        out (under the publish lock)."""
+    def after_emit(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
+        """Run `listener(name, payload)` after each data event this instance publishes is
+        emitted, before the next one goes out (under the publish lock); also for an event
+        another instance logged first (and emitted through Redis), so that every instance
+        acts on it for its own sockets."""
         self._after_emit.append(listener)
 
     async def publish(
@@ -80,8 +82,10 @@ class Emitter:
         again (None in its place). A checkpoint is saved with the log entries."""
         async with self._lock:
             stored = await self._store.append_events(new_events, checkpoint)
-            for event in stored:
-                if event is None:
+            for new, event in zip(new_events, stored, strict=True):
+                if event is None:  # logged before (a retry) or by another instance
+                    for listener in self._after_emit:
+                        await listener(new.name, new.payload)
                     continue
                 await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
                 self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
@@ -94,7 +98,7 @@ class Emitter:
                     },
                 )
                 for listener in self._after_emit:
-                    await listener(event)
+                    await listener(event.name, event.payload)
         return stored
 
     async def enter_with_replay(
@@ -118,7 +122,9 @@ class Emitter:
                 await enter()
                 bounds = await self._store.event_bounds(room)
             return Replay(0, _event_id_or_none(bounds.room_newest), True)
-        gap = bounds.oldest is not None and cursor < bounds.oldest - 1
+        # with everything pruned, the log starts after the newest id it gave
+        oldest = bounds.oldest if bounds.oldest is not None else bounds.newest + 1
+        gap = cursor < oldest - 1
         replayed = 0
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
         # read and sent in slices: what waits for this client stays within its backlog's

@@ -101,12 +101,31 @@ def _user_id(value: str) -> None:
 MAX_TARGETS = 1000
 
 
+MAX_DATA_DEPTH = 32  # nesting of a broadcast's data: far below what encoders and clients refuse
+
+
+def _shallow(value: Any) -> None:
+    """Refuse data nested deeper than `MAX_DATA_DEPTH`: accepted deeper, an event could fail
+    to encode when it is replayed from deeper in the stack, long after it was logged."""
+    level, layer = 0, [value]
+    while layer:
+        level += 1
+        if level > MAX_DATA_DEPTH:
+            raise ValidationError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+        layer = [
+            child
+            for item in layer
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, (dict, list))
+        ]
+
+
 class BroadcastSchema(Schema):
     """`POST /broadcast`: what a service may ask. Unknown fields are refused: a typo in a
     service's call should fail loudly, not be dropped."""
 
     event = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    data = fields.Dict(keys=fields.String(), required=True)
+    data = fields.Dict(keys=fields.String(), required=True, validate=lambda data: _shallow(data))
     rooms = fields.List(
         fields.String(validate=validate.Length(min=1, max=160)),
         load_default=list,

@@ -35,7 +35,6 @@ from realtime.rooms import (
 )
 from realtime.tasks import TaskKeeper
 from realtime.transport import TransportControl
-from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +155,11 @@ class Sessions:
             raise GatewayError("unauthenticated", "this connection is closing")
         return session
 
+    def _still_open(self, session: SocketSession) -> None:
+        """After an await: the socket may have disconnected meanwhile; then stop here."""
+        if self._sessions.get(session.sid) is not session:
+            raise GatewayError("unauthenticated", "this connection is closing")
+
     def shutdown(self) -> None:
         for session in self._sessions.values():
             session.cancel_deadline()
@@ -174,6 +178,10 @@ class Sessions:
         )
 
     def _failed(self, eio_sid: str, sid: str | None, step: str, exc: BaseException) -> None:
+        if isinstance(exc, GatewayError) and (sid is None or sid not in self._sessions):
+            # the socket went away during this step: nothing is left to close
+            logger.info("socket gone during a step of its life", extra={"sid": sid, "step": step})
+            return
         logger.error(
             "socket closed: a step of its life failed",
             extra={"sid": sid, "eio_sid": eio_sid, "step": step},
@@ -216,8 +224,9 @@ class Sessions:
             raise
         # decided before anything changes: a refresh that fails here leaves the socket as it was
         revoked = await self._disallowed_rooms(session, principal) if current is not None else []
+        self._still_open(session)  # it may have gone while the store was asked
         session.principal = principal
-        self._cancel_auth_deadline(session.eio_sid)
+        # (the transport's auth deadline is left to pass: it finds an authenticated socket)
         # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
         self._arm(session, principal.expires_at - self._clock(), self._token_expired)
         for room in revoked:
@@ -265,6 +274,8 @@ class Sessions:
             )
             session.replay_from = None
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
+            if self._sessions.get(sid) is not session:
+                return  # it went while its replay was sent
         await self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
 
@@ -332,9 +343,15 @@ class Sessions:
         room = parse_room(room_id)
         await self._policy.authorize(principal, room)
         session = self.get(sid)
-        replay = await self._emitter.enter_with_replay(
-            sid, room.name, last_event_id, lambda: self._enter(session, room.name)
-        )
+
+        async def enter() -> None:
+            # decided again as the socket enters (with no event going out meanwhile): the
+            # booking may have moved to someone else while its replay was being sent
+            if room.kind == "reservation":
+                await self._policy.authorize(principal, room)
+            await self._enter(session, room.name)
+
+        replay = await self._emitter.enter_with_replay(sid, room.name, last_event_id, enter)
         logger.info(
             "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
         )
@@ -353,13 +370,12 @@ class Sessions:
         await self._leave(self.get(sid), room.name)
         return room.name
 
-    async def recheck_reservation(self, event: StoredEvent) -> None:
+    async def recheck_reservation(self, name: str, payload: dict[str, Any]) -> None:
         """After a booking change is emitted, the members of its reservation room whom the
         change no longer concerns (another customer, another shop) leave it: they got this
         change, and get nothing more of that reservation."""
-        if event.name != events.RESERVATION_UPDATE:
+        if name != events.RESERVATION_UPDATE:
             return
-        payload = event.payload
         room = reservation_room(str(payload.get("reservationId")))
         if not self._members.get(room) or payload.get("updateType") == "deleted":
             return
@@ -376,10 +392,11 @@ class Sessions:
                 logger.info("room revoked", extra={"sid": sid, "room": room})
 
     async def _enter(self, session: SocketSession, room: str) -> None:
+        self._still_open(session)
         if room not in session.rooms:
+            await self._sio.enter_room(session.sid, room)
             session.rooms.add(room)
             self._members.setdefault(room, set()).add(session.sid)
-            await self._sio.enter_room(session.sid, room)
 
     async def _leave(self, session: SocketSession, room: str) -> None:
         if room in session.rooms:

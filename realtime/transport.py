@@ -53,26 +53,55 @@ RESERVED_EVENTS = frozenset(
 
 
 class RefusedEventName:
-    """What a namespace receives in place of a client event's name when that name is reserved
-    or not a string: it can be refused, never mistaken for the server's own lifecycle events."""
+    """What a namespace receives in place of a client event's name when the event cannot be
+    dispatched: its name is reserved, or not a string, or it is a binary event. It can be
+    refused, never mistaken for the server's own lifecycle events."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "reason")
 
-    def __init__(self, name: Any):
+    def __init__(self, name: Any, reason: str):
         self.name = name
+        self.reason = reason  # what the refusal says
 
     def __str__(self) -> str:
         return str(self.name)
 
 
+# Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK)
+_BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY_ACK))
+
+
 class GatewayServer(socketio.AsyncServer):
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # The protocol has no binary events, and python-socketio would hold every attachment
+        # a client announces (a count of up to nine digits) until the packet is complete: a
+        # binary event is refused at once and its attachments never kept.
+        if isinstance(data, (bytes, bytearray)):
+            return  # an attachment of a binary packet refused below
+        if isinstance(data, str) and data[:1] in _BINARY_PACKETS:
+            await self._refuse_binary(eio_sid, data)
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _refuse_binary(self, eio_sid: str, data: str) -> None:
+        try:
+            header = self.packet_class(encoded_packet=data)
+        except Exception:
+            return  # not even a packet: nothing to answer
+        if header.packet_type == socketio.packet.BINARY_EVENT:
+            refused = RefusedEventName("binary event", "binary events are not accepted")
+            await super()._handle_event(eio_sid, header.namespace, header.id, [refused])
+
     async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
         # Client events, and only they, enter here (python-socketio's own `connect` and
         # `disconnect` calls come from `_handle_connect` / `_handle_disconnect`).
         if not isinstance(data, list) or not data:
-            data = [RefusedEventName(None)]
-        elif not isinstance(data[0], str) or data[0] in RESERVED_EVENTS:
-            data = [RefusedEventName(data[0]), *data[1:]]
+            data = [RefusedEventName(None, "an event needs a name")]
+        elif not isinstance(data[0], str):
+            data = [RefusedEventName(data[0], "an event name must be a string"), *data[1:]]
+        elif data[0] in RESERVED_EVENTS:
+            refused = RefusedEventName(data[0], f"the event name {data[0]!r} is reserved")
+            data = [refused, *data[1:]]
         await super()._handle_event(eio_sid, namespace, id, data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +44,32 @@ def free_port() -> Callable[[], int]:
             return probe.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture
+async def redis_url(free_port) -> AsyncIterator[str]:
+    """A private redis-server on a free port (it keeps nothing on disk), stopped afterwards."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
+        *("--save", "", "--appendonly", "no"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+    async def ready() -> None:  # what redis-server logs once it accepts connections
+        async for line in server.stdout:
+            if b"Ready to accept connections" in line:
+                return
+        raise AssertionError("redis-server exited")
+
+    await asyncio.wait_for(ready(), 10)
+    drain = asyncio.create_task(server.stdout.read())  # its log, so it never blocks
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        await server.wait()
+        await drain
 
 
 @pytest.fixture

@@ -56,6 +56,10 @@ class RawSocket:
         assert self._ws is not None
         await self._ws.send_str(frame)
 
+    async def send_bytes(self, frame: bytes) -> None:
+        assert self._ws is not None
+        await self._ws.send_bytes(frame)
+
     async def connect(self, auth: dict | None = None) -> str:
         """Connect the namespace `/`: the answer frame (`40{...}` or `44{...}`)."""
         await self.send("40" + (json.dumps(auth) if auth else ""))
@@ -140,3 +144,64 @@ def _masked_text_frame(payload: bytes) -> bytes:
     else:
         length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
     return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class RawPolling:
+    """A bare long-polling client of the gateway: packets out in POSTs (several may be in
+    flight at once), in through GETs, pings answered."""
+
+    def __init__(self, base_url: str, path: str = "/socket.io/"):
+        self._url = f"{base_url}{path}?EIO=4&transport=polling"
+        self._http = aiohttp.ClientSession()
+        self.received: list[str] = []
+
+    async def open(self) -> RawPolling:
+        opening = await (await self._http.get(self._url)).text()
+        assert opening.startswith("0{"), opening
+        self._url += f"&sid={json.loads(opening[1:])['sid']}"
+        return self
+
+    async def post(self, *packets: str) -> int:
+        answer = await self._http.post(self._url, data="\x1e".join(packets))
+        return answer.status
+
+    async def poll(self) -> int:
+        """One long-poll: its packets go to `received`; the HTTP status."""
+        answer = await self._http.get(self._url)
+        if answer.status == 200:
+            for packet in (await answer.text()).split("\x1e"):
+                if packet == "2":
+                    await self.post("3")
+                elif packet:
+                    self.received.append(packet)
+        return answer.status
+
+    async def poll_until(self, wanted, timeout: float = WAIT_S) -> str:
+        """Poll until a packet `wanted(packet)` accepts has arrived; that packet."""
+
+        async def until() -> str:
+            seen = 0
+            while True:
+                for packet in self.received[seen:]:
+                    if wanted(packet):
+                        return packet
+                seen = len(self.received)
+                assert await self.poll() == 200, f"closed; got {self.received}"
+
+        return await asyncio.wait_for(until(), timeout)
+
+    async def poll_until_closed(self, timeout: float = WAIT_S) -> int:
+        """Poll until the server no longer knows the session; that answer's status."""
+
+        async def until() -> int:
+            while (status := await self.poll()) == 200:
+                pass
+            return status
+
+        try:
+            return await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"still open after {timeout}s; got {self.received}") from None
+
+    async def close(self) -> None:
+        await self._http.close()

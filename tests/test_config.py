@@ -113,3 +113,11 @@ def test_the_readme_documents_exactly_these_variables():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     documented = re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M)
     assert sorted(documented) == sorted(name for name, _, _ in describe_variables())
+
+
+def test_an_idempotency_key_may_not_outlive_the_event_it_answers_with(tmp_path):
+    environ = {"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32}
+    with pytest.raises(ConfigError) as error:
+        load_settings({**environ, "IDEMPOTENCY_TTL": "7200", "EVENT_RETENTION": "3600"})
+    assert error.value.variable == "IDEMPOTENCY_TTL"
+    assert load_settings({**environ, "IDEMPOTENCY_TTL": "3600", "EVENT_RETENTION": "3600"})

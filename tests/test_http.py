@@ -322,3 +322,25 @@ async def test_a_retry_after_an_unanswered_attempt_returns_the_logged_event_once
     assert [p["eventId"] for n, p in customer.log if n == "payout_update"] == [
         retried[1]["eventId"]
     ]
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999"])
+async def test_a_number_that_reads_as_infinity_is_refused(http, number):
+    status, answer = await raw_post(
+        http, f'{{"event": "notification", "data": {{"x": {number}}}, "users": ["c1"]}}'
+    )
+    assert status == 400 and answer["error"]["code"] == "invalid_payload"
+
+
+def nested(levels: int) -> dict:
+    data: dict = {}
+    for _ in range(levels - 1):
+        data = {"a": data}
+    return data
+
+
+async def test_data_nested_past_the_limit_is_refused(http):
+    deep = await post(http, {"event": "notification", "data": nested(33), "users": ["c1"]})
+    assert deep[0] == 400 and "data" in deep[1]["error"]["details"]
+    fine = await post(http, {"event": "notification", "data": nested(32), "users": ["c1"]})
+    assert fine[0] == 202

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 
+from realtime.config import load_settings
 from realtime.gateway import GATEWAY
 from server.app import create_app
 from tests.clients import ROOT, Client, make_client
@@ -319,3 +320,74 @@ async def test_a_booking_moved_to_another_customer_or_shop_leaves_their_reservat
     refused = await people["old customer"].call("join_room", {"roomId": room})
     assert refused["error"]["code"] == "forbidden"
     assert "rooms_revoked" not in people["admin"].names()
+
+
+async def test_a_join_under_way_when_its_booking_moves_is_refused(gateway, connect, monkeypatch):
+    admin = await connect(sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    store = gateway.store
+    booking = await store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    created = await admin.next_event("reservation_update")
+    customer = await connect(sub="c1")
+
+    # the customer's replay waits for it to read (it reads slowly); meanwhile the booking moves
+    reading, waiting = asyncio.Event(), asyncio.Event()
+    wait_for_room = gateway.transports.wait_for_room
+
+    async def slow_reader(*args):
+        waiting.set()
+        await reading.wait()
+        await wait_for_room(*args)
+
+    monkeypatch.setattr(gateway.transports, "wait_for_room", slow_reader)
+    join = asyncio.create_task(
+        customer.call(
+            "join_room", {"roomId": f"reservation-{booking}", "lastEventId": created["eventId"]}
+        )
+    )
+    await waiting.wait()
+    await store.update_document("bookings", booking, {"customerId": "c2"})
+    assert (await admin.next_event("reservation_update"))["userId"] == "c2"  # moved, emitted
+    reading.set()
+    answer = await join
+    assert answer["ok"] is False and answer["error"]["code"] == "forbidden"
+
+    await store.update_document("bookings", booking, {"status": "confirmed"})
+    assert (await admin.next_event("reservation_update"))["status"] == "confirmed"
+    await gateway.broadcaster.broadcast(  # after the confirmation: a barrier for the customer
+        {"event": "notification", "data": {}, "users": ["c1"]}, None
+    )
+    await customer.next_event("notification")
+    assert "confirmed" not in [p["status"] for p in received(customer, "reservation_update")]
+
+
+async def test_every_instance_takes_its_own_sockets_out_of_a_moved_booking_room(
+    aiohttp_server, environ, redis_url, token
+):
+    # two gateways on one store and one Redis: whichever logs the change first, the sockets
+    # of both leave the room
+    settings = load_settings({**environ, "REDIS_URL": redis_url})
+    apps = [create_app(settings), create_app(settings)]
+    servers = [await aiohttp_server(app) for app in apps]
+    store = apps[0][GATEWAY].store
+    booking = await store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    room = f"reservation-{booking}"
+    customers = []
+    try:
+        for server in servers:
+            customer = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
+            customers.append(customer)
+            await customer.connect({"token": token("c1")})
+            await customer.next_event("auth_success")
+            assert (await customer.call("join_room", {"roomId": room}))["ok"]
+        await store.update_document("bookings", booking, {"customerId": "c2"})
+        for customer in customers:
+            assert await customer.next_event("rooms_revoked") == {"rooms": [room]}
+        assert all(app[GATEWAY].sessions.room_sizes().get(room) is None for app in apps)
+    finally:
+        for customer in customers:
+            await customer.close()

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.clients import Refused
-from tests.raw import RawSocket
+from tests.raw import RawPolling, RawSocket
 
 
 # -- authentication ----------------------------------------------------------------------------
@@ -387,3 +387,48 @@ async def test_a_room_name_with_a_trailing_newline_is_unknown(connect, client_ki
     for room in ("user-c1\n", "availability-s1\n"):
         answer = await client.call("join_room", {"roomId": room})
         assert answer["error"]["code"] == "unknown_room"
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.5")
+async def test_a_refresh_racing_a_disconnect_leaves_the_transport_its_deadline(
+    base_url, gateway, token
+):
+    # the refresh asks the store about the socket's reservation room while the disconnect is
+    # handled (two polling POSTs in flight at once)
+    await gateway.store.insert_document(
+        "bookings", {"_id": "r1", "customerId": "c1", "shopId": "s1", "status": "pending"}
+    )
+    for _ in range(5):
+        client = await RawPolling(base_url).open()
+        try:
+            await client.post("40" + json.dumps({"token": token("c1")}))
+            await client.poll_until(lambda packet: "auth_success" in packet)
+            await client.post('421["join_room",{"roomId":"reservation-r1"}]')
+            await client.poll_until(lambda packet: packet.startswith("431"))
+            refresh = '422["authenticate",' + json.dumps({"token": token("c1")}) + "]"
+            await asyncio.gather(client.post(refresh), client.post("41"))
+            await client.post("40")  # then a socket that never authenticates, same transport
+            assert await client.poll_until_closed() == 400
+        finally:
+            await client.close()
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.5")
+async def test_a_handshake_racing_a_disconnect_leaves_no_room_member_behind(
+    base_url, gateway, token
+):
+    cursor = (
+        await gateway.broadcaster.broadcast(
+            {"event": "notification", "data": {}, "users": ["c1"]}, None
+        )
+    )["eventId"]
+    handshake = "40" + json.dumps({"token": token("c1"), "lastEventId": "0"})
+    for _ in range(10):  # the replay of the handshake is under way when the socket goes
+        client = await RawPolling(base_url).open()
+        try:
+            await asyncio.gather(client.post(handshake), client.post("41"))
+            assert await client.poll_until_closed() == 400
+        finally:
+            await client.close()
+    assert cursor and gateway.sessions.counts()["connections"] == 0
+    assert gateway.sessions.room_sizes() == {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 
 import aiohttp
@@ -16,7 +17,7 @@ import pytest
 from realtime.config import load_settings
 from realtime.tasks import TaskKeeper
 from realtime.transport import create_socketio_server
-from tests.raw import stalled_websocket
+from tests.raw import RawSocket, stalled_websocket
 
 
 async def negotiated_compression(base_url: str) -> int:
@@ -168,3 +169,21 @@ async def test_the_library_calls_we_adjust_are_still_there(settings):
         assert name not in vars(type(sio))
     # Engine.IO's connection events are wrapped for the transport lifecycle
     assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}
+
+
+async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url, gateway, token):
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect()).startswith("40{")  # not even authenticated
+        await raw.send('451-5["authenticate",{"_placeholder":true,"num":0}]')
+        answer = await raw.next_frame(lambda frame: frame.startswith("435["))
+        assert json.loads(answer[3:])[0]["error"]["code"] == "invalid_payload"
+        await raw.send('45999999999-["authenticate"]')  # announces a billion attachments
+        chunk = b"z" * 100_000
+        for _ in range(50):
+            await raw.send_bytes(chunk)
+        assert (await raw.call(1, "authenticate", {"token": token("c1")}))["ok"] is True
+        # python-socketio keeps a binary packet's attachments here until it is complete
+        assert not gateway.sio._binary_packet
+    finally:
+        await raw.close()

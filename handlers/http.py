@@ -14,10 +14,9 @@ import aiohttp_cors
 from aiohttp import web
 
 from realtime import health
-from realtime.errors import GatewayError
+from realtime.errors import GatewayError, answer_for
 from realtime.gateway import GATEWAY
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from storage.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +45,6 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     is_socketio = request.path.startswith(settings.socketio_path)
     try:
         response = await handler(request)
-    except GatewayError as error:
-        logger.info("request refused", extra={"path": request.path, "code": error.code})
-        response = error_response(error)
     except web.HTTPException as exc:
         if exc.status < 400 or is_socketio:
             raise
@@ -56,14 +52,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         body = {"error": {"code": code, "message": (exc.reason or code).lower()}}
         allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = web.json_response(body, status=exc.status, headers=allow)
-    except StoreError as exc:
-        logger.warning(
-            "request failed: store unavailable", extra={"path": request.path, "error": str(exc)}
-        )
-        response = error_response(GatewayError("unavailable", "the store is unavailable; retry"))
-    except Exception:
-        logger.exception("request failed", extra={"path": request.path})
-        response = error_response(GatewayError("internal"))
+    except Exception as exc:
+        response = error_response(answer_for(exc, "request", logger, path=request.path))
     if request.path == "/broadcast":
         request.app[GATEWAY].metrics.broadcast_requests.labels(str(response.status)).inc()
     if not is_socketio:

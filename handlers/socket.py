@@ -14,11 +14,10 @@ import socketio
 
 from realtime import events
 from realtime.emitter import Emitter
-from realtime.errors import AUTH_CODES, GatewayError
+from realtime.errors import AUTH_CODES, GatewayError, answer_for
 from realtime.metrics import Metrics
 from realtime.sessions import Sessions
 from realtime.transport import RefusedEventName
-from storage.base import StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +63,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
             # the library's dispatch would turn a cancelled handler into an empty ack
             handler = getattr(self, f"on_{event}")
             return await handler(sid, payload[0] if payload else None)
-        except GatewayError as error:
-            logger.info("event refused", extra={"sid": sid, "event": name, "code": error.code})
+        except Exception as exc:
+            error = answer_for(exc, "event", logger, sid=sid, event=name)
             return await self._answer_error(sid, name, error)
-        except StoreError as exc:
-            logger.warning(
-                "event failed: store unavailable",
-                extra={"sid": sid, "event": name, "error": str(exc)},
-            )
-            return await self._answer_error(sid, name, GatewayError("unavailable"))
-        except Exception:
-            logger.exception("event failed", extra={"sid": sid, "event": name})
-            return await self._answer_error(sid, name, GatewayError("internal"))
 
     async def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
         if error.code in AUTH_CODES:
@@ -95,24 +85,14 @@ class GatewayNamespace(socketio.AsyncNamespace):
             payload = await self._sessions.authenticate(
                 sid, handshake["token"], handshake.get("lastEventId")
             )
-        except GatewayError as error:
-            raise self._refusal(sid, error) from None
-        except StoreError as exc:
-            logger.warning(
-                "handshake failed: store unavailable", extra={"sid": sid, "error": str(exc)}
-            )
-            raise self._refusal(sid, GatewayError("unavailable")) from None
-        except Exception:
-            logger.exception("handshake failed", extra={"sid": sid})
-            raise self._refusal(sid, GatewayError("internal")) from None
+        except Exception as exc:
+            # refused: `connect_error` carries `{code, message}`; the session is forgotten
+            error = answer_for(exc, "handshake", logger, sid=sid)
+            self._sessions.closed(sid)
+            raise socketio.exceptions.ConnectionRefusedError(
+                error.message, error.to_dict()
+            ) from None
         self._sessions.announce_soon(sid, payload)
-
-    def _refusal(self, sid: str, error: GatewayError) -> Exception:
-        """The refusal of a handshake, for `connect_error` (`{code, message}` as its data);
-        the socket's session is forgotten."""
-        self._sessions.closed(sid)
-        logger.info("handshake refused", extra={"sid": sid, "code": error.code})
-        return socketio.exceptions.ConnectionRefusedError(error.message, error.to_dict())
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self._sessions.closed(sid)

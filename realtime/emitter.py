@@ -83,22 +83,19 @@ class Emitter:
         async with self._lock:
             stored = await self._store.append_events(new_events, checkpoint)
             for new, event in zip(new_events, stored, strict=True):
-                if event is None:  # logged before (a retry) or by another instance
-                    for listener in self._after_emit:
-                        await listener(new.name, new.payload)
-                    continue
-                await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
-                self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
-                logger.debug(
-                    "event emitted",
-                    extra={
-                        "event": event.name,
-                        "event_id": event_id(event.sequence),
-                        "rooms": list(event.rooms),
-                    },
-                )
+                if event is not None:  # (None: logged before, by a retry or another instance)
+                    await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
+                    self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
+                    logger.debug(
+                        "event emitted",
+                        extra={
+                            "event": event.name,
+                            "event_id": event_id(event.sequence),
+                            "rooms": list(event.rooms),
+                        },
+                    )
                 for listener in self._after_emit:
-                    await listener(event.name, event.payload)
+                    await listener(new.name, new.payload)
         return stored
 
     async def enter_with_replay(
@@ -111,17 +108,11 @@ class Emitter:
         and the entering hold the publish lock.
         """
         if last_event_id is None:
-            async with self._lock:
-                await enter()
-                bounds = await self._store.event_bounds(room)
-            return Replay(0, _event_id_or_none(bounds.room_newest), False)
+            return await self._enter_now(room, enter, gap=False)
         cursor = events.last_event_sequence(last_event_id)
         bounds = await self._store.event_bounds(room)
         if cursor > bounds.newest:  # an id this log never gave: nothing to replay from
-            async with self._lock:
-                await enter()
-                bounds = await self._store.event_bounds(room)
-            return Replay(0, _event_id_or_none(bounds.room_newest), True)
+            return await self._enter_now(room, enter, gap=True)
         # with everything pruned, the log starts after the newest id it gave
         oldest = bounds.oldest if bounds.oldest is not None else bounds.newest + 1
         gap = cursor < oldest - 1
@@ -161,6 +152,15 @@ class Emitter:
             await enter()
             bounds = await self._store.event_bounds(room)
         return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
+
+    async def _enter_now(
+        self, room: str, enter: Callable[[], Awaitable[None]], gap: bool
+    ) -> Replay:
+        """Enter with nothing to replay; the room's newest id is the client's cursor."""
+        async with self._lock:
+            await enter()
+            bounds = await self._store.event_bounds(room)
+        return Replay(0, _event_id_or_none(bounds.room_newest), gap)
 
     async def _send(
         self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int

@@ -6,7 +6,10 @@ these codes, so a client handles one vocabulary whatever the channel.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from storage.base import StoreError
 
 # code -> (HTTP status, default message)
 CATALOGUE: dict[str, tuple[int, str]] = {
@@ -55,3 +58,17 @@ class GatewayError(Exception):
         if self.details is not None:
             body["details"] = self.details
         return body
+
+
+def answer_for(error: Exception, what: str, log: logging.Logger, **context: Any) -> GatewayError:
+    """The catalogue error any failure of `what` (an event, a handshake, a request) is
+    answered with, logged at its level: an expected refusal as it is (INFO), a store outage
+    as `unavailable` (WARNING: retry later), anything else as `internal` (ERROR, traceback)."""
+    if isinstance(error, GatewayError):
+        log.info(f"{what} refused", extra={**context, "code": error.code})
+        return error
+    if isinstance(error, StoreError):
+        log.warning(f"{what} failed: store unavailable", extra={**context, "error": str(error)})
+        return GatewayError("unavailable", "the store is unavailable; retry later")
+    log.error(f"{what} failed", extra=context, exc_info=error)
+    return GatewayError("internal")

@@ -51,6 +51,23 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# Sessions.counts() key -> gauge
+_CONNECTION_GAUGES = (
+    (
+        "transports",
+        "realtime_transports",
+        "Engine.IO connections on this instance, with or without a Socket.IO socket",
+    ),
+    ("connections", "realtime_connections", "Connected Socket.IO clients on this instance"),
+    (
+        "authenticated",
+        "realtime_authenticated_connections",
+        "Authenticated Socket.IO clients on this instance",
+    ),
+    ("users", "realtime_users", "Distinct authenticated users on this instance"),
+)
+
+
 class _Observed(Collector):
     def __init__(self, connections, emitted, changes_handled, lag_s):
         self._connections = connections
@@ -60,26 +77,8 @@ class _Observed(Collector):
 
     def collect(self):
         counts = self._connections()
-        yield GaugeMetricFamily(
-            "realtime_transports",
-            "Engine.IO connections on this instance, with or without a Socket.IO socket",
-            value=counts.get("transports", 0),
-        )
-        yield GaugeMetricFamily(
-            "realtime_connections",
-            "Connected Socket.IO clients on this instance",
-            value=counts.get("connections", 0),
-        )
-        yield GaugeMetricFamily(
-            "realtime_authenticated_connections",
-            "Authenticated Socket.IO clients on this instance",
-            value=counts.get("authenticated", 0),
-        )
-        yield GaugeMetricFamily(
-            "realtime_users",
-            "Distinct authenticated users on this instance",
-            value=counts.get("users", 0),
-        )
+        for key, name, help_text in _CONNECTION_GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=counts.get(key, 0))
         emitted = CounterMetricFamily(
             "realtime_events_emitted", "Data events emitted, by event name", labels=["event"]
         )

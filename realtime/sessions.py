@@ -114,21 +114,21 @@ class Sessions:
             deadline.cancel()
 
     async def _auth_timed_out(self, eio_sid: str) -> None:
-        session = next((s for s in self._sessions_of(eio_sid) if s.principal is not None), None)
-        if session is not None or eio_sid not in self._open_transports:
+        session = self._session_of(eio_sid)
+        if eio_sid not in self._open_transports or (session and session.principal is not None):
             return
         logger.info("auth timeout", extra={"eio_sid": eio_sid})
         self._metrics.auth_failures.labels("auth_timeout").inc()
-        for unauthenticated in self._sessions_of(eio_sid):
+        if session is not None:  # the namespace is connected: tell it why, then disconnect it
             error = GatewayError("auth_timeout").to_dict()
-            await self._emitter.send_control(unauthenticated.sid, events.AUTH_ERROR, error)
-            await self._sio.disconnect(unauthenticated.sid)
+            await self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
+            await self._sio.disconnect(session.sid)
         await self._transports.close(eio_sid)
 
-    def _sessions_of(self, eio_sid: str) -> list[SocketSession]:
+    def _session_of(self, eio_sid: str) -> SocketSession | None:
+        """The socket this transport carries on namespace `/`, if it has connected it."""
         sid = self._sio.manager.sid_from_eio_sid(eio_sid, "/")
-        session = self._sessions.get(sid) if sid is not None else None
-        return [session] if session is not None else []
+        return self._sessions.get(sid) if sid is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def opened(self, sid: str) -> SocketSession:

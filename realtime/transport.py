@@ -4,6 +4,8 @@
   `trigger_event` as its own lifecycle calls, so a client could send an event named `connect`
   or `disconnect` and reach those handlers. `GatewayServer` hands a client event with a
   reserved name (or a name that is not a string) over as `RefusedEventName` instead.
+- Binary events: the protocol has none, and python-socketio would keep every attachment a
+  client announces until the packet completes; `GatewayServer` refuses them at once.
 - Transport lifecycle: the gateway is told when an Engine.IO connection opens and closes
   (`TransportControl.watch`), so that a connection that never authenticates is closed.
 - WebSocket per-message compression: python-engineio's aiohttp driver always negotiates it (its
@@ -18,7 +20,7 @@
 - Long-polling responses carry at most `engineio.payload.Payload.max_decode_packets` (16)
   packets: python-engineio clients refuse a longer payload ("Unexpected packet from server")
   and drop the connection, which a burst of events (or a replay) would otherwise cause.
-- Long-polling clients that close are answered at once (see `_on_disconnect`).
+- Long-polling clients that close are answered at once (see `_install_lifecycle`).
 - Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
   and catch up by replay.
 

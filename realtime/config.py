@@ -64,6 +64,7 @@ class Settings:
     jwt_claim_shop_ids: str = "shop_ids"
     mongodb_url: str | None = None
     mongodb_db: str = "booking"
+    mongodb_state_db: str | None = None
     store_path: str = "./realtime.db"
     redis_url: str | None = None
     broadcast_token: str | None = None
@@ -92,6 +93,10 @@ class Settings:
     @property
     def uses_mongodb(self) -> bool:
         return self.mongodb_url is not None
+
+    @property
+    def mongodb_state_database(self) -> str:
+        return self.mongodb_state_db or f"{self.mongodb_db}_realtime"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -205,6 +210,12 @@ class SettingsSchema(Schema):
         "MONGODB_DB",
         "MongoDB database name",
         "booking",
+    )
+    mongodb_state_db = _env(
+        fields.String(validate=validate.Length(min=1, max=63)),
+        "MONGODB_STATE_DB",
+        "MongoDB database for the gateway's own state (event log, ids, resume tokens, keys)",
+        "MONGODB_DB + '_realtime'",
     )
     store_path = _env(
         fields.String(validate=validate.Length(min=1)),
@@ -384,6 +395,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             "IDEMPOTENCY_TTL",
             f"must not exceed EVENT_RETENTION ({settings.event_retention_s:g} s)",
         )
+    if settings.mongodb_state_database == settings.mongodb_db:
+        # saving the gateway's state would be a change of the database it watches
+        raise ConfigError("MONGODB_STATE_DB", "must differ from MONGODB_DB")
     return _complete_keys(settings)
 
 

@@ -23,17 +23,6 @@ from storage.base import Checkpoint, NewEvent, Store, StoredEvent
 
 logger = logging.getLogger(__name__)
 
-# what a lost change history concerns: every room a change event can reach
-CHANGE_ROOM_PATTERNS = [
-    "reservation-*",
-    "user-*",
-    "shop-*",
-    "availability-*",
-    "admin-reservations",
-    "admin-payments",
-]
-
-
 REPLAY_BATCH = 500  # events read from the log at once, at most
 
 
@@ -175,9 +164,9 @@ class Emitter:
         """A control event (auth_*, error, rooms_revoked) to one socket; never logged."""
         await self._sio.emit(event, payload, to=sid)
 
-    async def resync_everyone(self, reason: str) -> None:
-        """Tell every client that the history of change events was lost: refetch."""
-        await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": CHANGE_ROOM_PATTERNS})
+    async def resync_everyone(self, reason: str, rooms: list[str]) -> None:
+        """Tell every client that change events of these rooms (patterns) were lost: refetch."""
+        await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": rooms})
 
 
 def _event_id_or_none(sequence: int | None) -> str | None:

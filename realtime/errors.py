@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from storage.base import StoreError
+from storage.base import DocumentRejected, StoreError
 
 # code -> (HTTP status, default message)
 CATALOGUE: dict[str, tuple[int, str]] = {
@@ -67,6 +67,9 @@ def answer_for(error: Exception, what: str, log: logging.Logger, **context: Any)
     if isinstance(error, GatewayError):
         log.info(f"{what} refused", extra={**context, "code": error.code})
         return error
+    if isinstance(error, DocumentRejected):
+        log.info(f"{what} refused by the store", extra={**context, "error": str(error)})
+        return GatewayError("invalid_payload", f"the store cannot keep this payload: {error}")
     if isinstance(error, StoreError):
         log.warning(f"{what} failed: store unavailable", extra={**context, "error": str(error)})
         return GatewayError("unavailable", "the store is unavailable; retry later")

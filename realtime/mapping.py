@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from realtime import events, rooms
@@ -88,6 +88,17 @@ def minutes(value: Any) -> int | float | None:
     return value
 
 
+# the rooms each collection's changes can reach (`resync` names them)
+BOOKING_ROOM_PATTERNS = (
+    "reservation-*",
+    "user-*",
+    "shop-*",
+    "availability-*",
+    "admin-reservations",
+)
+PAYMENT_ROOM_PATTERNS = ("reservation-*", "user-*", "shop-*", "admin-payments")
+
+
 class DocumentMapping:
     """The configured collections and field paths of bookings and payments, and how their
     changes become events and rooms."""
@@ -113,6 +124,16 @@ class DocumentMapping:
     @property
     def collections(self) -> tuple[str, str]:
         return (self.bookings_collection, self.payments_collection)
+
+    def change_rooms(self, collections: Sequence[str]) -> list[str]:
+        """The rooms (as patterns) that changes of these collections reach."""
+        found: dict[str, None] = {}
+        for collection in collections:
+            if collection == self.bookings_collection:
+                found.update(dict.fromkeys(BOOKING_ROOM_PATTERNS))
+            elif collection == self.payments_collection:
+                found.update(dict.fromkeys(PAYMENT_ROOM_PATTERNS))
+        return list(found)
 
     def events_for_change(self, change: Change) -> list[Outgoing]:
         """The events one change produces, in the order they are to be emitted.

@@ -4,6 +4,7 @@ through the single emit path, sourced by the change's resume token."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from realtime.emitter import Emitter
@@ -52,6 +53,10 @@ class ChangePublisher:
             return False
         await self._emitter.publish(new_events, checkpoint)
         return True
+
+    async def history_lost(self, reason: str, collections: Sequence[str]) -> None:
+        """Changes of these collections were lost: their rooms' clients refetch."""
+        await self._emitter.resync_everyone(reason, self._mapping.change_rooms(collections))
 
 
 def _token_text(token: Any) -> str:

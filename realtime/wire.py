@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from bson import ObjectId
+from bson.binary import OLD_UUID_SUBTYPE, UUID_SUBTYPE, Binary
 
 from storage.base import StoredEvent
 
@@ -37,7 +39,8 @@ def event_sequence(text: Any) -> int:
 
 
 def id_string(value: Any) -> str | None:
-    """Ids travel as strings: ObjectIds as hex, numbers as digits; None stays None."""
+    """Ids travel as strings: ObjectIds as hex, numbers as digits, UUIDs in their canonical
+    form; None stays None."""
     if value is None or value == "":
         return None
     if isinstance(value, ObjectId):
@@ -46,8 +49,10 @@ def id_string(value: Any) -> str | None:
         return value["$oid"]
     if isinstance(value, bool):
         return None
-    if isinstance(value, (str, int)):
+    if isinstance(value, (str, int, uuid.UUID)):
         return str(value)
+    if isinstance(value, Binary) and value.subtype in (UUID_SUBTYPE, OLD_UUID_SUBTYPE):
+        return str(uuid.UUID(bytes=bytes(value)))  # a UUID read without a representation set
     return None
 
 

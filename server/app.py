@@ -33,7 +33,12 @@ def make_store(settings: Settings) -> Store:
     if settings.uses_mongodb:
         from storage.mongo import MongoStore
 
-        return MongoStore(settings.mongodb_url, settings.mongodb_db, settings.event_retention_s)
+        return MongoStore(
+            settings.mongodb_url,
+            settings.mongodb_db,
+            settings.event_retention_s,
+            state_database=settings.mongodb_state_database,
+        )
     from storage.sqlite.store import SqliteStore
 
     return SqliteStore(
@@ -57,12 +62,8 @@ def create_app(
     emitter = Emitter(
         sio, store, transports, settings.replay_max_events, settings.client_stall_timeout_s
     )
-    feed = ChangeFeed(
-        store,
-        mapping.collections,
-        ChangePublisher(mapping, emitter),
-        on_history_lost=emitter.resync_everyone,
-    )
+    publisher = ChangePublisher(mapping, emitter)
+    feed = ChangeFeed(store, mapping.collections, publisher, on_history_lost=publisher.history_lost)
     metrics = Metrics()
     sessions = Sessions(
         sio,

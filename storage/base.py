@@ -18,6 +18,11 @@ class StoreError(Exception):
     """The store could not do what was asked (unreachable, bad document); worth retrying."""
 
 
+class DocumentRejected(StoreError):
+    """The store cannot hold this value as given (MongoDB: an integer beyond 64 bits, a NUL in
+    a key, text that is not valid Unicode); retrying it cannot help."""
+
+
 class ChangeHistoryLost(StoreError):
     """The change stream cannot resume from the token it was given (aged out of the oplog,
     unknown, or corrupt). Retrying cannot help: reopen from now and tell clients to resync."""
@@ -34,10 +39,11 @@ class Change:
     operation: str  # insert, update, replace, delete, invalidate, drop, ...
     collection: str | None
     document_id: Any
-    document: dict[str, Any] | None  # the post-image (updateLookup)
-    before: dict[str, Any] | None  # the pre-image, where the store keeps them
+    document: dict[str, Any] | None  # the post-image (or the current document, on MongoDB
+    before: dict[str, Any] | None  # without images); the pre-image, where the store keeps them
     updated_fields: dict[str, Any] | None
     wall_time: dt.datetime | None
+    renamed_to: str | None = None  # a rename's new collection name
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> Change:
@@ -57,6 +63,7 @@ class Change:
             before=event.get("fullDocumentBeforeChange"),
             updated_fields=description.get("updatedFields"),
             wall_time=wall_time if isinstance(wall_time, dt.datetime) else None,
+            renamed_to=(event.get("to") or {}).get("coll"),
         )
 
 

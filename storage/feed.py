@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from storage.base import Change, ChangeHistoryLost, ChangeStream, Checkpoint, Store, StoreError
@@ -20,6 +21,12 @@ logger = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 30.0
 BATCH_MAX = 100  # changes already read that are handed over together
+# While idle, a stream's token still moves (with the cluster's clock); saving it keeps a quiet
+# feed's place from aging out of the history, and doing so at most this often keeps an idle
+# gateway from writing to its store every poll.
+IDLE_SAVE_INTERVAL_S = 10.0
+# a watched collection dropped or renamed (away or onto): its history ends there
+COLLECTION_GONE = {"drop": "collection_dropped", "rename": "collection_renamed"}
 
 
 class Backoff:
@@ -49,6 +56,10 @@ class ChangeFeed:
     it. `handle` may raise
     `StoreError` (its own store is down): the change is then retried from the saved token after
     a backoff; any other exception is logged and the change skipped.
+
+    `on_history_lost(reason, collections)` is told when changes of those collections can no
+    longer be delivered: the token aged out or is unusable, the stream was invalidated, or a
+    collection was dropped or renamed.
     """
 
     def __init__(
@@ -56,10 +67,11 @@ class ChangeFeed:
         store: Store,
         collections: Sequence[str],
         handle: Callable[[list[Change], Checkpoint], Awaitable[bool]],
-        on_history_lost: Callable[[str], Awaitable[None]],
+        on_history_lost: Callable[[str, Sequence[str]], Awaitable[None]],
         name: str = "changes",
         backoff: Backoff | None = None,
         clock: Callable[[], dt.datetime] | None = None,
+        idle_save_interval_s: float = IDLE_SAVE_INTERVAL_S,
     ):
         if not collections:
             raise ValueError("a change feed needs at least one collection")
@@ -72,6 +84,8 @@ class ChangeFeed:
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._stream: ChangeStream | None = None
         self._saved_token = None
+        self._idle_save_interval_s = idle_save_interval_s
+        self._idle_saved_at = float("-inf")
         self.running = False
         self.lag_s: dict[str, float] = {}
         self.last_change_at: dict[str, dt.datetime] = {}
@@ -155,7 +169,7 @@ class ChangeFeed:
             finally:
                 self._interruptible = False
             if event is None:
-                await self._save(stream.resume_token)
+                await self._save_while_idle(stream.resume_token)
                 continue
             events = [event]
             while len(events) < BATCH_MAX and stream.buffered():
@@ -167,7 +181,15 @@ class ChangeFeed:
                         await self._handle_changes(changes, changes[-1].token)
                     await self._invalidated(change)
                     return
+                if change.operation in COLLECTION_GONE:
+                    if changes:
+                        await self._handle_changes(changes, changes[-1].token)
+                        changes = []
+                    await self._collection_gone(change)
+                    continue
                 changes.append(change)
+            if not changes:
+                continue
             await self._handle_changes(changes, stream.resume_token or changes[-1].token)
 
     async def _handle_changes(self, changes: list[Change], token) -> None:
@@ -199,7 +221,7 @@ class ChangeFeed:
         logger.error(
             "change stream invalidated", extra={"feed": self.name, "operation": change.operation}
         )
-        await self._on_history_lost("change_stream_invalidated")
+        await self._on_history_lost("change_stream_invalidated", self._collections)
         await self._close_stream()
         # resume after the invalidate event: the stream starts again from there
         await self._save(change.token)
@@ -208,13 +230,32 @@ class ChangeFeed:
     async def _history_lost(self, exc: ChangeHistoryLost) -> None:
         logger.error("change history lost", extra={"feed": self.name, "error": str(exc)})
         await self._save(None)
-        await self._on_history_lost("change_history_lost")
+        await self._on_history_lost("change_history_lost", self._collections)
+
+    async def _collection_gone(self, change: Change) -> None:
+        """A watched collection was dropped or renamed: the stream goes on (it watches the
+        database), but what clients hold of that collection is history."""
+        gone = [
+            name for name in (change.collection, change.renamed_to) if name in self._collections
+        ]
+        logger.error(
+            "watched collection gone",
+            extra={"feed": self.name, "operation": change.operation, "collections": gone},
+        )
+        await self._on_history_lost(COLLECTION_GONE[change.operation], gone)
+        await self._save(change.token)
 
     def _measure(self, change: Change) -> None:
         if change.collection is None or change.wall_time is None:
             return
         self.lag_s[change.collection] = max(0.0, (self._clock() - change.wall_time).total_seconds())
         self.last_change_at[change.collection] = change.wall_time
+
+    async def _save_while_idle(self, token) -> None:
+        now = time.monotonic()
+        if now - self._idle_saved_at >= self._idle_save_interval_s:
+            await self._save(token)
+            self._idle_saved_at = now
 
     async def _save(self, token) -> None:
         if token != self._saved_token:

@@ -1,9 +1,16 @@
 """The MongoDB adapter: thin on purpose. It only translates the `Store` interface into
 PyMongo's native async API (`AsyncMongoClient`, Motor's successor); resume, retry, mapping and
-replay logic live above it and are shared with the embedded store."""
+replay logic live above it and are shared with the embedded store.
+
+No MongoDB server can run on this project's build machines, so what this module relies on is
+cited where it is used: "manual" is the MongoDB manual (server 6.0+), "driver" is PyMongo 4.20's
+async API. `tests/test_store_contract.py` runs it against a real replica set when
+`MONGODB_URL` is set; `docs/mongodb.md` says what it needs and what it guarantees.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import logging
@@ -15,13 +22,21 @@ from typing import Any, TypeVar
 
 import bson
 from bson import ObjectId
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from bson.errors import BSONError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
+from pymongo.errors import (
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from storage.base import (
     ChangeHistoryLost,
     ChangeStream,
     Checkpoint,
+    DocumentRejected,
     EventBounds,
     NewEvent,
     RequestClaim,
@@ -34,83 +49,180 @@ from storage.base import (
 logger = logging.getLogger(__name__)
 
 SERVER_SELECTION_TIMEOUT_MS = 5_000
+# `with_transaction` retries a transient failure for up to 120 s (driver); an append is given
+# up sooner, so that a broadcast answers 503 and the watcher backs off while MongoDB is away
+TRANSACTION_TIMEOUT_S = 15.0
 AWAIT_TIME_MS = 500
-# server error codes after which a change stream cannot be resumed from its token
+# manual, "Change Events" / error codes: a stream that can never resume from its token
 CHANGE_STREAM_HISTORY_LOST = 286
 INVALID_RESUME_TOKEN = 260
 CHANGE_STREAM_FATAL_ERROR = 280
 UNUSABLE_TOKEN_CODES = frozenset(
     {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR}
 )
+# Errors worth retrying as they are (the driver's retryable-reads/writes codes, in
+# pymongo/helpers_shared.py `_RETRYABLE_ERROR_CODES`, and access denied: dropping a resume
+# token would not grant it). Any other failure to open a stream *from a token* means the token
+# is unusable: a corrupt or foreign one answers FailedToParse (9) or BadValue (2), not 286.
+TRANSIENT_CODES = frozenset(
+    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
+    | {13, 18}  # Unauthorized, AuthenticationFailed
+)
+TRANSIENT_LABELS = ("RetryableError", "ResumableChangeStreamError", "TransientTransactionError")
+INDEX_OPTIONS_CONFLICT = 85  # manual, createIndexes: same keys, other options
+
 EVENTS = "realtime_events"
 COUNTERS = "realtime_counters"
 RESUME_TOKENS = "realtime_resume_tokens"
 IDEMPOTENCY_KEYS = "realtime_idempotency_keys"
+STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS)
+EVENT_SEQUENCE = "events"  # the counter document that hands out event ids
+# the gateway's event ids are read by replays on the primary: an id is acknowledged only once a
+# majority holds it, so a failover cannot take back an event clients were sent
+LOG_WRITE_CONCERN = WriteConcern("majority")
 
 
-def translate_error(exc: PyMongoError) -> StoreError:
-    """PyMongo's errors in the store's terms: history lost (never retried) or transient."""
+def translate_error(exc: Exception) -> StoreError:
+    """What the driver raises in the store's terms: history lost (never retried), a document
+    MongoDB cannot hold, or transient."""
     if isinstance(exc, OperationFailure) and exc.code in UNUSABLE_TOKEN_CODES:
         return ChangeHistoryLost(f"change stream cannot resume (code {exc.code}): {exc}")
+    if isinstance(exc, (BSONError, OverflowError, UnicodeEncodeError)):
+        return DocumentRejected(f"mongodb cannot store this value: {exc}")
     return StoreError(f"mongodb: {exc}")
+
+
+def is_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ConnectionFailure):  # includes server selection and network timeouts
+        return True
+    if isinstance(exc, OperationFailure):
+        return exc.code in TRANSIENT_CODES or any(map(exc.has_error_label, TRANSIENT_LABELS))
+    return False
 
 
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
 def store_errors(method: Method) -> Method:
-    """The one translation point: what the driver raises leaves as `StoreError`, the
-    contract of `storage.base`."""
+    """The one translation point: whatever the driver or BSON raises leaves as `StoreError`,
+    the contract of `storage.base`."""
 
     @functools.wraps(method)
     async def translated(*args: Any, **kwargs: Any) -> Any:
         try:
             return await method(*args, **kwargs)
-        except PyMongoError as exc:
+        except StoreError:
+            raise
+        except (PyMongoError, BSONError, OverflowError, UnicodeEncodeError) as exc:
             raise translate_error(exc) from exc
 
     return translated  # type: ignore[return-value]
 
 
-_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+INT64 = range(-(2**63), 2**63)
 
 
 def id_filter(doc_id: str) -> dict[str, Any]:
-    """Ids travel as strings; ObjectId hex is looked up as either form."""
+    """Ids travel as strings; a document's `_id` may be an ObjectId (its hex in either case),
+    a number, a UUID (subtype 4, the client's `uuidRepresentation="standard"`) or a string."""
+    forms: list[Any] = [doc_id]
     if _OBJECT_ID.fullmatch(doc_id):
-        return {"_id": {"$in": [ObjectId(doc_id), doc_id]}}
-    return {"_id": doc_id}
+        forms.append(ObjectId(doc_id))
+    elif _INTEGER.fullmatch(doc_id) and int(doc_id) in INT64:
+        forms.append(int(doc_id))  # also matches a double of that value: numbers compare by value
+    elif _UUID.fullmatch(doc_id):
+        forms.append(uuid.UUID(doc_id))
+    return {"_id": forms[0]} if len(forms) == 1 else {"_id": {"$in": forms}}
 
 
 class MongoStore(Store):
+    """Documents in `database`; the gateway's own state (event log, id counter, resume tokens,
+    idempotency keys) in `state_database`, so that saving it is never a change of the database
+    being watched, and dropping that database cannot reset the event ids clients hold."""
+
     name = "mongodb"
 
-    def __init__(self, url: str, database: str, event_retention_s: float = 7 * 86400):
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        event_retention_s: float = 7 * 86400,
+        state_database: str | None = None,
+        transaction_timeout_s: float = TRANSACTION_TIMEOUT_S,
+    ):
         self._url = url
         self._database_name = database
+        self._state_database_name = state_database or f"{database}_realtime"
+        if self._state_database_name == database:
+            raise ValueError("the state database must not be the watched database")
         self._event_retention_s = event_retention_s
+        self._transaction_timeout_s = transaction_timeout_s
         self._client: AsyncMongoClient | None = None
-        self.pre_images = False
+        self.server_version: tuple[int, ...] = ()
+        self.images: bool | None = None  # pre- and post-images on every watched collection
 
     def describe(self) -> str:
         host = self._url.split("@")[-1].split("/")[0]  # never the credentials
-        return f"mongodb://{host}/{self._database_name}"
+        return f"mongodb://{host}/{self._database_name} (state: {self._state_database_name})"
+
+    @property
+    def images_supported(self) -> bool:
+        """Change streams give pre- and post-images from MongoDB 6.0 on (manual,
+        "Change Streams with Document Pre- and Post-Images")."""
+        return self.server_version >= (6,)
 
     @store_errors
     async def open(self) -> None:
-        options: dict[str, Any] = {"tz_aware": True}
+        options: dict[str, Any] = {"tz_aware": True, "uuidRepresentation": "standard"}
         if "serverselectiontimeoutms" not in self._url.lower():  # the URL's own value wins
             options["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
         self._client = AsyncMongoClient(self._url, **options)
         await self.ping()
         info = await self.db.command("buildInfo")
-        # pre-images (`fullDocumentBeforeChange`) exist from MongoDB 6.0 on
-        self.pre_images = info.get("versionArray", [0])[0] >= 6
-        events = self.db[EVENTS]
+        self.server_version = tuple(info.get("versionArray", [0])[:2])
+        # transactions cannot create collections before 4.4, nor ever in parallel: make them now
+        for name in STATE_COLLECTIONS:
+            try:
+                await self.state.create_collection(name)
+            except CollectionInvalid:  # it exists
+                pass
+        events = self.state[EVENTS]
         await events.create_index("source", unique=True)
         await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
-        await events.create_index("created", expireAfterSeconds=int(self._event_retention_s))
-        await self.db[IDEMPOTENCY_KEYS].create_index("expires", expireAfterSeconds=0)
+        await self._ensure_ttl(EVENTS, "created", int(self._event_retention_s))
+        await self._ensure_ttl(IDEMPOTENCY_KEYS, "expires", 0)
+        await self._counter_past_the_log()
+
+    async def _ensure_ttl(self, collection: str, field: str, seconds: int) -> None:
+        """A TTL index on `field`. createIndexes cannot change an existing index's
+        `expireAfterSeconds` (IndexOptionsConflict, 85); collMod can (manual, "TTL Indexes:
+        Change the expireAfterSeconds value")."""
+        try:
+            await self.state[collection].create_index(field, expireAfterSeconds=seconds)
+        except OperationFailure as exc:
+            if exc.code != INDEX_OPTIONS_CONFLICT:
+                raise
+            await self.state.command(
+                "collMod",
+                collection,
+                index={"keyPattern": {field: 1}, "expireAfterSeconds": seconds},
+            )
+            logger.info(
+                "TTL index changed", extra={"collection": collection, "expire_after_s": seconds}
+            )
+
+    async def _counter_past_the_log(self) -> None:
+        """The id counter never behind the newest logged event (a restore of the log without
+        its counter would otherwise hand out ids already taken)."""
+        newest = await self.state[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", DESCENDING)])
+        await self.state[COUNTERS].update_one(
+            {"_id": EVENT_SEQUENCE},
+            {"$max": {"seq": newest["_id"] if newest else 0}},
+            upsert=True,
+        )
 
     @store_errors
     async def close(self) -> None:
@@ -119,10 +231,20 @@ class MongoStore(Store):
             self._client = None
 
     @property
-    def db(self):
+    def client(self) -> AsyncMongoClient:
         if self._client is None:
             raise StoreError("the store is not open")
-        return self._client[self._database_name]
+        return self._client
+
+    @property
+    def db(self):
+        """The watched database: bookings, payments and the platform's other collections."""
+        return self.client[self._database_name]
+
+    @property
+    def state(self):
+        """The gateway's own database."""
+        return self.client[self._state_database_name]
 
     @store_errors
     async def ping(self) -> None:
@@ -162,38 +284,92 @@ class MongoStore(Store):
     async def watch(
         self, collections: Sequence[str], resume_after: ResumeToken | None
     ) -> ChangeStream:
+        watched = list(collections)
+        # a database-level stream, so that a drop or rename of a watched collection arrives as
+        # its own `drop`/`rename` event (manual, "Change Events"); `to.coll`: renamed onto one
         pipeline = [
             {
                 "$match": {
                     "$or": [
-                        {"ns.coll": {"$in": list(collections)}},
+                        {"ns.coll": {"$in": watched}},
+                        {"to.coll": {"$in": watched}},
                         {"operationType": {"$in": ["invalidate", "dropDatabase"]}},
                     ]
                 }
             }
         ]
-        options: dict[str, Any] = {
-            "full_document": "updateLookup",
-            "max_await_time_ms": AWAIT_TIME_MS,
-        }
-        if self.pre_images:
+        options: dict[str, Any] = {"max_await_time_ms": AWAIT_TIME_MS}
+        if await self._images_enabled(watched):
+            # the document as it was right after the change, and right before it
+            options["full_document"] = "whenAvailable"
             options["full_document_before_change"] = "whenAvailable"
+        else:
+            # the document as it is when the event is read: a later write or delete shows
+            options["full_document"] = "updateLookup"
         if resume_after is not None:
             options["start_after"] = resume_after
-        return MongoChangeStream(await self.db.watch(pipeline, **options))
+        try:
+            stream = await self.db.watch(pipeline, **options)
+        except OperationFailure as exc:
+            if resume_after is not None and not is_transient(exc):
+                raise ChangeHistoryLost(
+                    f"change stream cannot start after its token (code {exc.code}): {exc}"
+                ) from exc
+            raise
+        return MongoChangeStream(stream)
+
+    async def _images_enabled(self, collections: list[str]) -> bool:
+        """Whether every watched collection records pre- and post-images; said once, loudly,
+        when not (and what is lost without them)."""
+        if not self.server_version:  # never reached the server: nothing to say yet
+            return False
+        if not self.images_supported:
+            enabled = False
+            missing = collections
+        else:
+            found = {
+                info["name"]: info.get("options", {})
+                async for info in await self.db.list_collections(
+                    filter={"name": {"$in": collections}}
+                )
+            }
+            missing = [
+                name
+                for name in collections
+                if not found.get(name, {}).get("changeStreamPreAndPostImages", {}).get("enabled")
+            ]
+            enabled = not missing
+        if self.images is None or self.images != enabled:
+            if not enabled:
+                logger.warning(
+                    "change stream without pre- and post-images: previousStatus may be null or"
+                    " wrong, an update followed by a delete is published without its document,"
+                    " and a deleted booking reaches only its reservation and admin rooms",
+                    extra={
+                        "collections": missing,
+                        "server_version": ".".join(map(str, self.server_version)),
+                        "fix": "MongoDB 6.0+ and collMod <collection>"
+                        " changeStreamPreAndPostImages: {enabled: true}",
+                    },
+                )
+            self.images = enabled
+        return enabled
 
     @store_errors
     async def load_resume_token(self, name: str) -> ResumeToken | None:
-        found = await self.db[RESUME_TOKENS].find_one({"_id": name})
+        found = await self.state[RESUME_TOKENS].find_one({"_id": name})
         return found["token"] if found else None
 
     @store_errors
     async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
+        await self._save_token(name, token)
+
+    async def _save_token(self, name: str, token: ResumeToken | None, session=None) -> None:
         if token is None:
-            await self.db[RESUME_TOKENS].delete_one({"_id": name})
+            await self.state[RESUME_TOKENS].delete_one({"_id": name}, session=session)
         else:
-            await self.db[RESUME_TOKENS].replace_one(
-                {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True
+            await self.state[RESUME_TOKENS].replace_one(
+                {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True, session=session
             )
 
     # -- event log ---------------------------------------------------------------------------
@@ -201,34 +377,63 @@ class MongoStore(Store):
     async def append_events(
         self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
     ) -> list[StoredEvent | None]:
-        stored = await self._append(events)
-        if checkpoint is not None:
-            await self.save_resume_token(checkpoint.name, checkpoint.token)
-        return stored
+        """One transaction: the known-source check, the ids, the inserts and the token.
 
-    async def _append(self, events: Sequence[NewEvent]) -> list[StoredEvent | None]:
+        Every append increments the one counter document, so two appends at once write-conflict
+        and the driver runs the later one again once the earlier committed (driver,
+        `AsyncClientSession.with_transaction`: retried on "TransientTransactionError"). Ids
+        therefore become visible in order: a replay that has read id 13 never finds 11 later.
+        """
+        events = list(events)
+        for attempt in (1, 2):
+            try:
+                async with (
+                    asyncio.timeout(self._transaction_timeout_s),
+                    self.client.start_session() as session,  # a plain call (driver)
+                ):
+                    return await session.with_transaction(
+                        lambda session: self._append(session, events, checkpoint),
+                        write_concern=LOG_WRITE_CONCERN,
+                    )
+            except TimeoutError:
+                raise StoreError(
+                    f"the event log append did not commit within {self._transaction_timeout_s:g} s"
+                ) from None
+            except DuplicateKeyError as exc:
+                # only a duplicate source means "already logged" (by a writer outside these
+                # transactions): read again. An id taken twice means the counter went back.
+                if _index_of(exc) != {"source": 1} or attempt == 2:
+                    raise StoreError(
+                        f"the event log refused an append ({_index_of(exc)} taken): {exc}"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    async def _append(
+        self, session, events: list[NewEvent], checkpoint: Checkpoint | None
+    ) -> list[StoredEvent | None]:
+        # command errors leave this callback: the driver aborts, and retries what it may
+        log = self.state[EVENTS]
         known = {
             doc["source"]
-            async for doc in self.db[EVENTS].find(
-                {"source": {"$in": [e.source for e in events]}}, {"source": 1}
+            async for doc in log.find(
+                {"source": {"$in": [e.source for e in events]}}, {"source": 1}, session=session
             )
         }
         fresh = [e for e in events if e.source not in known]
-        if not fresh:
-            return [None] * len(events)
-        counter = await self.db[COUNTERS].find_one_and_update(
-            {"_id": "events"},
-            {"$inc": {"seq": len(fresh)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
-        first = counter["seq"] - len(fresh) + 1
-        now_ms = int(time.time() * 1000)
-        created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
-        stored: dict[str, StoredEvent | None] = {}
-        for seq, event in enumerate(fresh, start=first):
-            try:
-                await self.db[EVENTS].insert_one(
+        stored: dict[str, StoredEvent] = {}
+        if fresh:
+            counter = await self.state[COUNTERS].find_one_and_update(
+                {"_id": EVENT_SEQUENCE},
+                {"$inc": {"seq": len(fresh)}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+                session=session,
+            )
+            first = counter["seq"] - len(fresh) + 1
+            now_ms = int(time.time() * 1000)
+            created = dt.datetime.fromtimestamp(now_ms / 1000, tz=dt.UTC)
+            await log.insert_many(
+                [
                     {
                         "_id": seq,
                         "source": event.source,
@@ -237,17 +442,21 @@ class MongoStore(Store):
                         "rooms": list(event.rooms),
                         "created": created,
                     }
-                )
+                    for seq, event in enumerate(fresh, start=first)
+                ],
+                session=session,
+            )
+            for seq, event in enumerate(fresh, start=first):
                 stored[event.source] = StoredEvent(
                     seq, now_ms, event.name, event.payload, tuple(event.rooms)
                 )
-            except DuplicateKeyError:  # another instance logged it first
-                stored[event.source] = None
+        if checkpoint is not None:
+            await self._save_token(checkpoint.name, checkpoint.token, session=session)
         return [stored.get(e.source) for e in events]
 
     @store_errors
     async def find_event(self, source: str) -> StoredEvent | None:
-        doc = await self.db[EVENTS].find_one({"source": source})
+        doc = await self.state[EVENTS].find_one({"source": source})
         return self._stored(doc) if doc is not None else None
 
     @store_errors
@@ -255,7 +464,7 @@ class MongoStore(Store):
         self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
     ) -> list[StoredEvent]:
         cursor = (
-            self.db[EVENTS]
+            self.state[EVENTS]
             .find({"rooms": room, "_id": {"$gt": after_sequence}})
             .sort("_id", ASCENDING)
             .limit(limit)
@@ -271,10 +480,10 @@ class MongoStore(Store):
 
     @store_errors
     async def event_bounds(self, room: str) -> EventBounds:
-        oldest = await self.db[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
-        counter = await self.db[COUNTERS].find_one({"_id": "events"})
-        room_newest = await self.db[EVENTS].find_one(
-            {"rooms": room}, {"_id": 1}, sort=[("_id", -1)]
+        oldest = await self.state[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
+        counter = await self.state[COUNTERS].find_one({"_id": EVENT_SEQUENCE})
+        room_newest = await self.state[EVENTS].find_one(
+            {"rooms": room}, {"_id": 1}, sort=[("_id", DESCENDING)]
         )
         return EventBounds(
             oldest["_id"] if oldest else None,
@@ -297,26 +506,40 @@ class MongoStore(Store):
             "response": None,
             "expires": now + dt.timedelta(seconds=ttl_s),
         }
-        try:
-            # replaces a record whose time has passed (the TTL monitor may not have deleted it
-            # yet), inserts one where there is none; a live one makes the upsert collide
-            doc = await self.db[IDEMPOTENCY_KEYS].find_one_and_update(
-                {"_id": key, "expires": {"$lte": now}},
-                {"$set": fresh},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            doc = await self.db[IDEMPOTENCY_KEYS].find_one({"_id": key})
-            if doc is None:  # expired and deleted between the two calls: claim again
-                return await self.claim_request(key, fingerprint, ttl_s)
-        return RequestClaim(doc["fingerprint"], doc.get("nonce", ""), doc.get("response"))
+        for _ in range(3):
+            try:
+                # replaces a record whose time has passed (the TTL monitor deletes expired
+                # documents only once a minute: manual, "TTL Indexes"), inserts one where there
+                # is none; a live one makes the upsert collide on `_id`
+                doc = await self.state[IDEMPOTENCY_KEYS].find_one_and_update(
+                    {"_id": key, "expires": {"$lte": now}},
+                    {"$set": fresh},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                doc = await self.state[IDEMPOTENCY_KEYS].find_one(
+                    {"_id": key, "expires": {"$gt": now}}
+                )
+            if doc is not None:  # else it expired between the two calls: claim again
+                return RequestClaim(doc["fingerprint"], doc.get("nonce", ""), doc.get("response"))
+        raise StoreError(f"idempotency key {key!r} could not be claimed")
 
     @store_errors
     async def complete_request(self, key: str, nonce: str, response: dict[str, Any]) -> None:
-        await self.db[IDEMPOTENCY_KEYS].update_one(
+        await self.state[IDEMPOTENCY_KEYS].update_one(
             {"_id": key, "nonce": nonce}, {"$set": {"response": response}}
         )
+
+
+def _index_of(exc: DuplicateKeyError) -> dict[str, Any] | None:
+    """The key pattern a duplicate-key error names (server 4.2+ reports `keyPattern`)."""
+    details = exc.details or {}
+    pattern = details.get("keyPattern")
+    if isinstance(pattern, Mapping):
+        return dict(pattern)
+    match = re.search(r"index: (\w+)", str(details.get("errmsg", exc)))
+    return {"source": 1} if match and match.group(1) == "source_1" else None
 
 
 class MongoChangeStream(ChangeStream):

@@ -91,7 +91,9 @@ class ScriptedStore:
         self.saved.append(token)
 
 
-def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
+def feed_for(
+    store, handled: list, resyncs: list, fail_on=None, idle_save_interval_s: float = 0.0
+) -> ChangeFeed:
     async def handle(changes, checkpoint):
         for change in changes:
             if fail_on and change.document_id in fail_on:
@@ -99,10 +101,18 @@ def feed_for(store, handled: list, resyncs: list, fail_on=None) -> ChangeFeed:
         handled.extend(change.document_id for change in changes)
         return False  # the feed saves the token
 
-    async def resync(reason):
+    async def resync(reason, collections):
         resyncs.append(reason)
 
-    return ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0), clock=lambda: NOW)
+    return ChangeFeed(
+        store,
+        ["bookings", "payments"],
+        handle,
+        resync,
+        backoff=Backoff(0, 0),
+        clock=lambda: NOW,
+        idle_save_interval_s=idle_save_interval_s,
+    )
 
 
 async def test_changes_are_handled_in_order_and_every_token_is_saved():
@@ -205,7 +215,7 @@ async def test_buffered_changes_are_handed_over_together_and_checkpointed_once()
         batches.append(([c.document_id for c in changes], checkpoint.token))
         return False
 
-    async def resync(reason):
+    async def resync(reason, collections):
         pass
 
     feed = ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0))
@@ -213,3 +223,62 @@ async def test_buffered_changes_are_handed_over_together_and_checkpointed_once()
         await feed.run()
     assert batches == [(["b1", "b2", "b3"], {"_data": "0003"}), (["b4"], {"_data": "0004"})]
     assert feed.changes_handled == 4
+
+
+def collection_event(n: int, operation: str, coll: str, to: str | None = None) -> dict:
+    found = {"_id": {"_data": f"{n:04d}"}, "operationType": operation, "ns": {"coll": coll}}
+    if to is not None:
+        found["to"] = {"coll": to}
+    return found
+
+
+@pytest.mark.parametrize(
+    "gone, reason, collections",
+    [
+        (collection_event(2, "drop", "bookings"), "collection_dropped", ["bookings"]),
+        (collection_event(2, "rename", "payments", "old"), "collection_renamed", ["payments"]),
+        (collection_event(2, "rename", "staging", "bookings"), "collection_renamed", ["bookings"]),
+    ],
+)
+async def test_a_watched_collection_dropped_or_renamed_resyncs_its_rooms_and_goes_on(
+    gone, reason, collections
+):
+    # a database-level stream is not invalidated by a drop or rename: it goes on after it
+    store = ScriptedStore([event(1), gone, event(3)], batches=True)
+    handled, told = [], []
+
+    async def handle(changes, checkpoint):
+        handled.extend(change.document_id for change in changes)
+        return False
+
+    async def resync(why, which):
+        told.append((why, list(which), list(handled)))
+
+    feed = ChangeFeed(store, ["bookings", "payments"], handle, resync, backoff=Backoff(0, 0))
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert told == [(reason, collections, ["b1"])]  # after what came before it
+    assert handled == ["b1", "b3"]
+    assert store.watched_from == [None]  # the same stream throughout
+    assert {"_data": "0002"} in store.saved
+
+
+async def test_an_idle_stream_saves_its_token_at_most_once_per_interval():
+    idle = [("idle", {"_data": f"{n:04d}"}) for n in range(1, 6)]
+    throttled = ScriptedStore(list(idle))
+    with pytest.raises(ScriptDone):
+        await feed_for(throttled, [], [], idle_save_interval_s=3600).run()
+    # at open, then the first idle token; not the four after it within the hour
+    assert throttled.saved == [{"_data": "start"}, {"_data": "0001"}]
+
+    every_time = ScriptedStore(list(idle))
+    with pytest.raises(ScriptDone):
+        await feed_for(every_time, [], [], idle_save_interval_s=0).run()
+    assert every_time.saved[-1] == {"_data": "0005"} and len(every_time.saved) == 6
+
+
+async def test_a_handled_change_saves_its_token_whatever_the_idle_interval():
+    store = ScriptedStore([("idle", {"_data": "0001"}), event(2), ("idle", {"_data": "0003"})])
+    with pytest.raises(ScriptDone):
+        await feed_for(store, [], [], idle_save_interval_s=3600).run()
+    assert store.saved == [{"_data": "start"}, {"_data": "0001"}, {"_data": "0002"}]

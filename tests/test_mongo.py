@@ -5,11 +5,39 @@ driver failing to reach a server, come out as the store's own errors."""
 
 from __future__ import annotations
 
-import pytest
-from pymongo.errors import AutoReconnect, ConnectionFailure, NetworkTimeout, OperationFailure
+import logging
+import uuid
 
-from storage.base import ChangeHistoryLost, Checkpoint, NewEvent, Store, StoreError
-from storage.mongo import MongoChangeStream, MongoStore, translate_error
+import pytest
+from bson import ObjectId
+from bson.binary import Binary
+from bson.errors import InvalidDocument
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    NetworkTimeout,
+    OperationFailure,
+)
+
+from realtime.errors import answer_for
+from realtime.wire import id_string
+from storage.base import (
+    ChangeHistoryLost,
+    Checkpoint,
+    DocumentRejected,
+    NewEvent,
+    Store,
+    StoreError,
+)
+from storage.mongo import (
+    EVENTS,
+    MongoChangeStream,
+    MongoStore,
+    _index_of,
+    id_filter,
+    translate_error,
+)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +74,9 @@ async def test_the_mongodb_stream_translates_what_pymongo_raises():
 async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driver_error(free_port):
     # (does not run MongoDB: the real driver, pointed at a port where nothing listens)
     store = MongoStore(
-        f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=100", "realtime_unreachable"
+        f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=100",
+        "realtime_unreachable",
+        transaction_timeout_s=1,
     )
     try:
         calls = {
@@ -76,3 +106,158 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
                 pytest.fail(f"{name} did not raise")
     finally:
         await store.close()
+
+
+# -- what the adapter decides from the driver's real exceptions (none of these run MongoDB) --
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationFailure("Failed to parse resume token", code=9),  # FailedToParse
+        OperationFailure("KeyString format error", code=50811),
+        OperationFailure("BadValue", code=2),
+    ],
+)
+async def test_without_mongodb_a_token_the_server_cannot_parse_is_history_lost(error):
+    store = StandInStore(watch_error=error)
+    with pytest.raises(ChangeHistoryLost):
+        await store.watch(["bookings"], {"_data": "foreign"})
+    with pytest.raises(StoreError) as raised:  # from now, the same failure is not about a token
+        await store.watch(["bookings"], None)
+    assert not isinstance(raised.value, ChangeHistoryLost)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationFailure("not primary", code=10107),
+        OperationFailure("interrupted at shutdown", code=11600),
+        OperationFailure("not authorized", code=13),
+        OperationFailure("labelled", code=1, details={"errorLabels": ["RetryableError"]}),
+        AutoReconnect("connection reset"),
+    ],
+)
+async def test_without_mongodb_a_transient_failure_to_open_keeps_the_token(error):
+    store = StandInStore(watch_error=error)
+    with pytest.raises(StoreError) as raised:
+        await store.watch(["bookings"], {"_data": "8265"})
+    assert not isinstance(raised.value, ChangeHistoryLost)
+
+
+async def test_without_mongodb_a_changed_retention_is_applied_with_collmod():
+    conflict = OperationFailure("IndexOptionsConflict: expireAfterSeconds differs", code=85)
+    store = StandInStore(create_index_error=conflict)
+    await store._ensure_ttl(EVENTS, "created", 3600)
+    assert store.commands == [
+        ("collMod", EVENTS, {"index": {"keyPattern": {"created": 1}, "expireAfterSeconds": 3600}})
+    ]
+    other = StandInStore(create_index_error=OperationFailure("no space", code=14031))
+    with pytest.raises(OperationFailure):
+        await other._ensure_ttl(EVENTS, "created", 3600)
+    assert other.commands == []
+
+
+@pytest.mark.parametrize(
+    "error, rejected",
+    [
+        (OverflowError("MongoDB can only handle up to 8-byte ints"), True),
+        (InvalidDocument("Key names must not contain the NULL byte"), True),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), True),
+        (DuplicateKeyError("E11000", 11000), False),
+    ],
+)
+def test_values_mongodb_cannot_hold_are_rejected_not_retried(error, rejected):
+    translated = translate_error(error)
+    assert isinstance(translated, StoreError)
+    assert isinstance(translated, DocumentRejected) is rejected
+
+
+def test_only_a_duplicate_source_reads_as_already_logged():
+    on_source = DuplicateKeyError(
+        "E11000 duplicate key error collection: x.realtime_events index: source_1",
+        11000,
+        {"keyPattern": {"source": 1}, "keyValue": {"source": "change:a:0"}},
+    )
+    on_id = DuplicateKeyError(
+        "E11000 duplicate key error collection: x.realtime_events index: _id_",
+        11000,
+        {"keyPattern": {"_id": 1}, "keyValue": {"_id": 11}},
+    )
+    legacy = DuplicateKeyError("E11000", 11000, {"errmsg": "E11000 ... index: source_1 dup key"})
+    assert _index_of(on_source) == {"source": 1}
+    assert _index_of(on_id) == {"_id": 1}
+    assert _index_of(legacy) == {"source": 1}
+
+
+def test_ids_are_looked_up_in_every_form_mongodb_may_hold_them():
+    oid = ObjectId()
+    assert id_filter(str(oid).upper()) == {"_id": {"$in": [str(oid).upper(), oid]}}
+    assert id_filter("42") == {"_id": {"$in": ["42", 42]}}
+    assert id_filter("-7") == {"_id": {"$in": ["-7", -7]}}
+    assert id_filter("9" * 20) == {"_id": "9" * 20}  # beyond 64 bits: only a string
+    uid = uuid.uuid4()
+    assert id_filter(str(uid)) == {"_id": {"$in": [str(uid), uid]}}
+    assert id_filter("b-1") == {"_id": "b-1"}
+
+
+def test_uuid_ids_travel_in_their_canonical_form():
+    uid = uuid.uuid4()
+    assert id_string(uid) == str(uid)
+    assert id_string(Binary.from_uuid(uid)) == str(uid)  # read without a uuidRepresentation
+    assert id_string(Binary(b"\x00" * 16, 0)) is None  # plain binary is no id
+
+
+def test_the_state_database_is_never_the_watched_one():
+    with pytest.raises(ValueError):
+        MongoStore("mongodb://127.0.0.1/", "booking", state_database="booking")
+    assert "booking_realtime" in MongoStore("mongodb://127.0.0.1/", "booking").describe()
+
+
+class StandInStore(MongoStore):
+    """A MongoStore whose databases are stand-ins raising the driver's real exceptions: only
+    the calls these tests make (server 5.0, so no image check)."""
+
+    def __init__(self, watch_error=None, create_index_error=None):
+        super().__init__("mongodb://127.0.0.1/", "booking")
+        self.server_version = (5, 0)
+        self.commands: list = []
+        self._watch_error = watch_error
+        self._create_index_error = create_index_error
+
+    @property
+    def db(self):
+        return self._stand_in()
+
+    @property
+    def state(self):
+        return self._stand_in()
+
+    def _stand_in(self):
+        store = self
+
+        class Collection:
+            async def create_index(self, *args, **kwargs):
+                if store._create_index_error is not None:
+                    raise store._create_index_error
+
+        class Database:
+            def __getitem__(self, name):
+                return Collection()
+
+            async def watch(self, pipeline, **options):
+                raise store._watch_error
+
+            async def command(self, name, value, **kwargs):
+                store.commands.append((name, value, kwargs))
+
+        return Database()
+
+
+def test_a_value_mongodb_cannot_hold_is_answered_as_the_callers_fault_not_an_outage():
+    log = logging.getLogger("test")
+    rejected = translate_error(OverflowError("MongoDB can only handle up to 8-byte ints"))
+    answer = answer_for(rejected, "broadcast", log)
+    assert (answer.code, answer.http_status) == ("invalid_payload", 400)  # retrying cannot help
+    outage = answer_for(translate_error(AutoReconnect("gone")), "broadcast", log)
+    assert (outage.code, outage.http_status) == ("unavailable", 503)

@@ -391,3 +391,21 @@ async def test_every_instance_takes_its_own_sockets_out_of_a_moved_booking_room(
     finally:
         for customer in customers:
             await customer.close()
+
+
+async def test_a_dropped_collection_tells_clients_to_refetch_its_rooms(
+    gateway, connect, client_kind
+):
+    customer = await connect(client_kind, sub="c1")
+    store = gateway.store
+    await store.insert_document("payments", {"customerId": "c1", "status": "paid", "amount": 5})
+    assert (await customer.next_event("payment_update"))["amount"] == 5
+    await store.drop_collection("payments")
+    resync = await customer.next_event("resync")
+    assert resync == {
+        "reason": "collection_dropped",
+        "rooms": ["reservation-*", "user-*", "shop-*", "admin-payments"],
+    }
+    # the stream goes on: later changes still arrive
+    await store.insert_document("bookings", {"customerId": "c1", "status": "pending", **SLOT})
+    assert (await customer.next_event("reservation_update"))["status"] == "pending"

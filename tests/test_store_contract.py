@@ -9,8 +9,9 @@ import os
 import uuid
 
 import pytest
+from bson import ObjectId
 
-from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent
+from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent, StoreError
 from storage.mongo import MongoStore
 from storage.sqlite.store import SqliteStore
 
@@ -23,30 +24,50 @@ MONGODB_SKIP = (
 
 
 @pytest.fixture(params=["sqlite", "mongodb"])
-async def store(request, tmp_path):
-    if request.param == "mongodb":
-        url = os.environ.get("MONGODB_URL")
-        if not url:
-            pytest.skip(MONGODB_SKIP)
-        store = MongoStore(url, f"realtime_contract_{uuid.uuid4().hex[:12]}")
+async def stores(request, tmp_path):
+    """Opens stores on one set of data: `await stores()` (more than one: concurrent writers,
+    or a restart); `retention_s` as `EVENT_RETENTION`."""
+    url = os.environ.get("MONGODB_URL")
+    if request.param == "mongodb" and not url:
+        pytest.skip(MONGODB_SKIP)
+    name = f"realtime_contract_{uuid.uuid4().hex[:12]}"
+    opened = []
+
+    async def open_store(retention_s: float = 7 * 86400):
+        if request.param == "mongodb":
+            store = MongoStore(url, name, event_retention_s=retention_s)
+        else:
+            store = SqliteStore(str(tmp_path / "contract.db"), poll_ms=10, retention_s=retention_s)
         await store.open()
-        if store.pre_images:
-            for name in ("bookings", "payments"):
-                await store.db.create_collection(
-                    name, changeStreamPreAndPostImages={"enabled": True}
-                )
-        yield store
-        await store._client.drop_database(store.db.name)
+        opened.append(store)
+        return store
+
+    yield open_store
+    if request.param == "mongodb" and opened:
+        await opened[0].client.drop_database(opened[0].db.name)
+        await opened[0].client.drop_database(opened[0].state.name)
+    for store in opened:
         await store.close()
-    else:
-        store = SqliteStore(str(tmp_path / "contract.db"), poll_ms=10)
-        await store.open()
-        yield store
-        await store.close()
+
+
+@pytest.fixture
+async def store(stores):
+    store = await stores()
+    if isinstance(store, MongoStore) and store.images_supported:
+        for name in ("bookings", "payments"):
+            await store.db.create_collection(name, changeStreamPreAndPostImages={"enabled": True})
+    return store
+
+
+@pytest.fixture
+def mongo_store(store):
+    if not isinstance(store, MongoStore):
+        pytest.skip("MongoDB only: the embedded store has no such behaviour to show")
+    return store
 
 
 def keeps_pre_images(store) -> bool:
-    return isinstance(store, SqliteStore) or store.pre_images
+    return isinstance(store, SqliteStore) or store.images_supported
 
 
 async def next_change(stream) -> Change:
@@ -286,3 +307,134 @@ async def test_room_events_can_be_read_in_slices_bounded_in_bytes(store):
     assert len(await store.room_events("user-c1", start, 10, max_bytes=1)) == 1  # one at least
     assert len(await store.room_events("user-c1", start, 2, max_bytes=10**6)) == 2
     assert len(await store.room_events("user-c1", start, 10)) == 5
+
+
+async def test_ids_taken_by_two_writers_become_visible_in_order(stores):
+    # two gateways (or a broadcast beside the watcher) appending at once: a replay that has
+    # read id n must never find an id below n later, or it would skip it for good
+    writers = [await stores(), await stores()]
+    reader = writers[0]
+    per_writer, room = 30, "user-race"
+
+    async def append(writer, tag: str) -> None:
+        for n in range(per_writer):
+            await writer.append_events([NewEvent("notification", {"n": n}, (room,), f"{tag}:{n}")])
+
+    appending = asyncio.gather(
+        *(append(writer, f"w{i}") for i, writer in enumerate(writers)),
+        *(append(writer, f"x{i}") for i, writer in enumerate(writers)),
+    )
+    seen: list[int] = []
+    while True:
+        done = appending.done()
+        found = [e.sequence for e in await reader.room_events(room, 0, 10_000)]
+        assert found == sorted(found)
+        assert found[: len(seen)] == seen  # nothing appeared below what was already read
+        seen = found
+        if done:
+            break
+        await asyncio.sleep(0)  # let the writers on (the reads themselves yield too)
+    await appending
+    assert len(seen) == len(set(seen)) == 4 * per_writer
+
+
+async def rewind_counter(store) -> None:
+    """Put the id counter back to 0, as a restore of the log without its counter would."""
+    if isinstance(store, MongoStore):
+        await store.state["realtime_counters"].update_one({"_id": "events"}, {"$set": {"seq": 0}})
+    else:
+        await store._run(
+            lambda db: db.execute("UPDATE sqlite_sequence SET seq = 0 WHERE name = 'events'")
+        )
+
+
+async def test_a_counter_behind_the_log_never_reads_as_already_logged(stores):
+    store = await stores()
+    [first] = await store.append_events([NewEvent("notification", {}, ("user-u",), "s1")])
+    await rewind_counter(store)
+    token = {"_data": "00000000000000bb"}
+    try:
+        [second] = await store.append_events(
+            [NewEvent("notification", {}, ("user-u",), "s2")], Checkpoint("feed", token)
+        )
+    except StoreError:  # refused whole: nothing logged, no token saved with it
+        assert await store.find_event("s2") is None
+        assert await store.load_resume_token("feed") is None
+    else:  # or given a fresh id; never "already logged", never an id taken
+        assert second is not None and second.sequence > first.sequence
+    restarted = await stores()  # a restart puts the counter past the log
+    [third] = await restarted.append_events([NewEvent("notification", {}, ("user-u",), "s3")])
+    assert third.sequence > first.sequence
+
+
+async def test_documents_are_found_by_any_form_of_their_id(store):
+    generated = await store.insert_document("bookings", {"status": "pending"})
+    assert (await store.get_document("bookings", generated.upper()))["status"] == "pending"
+    assert await store.update_document("bookings", generated.upper(), {"status": "x"})
+    assert await store.insert_document("bookings", {"_id": 42, "status": "n"}) == "42"
+    assert (await store.get_document("bookings", "42"))["status"] == "n"
+    assert await store.delete_document("bookings", "42")
+    uid = uuid.uuid4()
+    assert await store.insert_document("bookings", {"_id": uid, "status": "u"}) == str(uid)
+    assert (await store.get_document("bookings", str(uid)))["status"] == "u"
+
+
+async def test_mongodb_ids_of_every_type_are_found_by_their_string(mongo_store):
+    oid, uid = ObjectId(), uuid.uuid4()
+    for doc_id in (oid, 7, 8.0, uid, "plain"):
+        await mongo_store.db["bookings"].insert_one({"_id": doc_id, "shopId": "s1"})
+    for text in (str(oid), str(oid).upper(), "7", "8", str(uid), str(uid).upper(), "plain"):
+        assert await mongo_store.get_document("bookings", text) is not None, text
+
+
+async def test_mongodb_keeps_the_gateway_state_out_of_the_watched_database(mongo_store):
+    await mongo_store.append_events(
+        [NewEvent("notification", {}, ("user-u",), "s")], Checkpoint("feed", {"_data": "01"})
+    )
+    await mongo_store.claim_request("k", "f", 60)
+    await mongo_store.insert_document("bookings", {"status": "pending"})
+    watched = set(await mongo_store.db.list_collection_names())
+    state = set(await mongo_store.state.list_collection_names())
+    assert not any(name.startswith("realtime_") for name in watched)
+    assert {"realtime_events", "realtime_counters", "realtime_resume_tokens"} <= state
+    assert mongo_store.state.name == f"{mongo_store.db.name}_realtime"
+
+
+async def test_mongodb_applies_a_changed_retention_to_its_ttl_index(stores):
+    first = await stores(retention_s=3600)
+    if not isinstance(first, MongoStore):
+        pytest.skip("MongoDB only: the embedded store prunes by its setting, it has no index")
+    await stores(retention_s=7200)  # createIndex alone would fail here (IndexOptionsConflict)
+    indexes = await first.state["realtime_events"].index_information()
+    assert indexes["created_1"]["expireAfterSeconds"] == 7200
+
+
+async def test_mongodb_refuses_values_bson_cannot_hold_as_a_store_error(mongo_store):
+    for document in ({"n": 2**70}, {"bad\x00key": 1}, {"text": "\ud800"}):
+        with pytest.raises(StoreError):
+            await mongo_store.insert_document("bookings", document)
+
+
+async def test_mongodb_reads_a_dropped_or_renamed_collection_as_its_own_change(mongo_store):
+    await mongo_store.insert_document("payments", {"amount": 1})
+    await mongo_store.insert_document("bookings", {"status": "pending"})
+    stream = await mongo_store.watch(["bookings", "payments"], None)
+    try:
+        await mongo_store.db.drop_collection("payments")
+        await mongo_store.db["bookings"].rename("bookings_archive")
+        await mongo_store.db["staging"].insert_one({"n": 1})
+        await mongo_store.db["staging"].rename("bookings")
+        dropped = await next_change(stream)
+        assert (dropped.operation, dropped.collection) == ("drop", "payments")
+        away = await next_change(stream)
+        assert (away.operation, away.collection, away.renamed_to) == (
+            "rename",
+            "bookings",
+            "bookings_archive",
+        )
+        onto = await next_change(stream)
+        assert (onto.operation, onto.renamed_to) == ("rename", "bookings")
+        await mongo_store.insert_document("payments", {"amount": 2})  # the stream goes on
+        assert (await next_change(stream)).operation == "insert"
+    finally:
+        await stream.close()

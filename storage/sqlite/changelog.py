@@ -135,10 +135,11 @@ def _change_event(
         "_id": token(seq),
         "operationType": operation,
         "ns": {"db": database, "coll": collection},
-        "documentKey": {"_id": doc_id},
         "clusterTime": Timestamp(wall_time_ms // 1000, seq % 2**32),
         "wallTime": dt.datetime.fromtimestamp(wall_time_ms / 1000, tz=dt.UTC),
     }
+    if doc_id != "":  # a collection's own change (drop) concerns no document
+        event["documentKey"] = {"_id": doc_id}
     if full_document is not None:
         event["fullDocument"] = json.loads(full_document)
     if before_document is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -148,6 +149,17 @@ class SqliteStore(Store):
     async def delete_document(self, collection: str, doc_id: str) -> bool:
         return await self._run(_delete, collection, str(doc_id))
 
+    async def drop_collection(self, collection: str) -> None:
+        """Delete the collection's documents with one `drop` change, as MongoDB's `drop`
+        command appears on a database's change stream."""
+
+        def drop(db: sqlite3.Connection) -> None:
+            with write_transaction(db):
+                db.execute("DELETE FROM documents WHERE collection = ?", (collection,))
+                changelog.record(db, collection, "drop", "")
+
+        await self._run(drop)
+
     # -- changes -----------------------------------------------------------------------------
     async def watch(
         self, collections: Sequence[str], resume_after: ResumeToken | None
@@ -224,7 +236,25 @@ class SqliteStore(Store):
 # What runs on the connection's thread, one transaction each.
 
 
+_OBJECT_ID = re.compile(r"[0-9a-fA-F]{24}")
+
+
+def _stored_id(db: sqlite3.Connection, collection: str, doc_id: str) -> str | None:
+    """The id a document is stored under; ObjectId hex is found in either case, as MongoDB
+    finds an ObjectId from it."""
+    candidates = [doc_id]
+    if _OBJECT_ID.fullmatch(doc_id) and doc_id.lower() != doc_id:
+        candidates.append(doc_id.lower())
+    for candidate in candidates:
+        if db.execute(
+            "SELECT 1 FROM documents WHERE collection = ? AND id = ?", (collection, candidate)
+        ).fetchone():
+            return candidate
+    return None
+
+
 def _get(db: sqlite3.Connection, collection: str, doc_id: str) -> dict[str, Any] | None:
+    doc_id = _stored_id(db, collection, doc_id) or doc_id
     row = db.execute(
         "SELECT body FROM documents WHERE collection = ? AND id = ?", (collection, doc_id)
     ).fetchone()
@@ -247,6 +277,7 @@ def _insert(db: sqlite3.Connection, collection: str, document: dict[str, Any]) -
 
 def _update(db: sqlite3.Connection, collection: str, doc_id: str, fields: dict[str, Any]) -> bool:
     with write_transaction(db):
+        doc_id = _stored_id(db, collection, doc_id) or doc_id
         before = _get(db, collection, doc_id)
         if before is None or not fields:
             return before is not None
@@ -271,6 +302,7 @@ def _update(db: sqlite3.Connection, collection: str, doc_id: str, fields: dict[s
 
 def _delete(db: sqlite3.Connection, collection: str, doc_id: str) -> bool:
     with write_transaction(db):
+        doc_id = _stored_id(db, collection, doc_id) or doc_id
         before = _get(db, collection, doc_id)
         if before is None:
             return False

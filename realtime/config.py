@@ -89,6 +89,7 @@ class Settings:
     client_backlog_max: int = 1000
     client_backlog_max_bytes: int = 2_000_000
     client_stall_timeout_s: float = 30.0
+    watcher_lease_ttl_s: float = 10.0
 
     @property
     def uses_mongodb(self) -> bool:
@@ -360,6 +361,12 @@ class SettingsSchema(Schema):
         "CLIENT_STALL_TIMEOUT",
         "seconds a replay waits for a client that reads nothing before its transport is closed",
         "30",
+    )
+    watcher_lease_ttl_s = _env(
+        fields.Float(validate=validate.Range(min=0.5, max=3600)),
+        "WATCHER_LEASE_TTL",
+        "seconds the change watcher's lease lasts: a dead holder is replaced within this time",
+        "10",
     )
 
     @post_load

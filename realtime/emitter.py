@@ -2,12 +2,20 @@
 
 Data events (from changes and from `POST /broadcast` alike) are first written to the event log,
 which gives each its `eventId` from one ordered sequence and refuses a source it has seen
-(a change processed again after a crash), and only then emitted to their rooms.
+(a change processed again after a crash), and only then delivered to their rooms.
+
+Every instance delivers the log in sequence order: an event is sent to this instance's sockets
+only once every event before it has been, whichever instance logged it. Events arrive by the
+fastest way there is (this instance's own appends, the Redis bus from the others) and a hole
+(an id not yet heard of) is filled from the log, which is also read on a timer: a Redis message
+is never the only copy of an event, and an outage or a deaf subscription delays events but
+never loses or reorders them. `docs/scaling.md` says why this design.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,11 +27,13 @@ from realtime import events
 from realtime.errors import GatewayError
 from realtime.transport import TransportControl
 from realtime.wire import event_id, wire_payload
-from storage.base import Checkpoint, NewEvent, Store, StoredEvent
+from storage.base import Checkpoint, NewEvent, Store, StoredEvent, StoreError
 
 logger = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500  # events read from the log at once, at most
+CATCH_UP_INTERVAL_S = 0.5  # how often the log is read for events no message brought
+PENDING_MAX = 10_000  # events held ahead of a hole; past it they are read again from the log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,47 +55,130 @@ class Emitter:
         transports: TransportControl,
         replay_max: int = 10_000,
         stall_timeout_s: float = 30.0,
+        catch_up_interval_s: float = CATCH_UP_INTERVAL_S,
     ):
         self._sio = sio
         self._store = store
         self._transports = transports
         self._replay_max = replay_max
         self._stall_timeout_s = stall_timeout_s
-        # Held while events are logged and emitted, and while a replaying socket catches up
-        # and enters its room: so ids go out in order and nothing slips between the two.
+        self._catch_up_interval_s = catch_up_interval_s
+        # Held while events are delivered, and while a replaying socket catches up and enters
+        # its room: so ids go out in order and nothing slips between the two.
         self._lock = asyncio.Lock()
         self._after_emit: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
+        self._announce: Callable[[list[StoredEvent]], Awaitable[None]] | None = None
+        self.delivered: int | None = None  # every event up to this id is delivered here
+        self._pending: dict[int, StoredEvent] = {}  # heard of, ahead of a hole
+        self._catching_up: asyncio.Task | None = None
         self.emitted: dict[str, int] = {}
+        self.caught_up = 0  # events this instance read from the log: no message brought them
 
     def after_emit(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
-        """Run `listener(name, payload)` after each data event this instance publishes is
-        emitted, before the next one goes out (under the publish lock); also for an event
-        another instance logged first (and emitted through Redis), so that every instance
-        acts on it for its own sockets."""
+        """Run `listener(name, payload)` after each data event is delivered on this instance,
+        before the next one goes out (under the delivery lock), whichever instance logged it:
+        every instance acts on it for its own sockets."""
         self._after_emit.append(listener)
+
+    def announce_with(self, announce: Callable[[list[StoredEvent]], Awaitable[None]]) -> None:
+        """Tell the other instances of each event logged here (the Redis bus)."""
+        self._announce = announce
+
+    async def start(self) -> None:
+        """Deliver from the log's newest id on (a socket gets older ones by replay), and read
+        the log on a timer for what no message brings."""
+        self.delivered = (await self._store.event_bounds("")).newest
+        self._catching_up = asyncio.get_running_loop().create_task(
+            self._catch_up_forever(), name="emitter:catch-up"
+        )
+
+    async def stop(self) -> None:
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catching_up
+            self._catching_up = None
 
     async def publish(
         self, new_events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
     ) -> list[StoredEvent | None]:
-        """Log, then emit, these events in order; an already logged source is not emitted
-        again (None in its place). A checkpoint is saved with the log entries."""
-        async with self._lock:
-            stored = await self._store.append_events(new_events, checkpoint)
-            for new, event in zip(new_events, stored, strict=True):
-                if event is not None:  # (None: logged before, by a retry or another instance)
-                    await self._sio.emit(event.name, wire_payload(event), to=list(event.rooms))
-                    self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
-                    logger.debug(
-                        "event emitted",
-                        extra={
-                            "event": event.name,
-                            "event_id": event_id(event.sequence),
-                            "rooms": list(event.rooms),
-                        },
-                    )
-                for listener in self._after_emit:
-                    await listener(new.name, new.payload)
+        """Log, then deliver, these events in order; an already logged source is not
+        delivered again (None in its place). A checkpoint is saved with the log entries."""
+        stored = await self._store.append_events(new_events, checkpoint)
+        logged = [event for event in stored if event is not None]
+        if logged:
+            if self._announce is not None:
+                await self._announce(logged)
+            await self.receive(logged)
         return stored
+
+    async def receive(self, heard: Sequence[StoredEvent]) -> None:
+        """Events logged here or elsewhere: delivered in id order, each once; a hole before
+        them is filled from the log first."""
+        async with self._lock:
+            if self.delivered is None:
+                return  # not started: the log's position is taken at start
+            for event in heard:
+                if event.sequence > self.delivered:
+                    self._pending[event.sequence] = event
+            await self._deliver_pending()
+            if self._pending:  # a hole: the events before these are in the log
+                await self._fill_from_log()
+            if len(self._pending) > PENDING_MAX:
+                self._pending.clear()  # the log has them: the timer reads them again
+
+    async def catch_up(self) -> None:
+        """Deliver whatever the log holds past what was delivered here."""
+        async with self._lock:
+            if self.delivered is not None:
+                await self._fill_from_log()
+
+    async def _catch_up_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._catch_up_interval_s)
+            try:
+                await self.catch_up()
+            except StoreError as exc:
+                logger.warning("catching up from the log failed", extra={"error": str(exc)})
+            except Exception:
+                logger.exception("catching up from the log failed")
+
+    async def _deliver_pending(self) -> None:
+        while self.delivered + 1 in self._pending:
+            await self._deliver(self._pending.pop(self.delivered + 1))
+
+    async def _fill_from_log(self) -> None:
+        while True:
+            found = await self._store.events_after(self.delivered, REPLAY_BATCH)
+            if not found:
+                break
+            for event in found:  # ids the log skips were pruned: nothing to deliver of them
+                if event.sequence > self.delivered:
+                    if self._pending.pop(event.sequence, None) is None:
+                        self.caught_up += 1
+                    await self._deliver(event)
+            await self._deliver_pending()
+        for sequence in [s for s in self._pending if s <= self.delivered]:
+            del self._pending[sequence]
+
+    async def _deliver(self, event: StoredEvent) -> None:
+        """To this instance's sockets in the event's rooms (the other instances deliver to
+        theirs), then the listeners."""
+        await self._sio.emit(
+            event.name, wire_payload(event), to=list(event.rooms), ignore_queue=True
+        )
+        self.delivered = event.sequence
+        self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
+        logger.debug(
+            "event emitted",
+            extra={
+                "event": event.name,
+                "event_id": event_id(event.sequence),
+                "rooms": list(event.rooms),
+            },
+        )
+        for listener in self._after_emit:
+            await listener(event.name, event.payload)
 
     async def enter_with_replay(
         self, sid: str, room: str, last_event_id: str | None, enter: Callable[[], Awaitable[None]]
@@ -100,6 +193,8 @@ class Emitter:
             return await self._enter_now(room, enter, gap=False)
         cursor = events.last_event_sequence(last_event_id)
         bounds = await self._store.event_bounds(room)
+        # Only what was delivered here is replayed: what comes after reaches the socket live,
+        # once it is in the room.
         if cursor > bounds.newest:  # an id this log never gave: nothing to replay from
             return await self._enter_now(room, enter, gap=True)
         # with everything pruned, the log starts after the newest id it gave
@@ -124,22 +219,30 @@ class Emitter:
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
             batch = await self._store.room_events(
-                room, cursor, min(slice_events, self._replay_max - replayed), slice_bytes
+                room,
+                cursor,
+                min(slice_events, self._replay_max - replayed),
+                slice_bytes,
+                until=self.delivered,
             )
             if not batch:
                 break
             cursor, replayed = await self._send(sid, batch, cursor, replayed)
         async with self._lock:
-            # what was logged since the last slice, then the room: nothing slips in between
+            # what was delivered since the last slice, then the room: nothing slips in between
             if replayed < self._replay_max:
                 batch = await self._store.room_events(
-                    room, cursor, min(slice_events, self._replay_max - replayed), slice_bytes
+                    room,
+                    cursor,
+                    min(slice_events, self._replay_max - replayed),
+                    slice_bytes,
+                    until=self.delivered,
                 )
                 cursor, replayed = await self._send(sid, batch, cursor, replayed)
             # more than can be replayed: the client must refetch
-            gap = gap or bool(await self._store.room_events(room, cursor, 1))
+            gap = gap or bool(await self._store.room_events(room, cursor, 1, until=self.delivered))
             await enter()
-            bounds = await self._store.event_bounds(room)
+            bounds = await self._store.event_bounds(room, until=self.delivered)
         return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
 
     async def _enter_now(
@@ -148,21 +251,22 @@ class Emitter:
         """Enter with nothing to replay; the room's newest id is the client's cursor."""
         async with self._lock:
             await enter()
-            bounds = await self._store.event_bounds(room)
+            bounds = await self._store.event_bounds(room, until=self.delivered)
         return Replay(0, _event_id_or_none(bounds.room_newest), gap)
 
     async def _send(
         self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int
     ) -> tuple[int, int]:
         for event in batch:
-            await self._sio.emit(event.name, wire_payload(event), to=sid)
+            await self._sio.emit(event.name, wire_payload(event), to=sid, ignore_queue=True)
         if batch:
             cursor = batch[-1].sequence
         return cursor, replayed + len(batch)
 
     async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
-        """A control event (auth_*, error, rooms_revoked) to one socket; never logged."""
-        await self._sio.emit(event, payload, to=sid)
+        """A control event (auth_*, error, rooms_revoked) to one socket of this instance; never
+        logged."""
+        await self._sio.emit(event, payload, to=sid, ignore_queue=True)
 
     async def resync_everyone(self, reason: str, rooms: list[str]) -> None:
         """Tell every client that change events of these rooms (patterns) were lost: refetch."""

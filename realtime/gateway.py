@@ -10,6 +10,7 @@ import socketio
 from aiohttp import web
 
 from realtime.broadcast import Broadcaster
+from realtime.bus import EventBus
 from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.health import Probe
@@ -18,6 +19,7 @@ from realtime.metrics import Metrics
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
 from realtime.transport import TransportControl
+from realtime.watcher import Watcher
 from storage.base import Store
 from storage.feed import ChangeFeed
 
@@ -32,6 +34,9 @@ class Gateway:
     sessions: Sessions
     mapping: DocumentMapping
     feed: ChangeFeed
+    watcher: Watcher  # runs the feed while this instance holds the watcher lease
+    bus: EventBus | None  # with REDIS_URL: events between instances
+    instance_id: str
     broadcaster: Broadcaster
     metrics: Metrics
     probes: tuple[Probe, ...]  # what /ready checks, in order

@@ -10,11 +10,12 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from realtime.wire import iso_timestamp
-from storage.base import Store
-from storage.feed import ChangeFeed
+from storage.base import Lease, Store
 
 if TYPE_CHECKING:
+    from realtime.bus import EventBus
     from realtime.gateway import Gateway
+    from realtime.watcher import Watcher
 
 CHECK_TIMEOUT_S = 2.0
 OK = "ok"
@@ -38,22 +39,27 @@ def store_probe(store: Store) -> Probe:
     return Probe("store", store.ping)
 
 
-def watcher_probe(feed: ChangeFeed) -> Probe:
+def watcher_probe(watcher: Watcher) -> Probe:
+    """Ready when the watcher runs here or another live instance holds its lease."""
+
     async def check() -> None:
-        if not feed.running:
-            raise NotReady("not running")
+        if not (watcher.held_here or watcher.held_elsewhere):
+            raise NotReady("not running here, and no other instance holds the lease")
 
     return Probe("watcher", check)
 
 
-def redis_probe(url: str) -> Probe:
-    """Pings the Redis that fans emits out, on a connection of its own."""
+def redis_probe(url: str, bus: EventBus | None = None) -> Probe:
+    """Pings Redis on a connection of its own, and asks whether this instance still hears its
+    own heartbeat on the bus."""
     import redis.asyncio
 
     client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
     async def check() -> None:
         await client.ping()
+        if bus is not None and bus.deaf:
+            raise NotReady("subscribed, but not hearing this instance's heartbeat")
 
     return Probe("redis", check, close=client.aclose)
 
@@ -84,8 +90,10 @@ def status(gateway: Gateway) -> dict[str, Any]:
         "store": gateway.store.describe(),
         **gateway.sessions.counts(),
         "rooms": dict(sorted(gateway.sessions.room_sizes().items())),
+        "instance": gateway.instance_id,
         "watcher": {
             "running": feed.running,
+            **_lease(gateway.watcher.lease, gateway.instance_id),
             "changesHandled": feed.changes_handled,
             "lagSeconds": {c: round(s, 3) for c, s in sorted(feed.lag_s.items())},
             "lastChangeAt": {
@@ -93,6 +101,18 @@ def status(gateway: Gateway) -> dict[str, Any]:
             },
         },
         "eventsEmitted": dict(sorted(gateway.emitter.emitted.items())),
+    }
+
+
+def _lease(lease: Lease | None, instance_id: str) -> dict[str, Any]:
+    if lease is None:
+        return {"holder": None, "heldHere": False, "since": None, "fence": None, "expires": None}
+    return {
+        "holder": lease.holder,
+        "heldHere": lease.holder == instance_id,
+        "since": iso_timestamp(lease.since_ms / 1000),
+        "fence": lease.fence,
+        "expires": iso_timestamp(lease.expires_ms / 1000),
     }
 
 

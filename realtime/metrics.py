@@ -43,9 +43,16 @@ class Metrics:
         emitted: Callable[[], Mapping[str, int]],
         changes_handled: Callable[[], int],
         lag_s: Callable[[], Mapping[str, float]],
+        lease_held: Callable[[], int],
+        takeovers: Callable[[], int],
+        caught_up: Callable[[], int],
     ) -> None:
         """Register the figures read from their owners at scrape time."""
-        self.registry.register(_Observed(connections, emitted, changes_handled, lag_s))
+        self.registry.register(
+            _Observed(
+                connections, emitted, changes_handled, lag_s, lease_held, takeovers, caught_up
+            )
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -69,11 +76,16 @@ _CONNECTION_GAUGES = (
 
 
 class _Observed(Collector):
-    def __init__(self, connections, emitted, changes_handled, lag_s):
+    def __init__(
+        self, connections, emitted, changes_handled, lag_s, lease_held, takeovers, caught_up
+    ):
         self._connections = connections
         self._emitted = emitted
         self._changes_handled = changes_handled
         self._lag_s = lag_s
+        self._lease_held = lease_held
+        self._takeovers = takeovers
+        self._caught_up = caught_up
 
     def collect(self):
         counts = self._connections()
@@ -98,3 +110,18 @@ class _Observed(Collector):
         for collection, seconds in sorted(self._lag_s().items()):
             lag.add_metric([collection], seconds)
         yield lag
+        yield GaugeMetricFamily(
+            "realtime_watcher_lease_held",
+            "1 while this instance holds the watcher lease and runs the change feed",
+            value=self._lease_held(),
+        )
+        yield CounterMetricFamily(
+            "realtime_watcher_takeovers",
+            "Times this instance took the watcher lease",
+            value=self._takeovers(),
+        )
+        yield CounterMetricFamily(
+            "realtime_events_caught_up",
+            "Events this instance read from the log because no message brought them",
+            value=self._caught_up(),
+        )

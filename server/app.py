@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,6 +14,7 @@ from handlers.http import error_middleware, setup_routes
 from handlers.socket import GatewayNamespace
 from realtime.auth import TokenVerifier
 from realtime.broadcast import Broadcaster
+from realtime.bus import EventBus
 from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.gateway import GATEWAY, Gateway
@@ -22,10 +26,16 @@ from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
 from realtime.transport import create_socketio_server
-from storage.base import Store, StoreError
+from realtime.watcher import Watcher
+from storage.base import Store
 from storage.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
+
+
+def new_instance_id() -> str:
+    """Names this process among the instances (in the lease, on the bus, in /status)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def make_store(settings: Settings) -> Store:
@@ -78,16 +88,30 @@ def create_app(
     transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
     emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
+    instance_id = new_instance_id()
+    watcher = Watcher(store, feed, instance_id, settings.watcher_lease_ttl_s)
+    bus = None
+    if settings.redis_url:
+        bus = EventBus(
+            settings.redis_url,
+            instance_id,
+            on_events=emitter.receive,
+            on_heard_again=emitter.catch_up,
+        )
+        emitter.announce_with(bus.announce)
     metrics.observe(
         connections=sessions.counts,
         emitted=lambda: emitter.emitted,
         changes_handled=lambda: feed.changes_handled,
         lag_s=lambda: feed.lag_s,
+        lease_held=lambda: int(watcher.held_here),
+        takeovers=lambda: watcher.takeovers,
+        caught_up=lambda: emitter.caught_up,
     )
 
-    probes = [store_probe(store), watcher_probe(feed)]
+    probes = [store_probe(store), watcher_probe(watcher)]
     if settings.redis_url:
-        probes.append(redis_probe(settings.redis_url))
+        probes.append(redis_probe(settings.redis_url, bus))
 
     app = web.Application(
         middlewares=[error_middleware], client_max_size=settings.max_payload_bytes
@@ -101,6 +125,9 @@ def create_app(
         sessions=sessions,
         mapping=mapping,
         feed=feed,
+        watcher=watcher,
+        bus=bus,
+        instance_id=instance_id,
         broadcaster=Broadcaster(settings, store, emitter),
         metrics=metrics,
         probes=tuple(probes),
@@ -111,10 +138,10 @@ def create_app(
     # started in this order, stopped in the reverse: the store is closed last
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_parts_lifetime)
-    app.cleanup_ctx.append(_feed_lifetime)
+    app.cleanup_ctx.append(_delivery_lifetime)
     if demo:
         app.cleanup_ctx.append(_demo_lifetime)
-    app.on_shutdown.append(_stop_feed)
+    app.on_shutdown.append(_stop_watching)
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -140,16 +167,18 @@ async def _parts_lifetime(app: web.Application) -> AsyncIterator[None]:
             await probe.close()
 
 
-async def _feed_lifetime(app: web.Application) -> AsyncIterator[None]:
-    feed = app[GATEWAY].feed
-    try:
-        # opened before serving: a change written once the server answers is never missed
-        await feed.open()
-    except StoreError as exc:
-        logger.error("change stream not open yet", extra={"error": str(exc)})
-    feed.start()
+async def _delivery_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Delivery from the log's newest id, the bus, then the watcher: all before serving."""
+    gateway = app[GATEWAY]
+    await gateway.emitter.start()
+    if gateway.bus is not None:
+        gateway.bus.start()
+    await gateway.watcher.start()
     yield
-    await feed.stop()
+    await gateway.watcher.stop()
+    if gateway.bus is not None:
+        await gateway.bus.stop()
+    await gateway.emitter.stop()
 
 
 async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -160,9 +189,10 @@ async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def _stop_feed(app: web.Application) -> None:
-    """First of a graceful shutdown: finish the change in hand and save where to resume."""
-    await app[GATEWAY].feed.stop()
+async def _stop_watching(app: web.Application) -> None:
+    """First of a graceful shutdown: finish the change in hand, save where to resume, and let
+    the watcher lease go to another instance."""
+    await app[GATEWAY].watcher.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

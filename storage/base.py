@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,11 @@ class StoreError(Exception):
 class DocumentRejected(StoreError):
     """The store cannot hold this value as given (MongoDB: an integer beyond 64 bits, a NUL in
     a key, text that is not valid Unicode); retrying it cannot help."""
+
+
+class LeaseLost(StoreError):
+    """The fence given is no longer the lease's: another holder took over. Nothing was written;
+    the one who lost the lease must stop."""
 
 
 class ChangeHistoryLost(StoreError):
@@ -90,11 +96,37 @@ class ChangeStream(abc.ABC):
 
 
 @dataclasses.dataclass(frozen=True)
+class Fence:
+    """A lease holder's proof: writes made with it are refused once the lease `lease` has a
+    newer holder (its fencing number grew past `number`)."""
+
+    lease: str
+    number: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Who holds the lease `name`, since when, until when, and its fencing number (it grows by
+    one with each new holder, never with a renewal)."""
+
+    name: str
+    holder: str
+    fence: int
+    since_ms: int
+    expires_ms: int
+
+    def held_by(self, holder: str, now_ms: int) -> bool:
+        return self.holder == holder and self.expires_ms > now_ms
+
+
+@dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """Where the change consumer `name` resumes, saved with the events of that change."""
+    """Where the change consumer `name` resumes, saved with the events of that change; with a
+    fence, saved (and the events logged) only while the fence holds."""
 
     name: str
     token: ResumeToken
+    fence: Fence | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +221,29 @@ class Store(abc.ABC):
         """The token saved under `name`, or None."""
 
     @abc.abstractmethod
-    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
-        """Persist where the consumer `name` resumes; None forgets it (resume from now)."""
+    async def save_resume_token(
+        self, name: str, token: ResumeToken | None, fence: Fence | None = None
+    ) -> None:
+        """Persist where the consumer `name` resumes; None forgets it (resume from now). With
+        a fence that no longer holds: `LeaseLost`, nothing saved."""
+
+    # -- leases ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
+        """Take the lease `name` for `ttl_s` when it is free, expired or already `holder`'s
+        (a renewal); atomic. Returns the lease as it stands afterwards, whoever holds it."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Let the lease go now if `holder` has it, so that another takes over at once."""
+
+    @abc.abstractmethod
+    async def read_lease(self, name: str) -> Lease | None:
+        """The lease as it stands, or None if never taken."""
+
+    def now_ms(self) -> int:
+        """The clock leases are measured by (the store's, where it has one)."""
+        return int(time.time() * 1000)
 
     # -- event log ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -199,7 +252,8 @@ class Store(abc.ABC):
     ) -> list[StoredEvent | None]:
         """Log these events, each taking the next id of the one sequence, and save the
         checkpoint's resume token with them (in the same transaction where the store has
-        them). An event whose source is already logged is not logged again: None in its place."""
+        them). An event whose source is already logged is not logged again: None in its place.
+        With a checkpoint's fence that no longer holds: `LeaseLost`, nothing logged."""
 
     @abc.abstractmethod
     async def find_event(self, source: str) -> StoredEvent | None:
@@ -207,15 +261,24 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def room_events(
-        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+        self,
+        room: str,
+        after_sequence: int,
+        limit: int,
+        max_bytes: int | None = None,
+        until: int | None = None,
     ) -> list[StoredEvent]:
-        """The logged events addressed to `room` after this sequence, oldest first: at most
-        `limit`, and with `max_bytes`, no more once their payloads weigh that much (the first
-        is always returned)."""
+        """The logged events addressed to `room` after this sequence (and up to `until`),
+        oldest first: at most `limit`, and with `max_bytes`, no more once their payloads weigh
+        that much (the first is always returned)."""
 
     @abc.abstractmethod
-    async def event_bounds(self, room: str) -> EventBounds:
-        """Where the log starts and ends, and the newest sequence of `room`."""
+    async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
+        """Every logged event after this sequence, whatever its rooms, oldest first."""
+
+    @abc.abstractmethod
+    async def event_bounds(self, room: str, until: int | None = None) -> EventBounds:
+        """Where the log starts and ends, and the newest sequence of `room` (up to `until`)."""
 
     # -- idempotency keys --------------------------------------------------------------------
     @abc.abstractmethod

@@ -14,7 +14,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from storage.base import Change, ChangeHistoryLost, ChangeStream, Checkpoint, Store, StoreError
+from storage.base import (
+    Change,
+    ChangeHistoryLost,
+    ChangeStream,
+    Checkpoint,
+    Fence,
+    LeaseLost,
+    Store,
+    StoreError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +93,8 @@ class ChangeFeed:
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._stream: ChangeStream | None = None
         self._saved_token = None
+        self.fence: Fence | None = None  # the watcher lease this feed runs under, if any
+        self.lease_lost = False
         self._idle_save_interval_s = idle_save_interval_s
         self._idle_saved_at = float("-inf")
         self.running = False
@@ -105,8 +116,11 @@ class ChangeFeed:
             self._stream = await self._store.watch(self._collections, None)
         await self._save(self._stream.resume_token)
 
-    def start(self) -> None:
-        """Consume in a task of the feed's own, until `stop()`; a crash is logged."""
+    def start(self, fence: Fence | None = None) -> None:
+        """Consume in a task of the feed's own, until `stop()` or until the lease behind
+        `fence` is lost (every write of the feed carries the fence); a crash is logged."""
+        self.fence = fence
+        self.lease_lost = False
         self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self.run(), name=f"feed:{self.name}")
         self._task.add_done_callback(_log_crash)
@@ -123,6 +137,12 @@ class ChangeFeed:
                     await self._consume(self._stream)
                 except asyncio.CancelledError:
                     raise
+                except LeaseLost as exc:
+                    logger.warning(
+                        "watcher lease lost: stopping", extra={"feed": self.name, "error": str(exc)}
+                    )
+                    self.lease_lost = True
+                    break
                 except ChangeHistoryLost as exc:
                     await self._close_stream()
                     await self._history_lost(exc)
@@ -144,7 +164,7 @@ class ChangeFeed:
                         self._interruptible = False
         finally:
             self.running = False
-            if self._stopping and self._stream is not None:
+            if self._stopping and not self.lease_lost and self._stream is not None:
                 with contextlib.suppress(StoreError):
                     await self._save(self._stream.resume_token)
             await self._close_stream()
@@ -195,11 +215,11 @@ class ChangeFeed:
     async def _handle_changes(self, changes: list[Change], token) -> None:
         for change in changes:
             self._measure(change)
-        checkpoint = Checkpoint(self.name, token)
+        checkpoint = Checkpoint(self.name, token, self.fence)
         saved = False
         try:
             saved = await self._handle(changes, checkpoint)
-        except (asyncio.CancelledError, StoreError):
+        except (asyncio.CancelledError, StoreError):  # LeaseLost among them
             raise
         except Exception:
             logger.exception(
@@ -259,7 +279,7 @@ class ChangeFeed:
 
     async def _save(self, token) -> None:
         if token != self._saved_token:
-            await self._store.save_resume_token(self.name, token)
+            await self._store.save_resume_token(self.name, token, self.fence)
             self._saved_token = token
 
     async def _close_stream(self) -> None:

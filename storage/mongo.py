@@ -10,7 +10,6 @@ async API. `tests/test_store_contract.py` runs it against a real replica set whe
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import functools
 import logging
@@ -21,16 +20,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import bson
+import pymongo
 from bson import ObjectId
 from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
 from pymongo.errors import (
+    BulkWriteError,
     CollectionInvalid,
-    ConnectionFailure,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
 )
+from pymongo.read_concern import ReadConcern
 
 from storage.base import (
     ChangeHistoryLost,
@@ -38,6 +39,9 @@ from storage.base import (
     Checkpoint,
     DocumentRejected,
     EventBounds,
+    Fence,
+    Lease,
+    LeaseLost,
     NewEvent,
     RequestClaim,
     ResumeToken,
@@ -60,25 +64,26 @@ CHANGE_STREAM_FATAL_ERROR = 280
 UNUSABLE_TOKEN_CODES = frozenset(
     {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR}
 )
-# Errors worth retrying as they are (the driver's retryable-reads/writes codes, in
-# pymongo/helpers_shared.py `_RETRYABLE_ERROR_CODES`, and access denied: dropping a resume
-# token would not grant it). Any other failure to open a stream *from a token* means the token
-# is unusable: a corrupt or foreign one answers FailedToParse (9) or BadValue (2), not 286.
-TRANSIENT_CODES = frozenset(
-    {6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436}
-    | {13, 18}  # Unauthorized, AuthenticationFailed
-)
-TRANSIENT_LABELS = ("RetryableError", "ResumableChangeStreamError", "TransientTransactionError")
+# What the server answers when asked to start a stream from a token it cannot read: a corrupt
+# or foreign token is FailedToParse (9: "resume token string was not a valid hex string"),
+# a KeyString format error (50811), a bad or empty token (40647, 40649), or BadValue (2); not
+# 286. Only these make a token unusable: every other failure (timeouts, interruptions,
+# elections, stale config) is retried from the same token, since wrongly calling history lost
+# drops the token and skips the changes after it for good.
+UNREADABLE_TOKEN_CODES = frozenset({9, 2, 50811, 40647, 40649})
 INDEX_OPTIONS_CONFLICT = 85  # manual, createIndexes: same keys, other options
+NAMESPACE_EXISTS = 48
+DUPLICATE_KEY = 11000
 
 EVENTS = "realtime_events"
 COUNTERS = "realtime_counters"
 RESUME_TOKENS = "realtime_resume_tokens"
 IDEMPOTENCY_KEYS = "realtime_idempotency_keys"
-STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS)
+LEASES = "realtime_leases"
+STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS, LEASES)
 EVENT_SEQUENCE = "events"  # the counter document that hands out event ids
-# the gateway's event ids are read by replays on the primary: an id is acknowledged only once a
-# majority holds it, so a failover cannot take back an event clients were sent
+# an append is acknowledged (and its events delivered) only once a majority holds it, so a
+# failover cannot take back an event clients were sent
 LOG_WRITE_CONCERN = WriteConcern("majority")
 
 
@@ -90,14 +95,6 @@ def translate_error(exc: Exception) -> StoreError:
     if isinstance(exc, (BSONError, OverflowError, UnicodeEncodeError)):
         return DocumentRejected(f"mongodb cannot store this value: {exc}")
     return StoreError(f"mongodb: {exc}")
-
-
-def is_transient(exc: PyMongoError) -> bool:
-    if isinstance(exc, ConnectionFailure):  # includes server selection and network timeouts
-        return True
-    if isinstance(exc, OperationFailure):
-        return exc.code in TRANSIENT_CODES or any(map(exc.has_error_label, TRANSIENT_LABELS))
-    return False
 
 
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
@@ -161,6 +158,7 @@ class MongoStore(Store):
         self._event_retention_s = event_retention_s
         self._transaction_timeout_s = transaction_timeout_s
         self._client: AsyncMongoClient | None = None
+        self._clock_offset_ms = 0
         self.server_version: tuple[int, ...] = ()
         self.images: bool | None = None  # pre- and post-images on every watched collection
 
@@ -187,8 +185,11 @@ class MongoStore(Store):
         for name in STATE_COLLECTIONS:
             try:
                 await self.state.create_collection(name)
-            except CollectionInvalid:  # it exists
+            except CollectionInvalid:  # it exists (the driver's own check)
                 pass
+            except OperationFailure as exc:
+                if exc.code != NAMESPACE_EXISTS:  # another instance made it just now
+                    raise
         events = self.state[EVENTS]
         await events.create_index("source", unique=True)
         await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
@@ -309,9 +310,9 @@ class MongoStore(Store):
         if resume_after is not None:
             options["start_after"] = resume_after
         try:
-            stream = await self.db.watch(pipeline, **options)
+            stream = await self.db.watch(pipeline, **options)  # runs the aggregate (driver)
         except OperationFailure as exc:
-            if resume_after is not None and not is_transient(exc):
+            if resume_after is not None and exc.code in UNREADABLE_TOKEN_CODES:
                 raise ChangeHistoryLost(
                     f"change stream cannot start after its token (code {exc.code}): {exc}"
                 ) from exc
@@ -361,8 +362,18 @@ class MongoStore(Store):
         return found["token"] if found else None
 
     @store_errors
-    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
-        await self._save_token(name, token)
+    async def save_resume_token(
+        self, name: str, token: ResumeToken | None, fence: Fence | None = None
+    ) -> None:
+        if fence is None:
+            await self._save_token(name, token)
+            return
+
+        async def save(session) -> None:
+            await self._check_fence(fence, session)
+            await self._save_token(name, token, session=session)
+
+        await self._in_transaction(save)
 
     async def _save_token(self, name: str, token: ResumeToken | None, session=None) -> None:
         if token is None:
@@ -371,6 +382,95 @@ class MongoStore(Store):
             await self.state[RESUME_TOKENS].replace_one(
                 {"_id": name}, {"_id": name, "token": dict(token)}, upsert=True, session=session
             )
+
+    # -- leases ------------------------------------------------------------------------------
+    @store_errors
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
+        """One atomic update measured by the server's clock (`$$NOW`), so that the hosts'
+        clocks do not matter. Within one `$set` stage every expression reads the document as
+        it was (manual, "Updates with Aggregation Pipeline"): the fence and `since` are decided
+        from the old holder."""
+        taken = {
+            "$or": [
+                {"$eq": [{"$type": "$holder"}, "missing"]},
+                {"$eq": ["$holder", holder]},
+                {"$lte": ["$expires", "$$NOW"]},
+            ]
+        }
+        changed = {"$ne": ["$holder", holder]}
+        pipeline = [
+            {"$set": {"_taken": taken}},
+            {
+                "$set": {
+                    "fence": {
+                        "$cond": [
+                            {"$and": ["$_taken", changed]},
+                            {"$add": [{"$ifNull": ["$fence", 0]}, 1]},
+                            "$fence",
+                        ]
+                    },
+                    "since": {"$cond": [{"$and": ["$_taken", changed]}, "$$NOW", "$since"]},
+                    "holder": {"$cond": ["$_taken", holder, "$holder"]},
+                    "expires": {
+                        "$cond": ["$_taken", {"$add": ["$$NOW", int(ttl_s * 1000)]}, "$expires"]
+                    },
+                    "now": "$$NOW",
+                }
+            },
+            {"$unset": "_taken"},
+        ]
+        for attempt in (1, 2):
+            try:
+                doc = await self.state[LEASES].find_one_and_update(
+                    {"_id": name}, pipeline, upsert=True, return_document=ReturnDocument.AFTER
+                )
+                break
+            except DuplicateKeyError:  # two first takers upserted at once: read it again
+                if attempt == 2:
+                    raise
+        self._clock_offset_ms = _ms(doc["now"]) - int(time.time() * 1000)
+        return _lease(doc)
+
+    @store_errors
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self.state[LEASES].update_one(
+            {"_id": name, "holder": holder}, [{"$set": {"expires": "$$NOW"}}]
+        )
+
+    @store_errors
+    async def read_lease(self, name: str) -> Lease | None:
+        doc = await self.state[LEASES].find_one({"_id": name})
+        return _lease(doc) if doc is not None else None
+
+    def now_ms(self) -> int:
+        """This host's clock, corrected by how far it was from the server's at the last lease
+        taken or renewed."""
+        return int(time.time() * 1000) + self._clock_offset_ms
+
+    async def _check_fence(self, fence: Fence | None, session) -> None:
+        """Inside the caller's transaction, a write to the lease document: a takeover (which
+        writes it too) and this transaction cannot both commit; a read alone would not
+        conflict under snapshot isolation."""
+        if fence is None:
+            return
+        result = await self.state[LEASES].update_one(
+            {"_id": fence.lease, "fence": fence.number},
+            {"$inc": {"fenced_writes": 1}},
+            session=session,
+        )
+        if result.matched_count == 0:
+            raise LeaseLost(f"lease {fence.lease!r} moved on from fence {fence.number}")
+
+    async def _in_transaction(self, callback):
+        """`callback(session)` in one transaction, retried by the driver on transient errors
+        (driver, `with_transaction`) within the transaction timeout. `pymongo.timeout` bounds
+        every operation and the retries, commit included (driver, client_session_shared.py),
+        unlike a cancellation, which could leave a commit's outcome unknown and unretried.
+        A commit whose outcome stays unknown is an error here, but its events are in the log
+        and every instance delivers them from there (realtime/emitter.py)."""
+        with pymongo.timeout(self._transaction_timeout_s):
+            async with self.client.start_session() as session:  # a plain call (driver)
+                return await session.with_transaction(callback, write_concern=LOG_WRITE_CONCERN)
 
     # -- event log ---------------------------------------------------------------------------
     @store_errors
@@ -387,20 +487,12 @@ class MongoStore(Store):
         events = list(events)
         for attempt in (1, 2):
             try:
-                async with (
-                    asyncio.timeout(self._transaction_timeout_s),
-                    self.client.start_session() as session,  # a plain call (driver)
-                ):
-                    return await session.with_transaction(
-                        lambda session: self._append(session, events, checkpoint),
-                        write_concern=LOG_WRITE_CONCERN,
-                    )
-            except TimeoutError:
-                raise StoreError(
-                    f"the event log append did not commit within {self._transaction_timeout_s:g} s"
-                ) from None
-            except DuplicateKeyError as exc:
-                # only a duplicate source means "already logged" (by a writer outside these
+                return await self._in_transaction(
+                    lambda session: self._append(session, events, checkpoint)
+                )
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                # insert_many reports a duplicate as a BulkWriteError (driver, bulk_shared.py).
+                # Only a duplicate source means "already logged" (by a writer outside these
                 # transactions): read again. An id taken twice means the counter went back.
                 if _index_of(exc) != {"source": 1} or attempt == 2:
                     raise StoreError(
@@ -412,6 +504,8 @@ class MongoStore(Store):
         self, session, events: list[NewEvent], checkpoint: Checkpoint | None
     ) -> list[StoredEvent | None]:
         # command errors leave this callback: the driver aborts, and retries what it may
+        if checkpoint is not None:
+            await self._check_fence(checkpoint.fence, session)
         log = self.state[EVENTS]
         known = {
             doc["source"]
@@ -419,7 +513,7 @@ class MongoStore(Store):
                 {"source": {"$in": [e.source for e in events]}}, {"source": 1}, session=session
             )
         }
-        fresh = [e for e in events if e.source not in known]
+        fresh = list({e.source: e for e in events if e.source not in known}.values())
         stored: dict[str, StoredEvent] = {}
         if fresh:
             counter = await self.state[COUNTERS].find_one_and_update(
@@ -461,13 +555,18 @@ class MongoStore(Store):
 
     @store_errors
     async def room_events(
-        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+        self,
+        room: str,
+        after_sequence: int,
+        limit: int,
+        max_bytes: int | None = None,
+        until: int | None = None,
     ) -> list[StoredEvent]:
+        ids: dict[str, int] = {"$gt": after_sequence}
+        if until is not None:
+            ids["$lte"] = until
         cursor = (
-            self.state[EVENTS]
-            .find({"rooms": room, "_id": {"$gt": after_sequence}})
-            .sort("_id", ASCENDING)
-            .limit(limit)
+            self.state[EVENTS].find({"rooms": room, "_id": ids}).sort("_id", ASCENDING).limit(limit)
         )
         found, weight = [], 0
         async for doc in cursor:
@@ -479,11 +578,23 @@ class MongoStore(Store):
         return found
 
     @store_errors
-    async def event_bounds(self, room: str) -> EventBounds:
+    async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
+        """Read with read concern "majority": an event found here (not heard of from its
+        writer, who waited for a majority) is delivered only once a failover cannot take it
+        back. A lagging majority snapshot only delays it: the caller reads again."""
+        log = self.state.get_collection(EVENTS, read_concern=ReadConcern("majority"))
+        cursor = log.find({"_id": {"$gt": sequence}}).sort("_id", ASCENDING)
+        return [self._stored(doc) async for doc in cursor.limit(limit)]
+
+    @store_errors
+    async def event_bounds(self, room: str, until: int | None = None) -> EventBounds:
         oldest = await self.state[EVENTS].find_one({}, {"_id": 1}, sort=[("_id", ASCENDING)])
         counter = await self.state[COUNTERS].find_one({"_id": EVENT_SEQUENCE})
+        in_room: dict[str, Any] = {"rooms": room}
+        if until is not None:
+            in_room["_id"] = {"$lte": until}
         room_newest = await self.state[EVENTS].find_one(
-            {"rooms": room}, {"_id": 1}, sort=[("_id", DESCENDING)]
+            in_room, {"_id": 1}, sort=[("_id", DESCENDING)]
         )
         return EventBounds(
             oldest["_id"] if oldest else None,
@@ -532,9 +643,23 @@ class MongoStore(Store):
         )
 
 
-def _index_of(exc: DuplicateKeyError) -> dict[str, Any] | None:
-    """The key pattern a duplicate-key error names (server 4.2+ reports `keyPattern`)."""
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _lease(doc: Mapping[str, Any]) -> Lease:
+    return Lease(doc["_id"], doc["holder"], doc["fence"], _ms(doc["since"]), _ms(doc["expires"]))
+
+
+def _index_of(exc: DuplicateKeyError | BulkWriteError) -> dict[str, Any] | None:
+    """The key pattern a duplicate-key error names (server 4.2+ reports `keyPattern`); for a
+    bulk write, its first write error's, if that is a duplicate key."""
     details = exc.details or {}
+    if isinstance(exc, BulkWriteError):
+        errors = details.get("writeErrors") or [{}]
+        details = errors[0]
+        if details.get("code") != DUPLICATE_KEY:
+            return None
     pattern = details.get("keyPattern")
     if isinstance(pattern, Mapping):
         return dict(pattern)

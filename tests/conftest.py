@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +16,7 @@ from realtime.config import Settings, load_settings
 from realtime.gateway import GATEWAY
 from server.app import create_app
 from tests.clients import KINDS, Client, make_client
+from tests.gateways import RedisServer
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -47,29 +47,19 @@ def free_port() -> Callable[[], int]:
 
 
 @pytest.fixture
-async def redis_url(free_port) -> AsyncIterator[str]:
-    """A private redis-server on a free port (it keeps nothing on disk), stopped afterwards."""
-    port = free_port()
-    server = await asyncio.create_subprocess_exec(
-        *("redis-server", "--port", str(port), "--bind", "127.0.0.1"),
-        *("--save", "", "--appendonly", "no"),
-        stdout=asyncio.subprocess.PIPE,
-    )
-
-    async def ready() -> None:  # what redis-server logs once it accepts connections
-        async for line in server.stdout:
-            if b"Ready to accept connections" in line:
-                return
-        raise AssertionError("redis-server exited")
-
-    await asyncio.wait_for(ready(), 10)
-    drain = asyncio.create_task(server.stdout.read())  # its log, so it never blocks
+async def redis_server(free_port) -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free port, stopped afterwards (a test may stop and start
+    it again on the same port)."""
+    server = await RedisServer(free_port()).start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        server.terminate()
-        await server.wait()
-        await drain
+        await server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 @pytest.fixture

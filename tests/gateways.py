@@ -47,6 +47,40 @@ class GatewayProcess:
             await self.process.wait()
 
 
+class RedisServer:
+    """A private redis-server on a port of its own (keeping nothing on disk), which a test may
+    kill and start again on the same port."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task | None = None
+
+    async def start(self) -> RedisServer:
+        self._process = await asyncio.create_subprocess_exec(
+            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+            stdout=asyncio.subprocess.PIPE,
+        )
+
+        async def ready() -> None:  # what redis-server logs once it accepts connections
+            async for line in self._process.stdout:
+                if b"Ready to accept connections" in line:
+                    return
+            raise AssertionError("redis-server exited")
+
+        await asyncio.wait_for(ready(), 10)
+        self._drain = asyncio.create_task(self._process.stdout.read())  # never blocks on it
+        return self
+
+    async def stop(self, kill: bool = False) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill() if kill else self._process.terminate()
+            await self._process.wait()
+            await self._drain
+
+
 async def run_cli(env: dict[str, str], *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,

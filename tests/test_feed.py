@@ -86,7 +86,7 @@ class ScriptedStore:
     async def load_resume_token(self, name):
         return self.tokens.get(name)
 
-    async def save_resume_token(self, name, token):
+    async def save_resume_token(self, name, token, fence=None):
         self.tokens[name] = token
         self.saved.append(token)
 

@@ -207,7 +207,9 @@ async def test_ready_is_503_when_the_watcher_stops(http, gateway):
     await gateway.feed.stop()
     answer = await http.get("/ready")
     assert answer.status == 503
-    assert (await answer.json())["error"]["details"]["watcher"] == "not running"
+    assert (await answer.json())["error"]["details"]["watcher"] == (
+        "not running here, and no other instance holds the lease"
+    )
 
 
 @pytest.mark.env(CORS_ORIGINS="https://app.example")

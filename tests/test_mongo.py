@@ -14,6 +14,7 @@ from bson.binary import Binary
 from bson.errors import InvalidDocument
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     NetworkTimeout,
@@ -95,6 +96,10 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
             ),
             "find_event": lambda: store.find_event("broadcast:k"),
             "room_events": lambda: store.room_events("user-c1", 0, 10),
+            "events_after": lambda: store.events_after(0, 10),
+            "acquire_lease": lambda: store.acquire_lease("watcher", "me", 10),
+            "release_lease": lambda: store.release_lease("watcher", "me"),
+            "read_lease": lambda: store.read_lease("watcher"),
             "event_bounds": lambda: store.event_bounds("user-c1"),
             "claim_request": lambda: store.claim_request("k", "fingerprint", 60),
             "complete_request": lambda: store.complete_request("k", "nonce", {}),
@@ -135,6 +140,9 @@ async def test_without_mongodb_a_token_the_server_cannot_parse_is_history_lost(e
         OperationFailure("interrupted at shutdown", code=11600),
         OperationFailure("not authorized", code=13),
         OperationFailure("labelled", code=1, details={"errorLabels": ["RetryableError"]}),
+        OperationFailure("operation exceeded time limit", code=50),
+        OperationFailure("interrupted", code=11601),
+        OperationFailure("stale config", code=13388),
         AutoReconnect("connection reset"),
     ],
 )
@@ -188,6 +196,17 @@ def test_only_a_duplicate_source_reads_as_already_logged():
     assert _index_of(on_source) == {"source": 1}
     assert _index_of(on_id) == {"_id": 1}
     assert _index_of(legacy) == {"source": 1}
+    # insert_many reports duplicates as a bulk write error (what append_events runs)
+    bulk_on_id = BulkWriteError(
+        {"writeErrors": [{"index": 0, "code": 11000, "keyPattern": {"_id": 1}}], "nInserted": 0}
+    )
+    bulk_on_source = BulkWriteError(
+        {"writeErrors": [{"index": 1, "code": 11000, "keyPattern": {"source": 1}}]}
+    )
+    bulk_other = BulkWriteError({"writeErrors": [{"index": 0, "code": 121, "errmsg": "invalid"}]})
+    assert _index_of(bulk_on_id) == {"_id": 1}
+    assert _index_of(bulk_on_source) == {"source": 1}
+    assert _index_of(bulk_other) is None
 
 
 def test_ids_are_looked_up_in_every_form_mongodb_may_hold_them():

@@ -11,7 +11,15 @@ import uuid
 import pytest
 from bson import ObjectId
 
-from storage.base import Change, ChangeHistoryLost, Checkpoint, NewEvent, StoreError
+from storage.base import (
+    Change,
+    ChangeHistoryLost,
+    Checkpoint,
+    Fence,
+    LeaseLost,
+    NewEvent,
+    StoreError,
+)
 from storage.mongo import MongoStore
 from storage.sqlite.store import SqliteStore
 
@@ -438,3 +446,83 @@ async def test_mongodb_reads_a_dropped_or_renamed_collection_as_its_own_change(m
         assert (await next_change(stream)).operation == "insert"
     finally:
         await stream.close()
+
+
+async def test_a_lease_has_one_holder_at_a_time_and_a_new_fence_for_each(store):
+    assert await store.read_lease("watcher") is None
+    first = await store.acquire_lease("watcher", "a", ttl_s=30)
+    assert (first.holder, first.fence) == ("a", 1)
+    assert first.expires_ms > store.now_ms()
+    refused = await store.acquire_lease("watcher", "b", ttl_s=30)
+    assert refused == await store.read_lease("watcher")  # still a's, as it stands
+    assert (refused.holder, refused.fence) == ("a", 1)
+    renewed = await store.acquire_lease("watcher", "a", ttl_s=60)
+    assert (renewed.holder, renewed.fence, renewed.since_ms) == ("a", 1, first.since_ms)
+    assert renewed.expires_ms > first.expires_ms  # a renewal moves the expiry, not the fence
+
+    await store.acquire_lease("other", "b", ttl_s=30)  # leases are kept by name
+    await store.release_lease("watcher", "b")  # not b's to release: nothing happens
+    assert (await store.read_lease("watcher")).holder == "a"
+    await store.release_lease("watcher", "a")
+    taken = await store.acquire_lease("watcher", "b", ttl_s=30)
+    assert (taken.holder, taken.fence) == ("b", 2)
+
+
+async def test_an_expired_lease_is_taken_over_with_the_next_fence(store):
+    await store.acquire_lease("watcher", "a", ttl_s=0.05)
+
+    async def taken_over():
+        while True:
+            lease = await store.acquire_lease("watcher", "b", ttl_s=30)
+            if lease.holder == "b":
+                return lease
+            await asyncio.sleep(0.01)  # the lease expires with time: asked again a little later
+
+    lease = await asyncio.wait_for(taken_over(), WAIT_S)
+    assert lease.fence == 2
+    back = await store.acquire_lease("watcher", "a", ttl_s=30)
+    assert back.holder == "b"  # a's old lease is gone for good
+
+
+async def test_writes_with_a_fence_that_no_longer_holds_are_refused_whole(store):
+    old = await store.acquire_lease("watcher", "a", ttl_s=30)
+    fence = Fence("watcher", old.fence)
+    await store.append_events(
+        [NewEvent("notification", {}, ("user-u",), "fenced:1")],
+        Checkpoint("feed", {"_data": "01"}, fence),
+    )
+    await store.release_lease("watcher", "a")
+    await store.acquire_lease("watcher", "b", ttl_s=30)  # b took over: fence 2
+    with pytest.raises(LeaseLost):
+        await store.append_events(
+            [NewEvent("notification", {}, ("user-u",), "fenced:2")],
+            Checkpoint("feed", {"_data": "02"}, fence),
+        )
+    with pytest.raises(LeaseLost):
+        await store.save_resume_token("feed", {"_data": "03"}, fence)
+    assert await store.find_event("fenced:1") is not None
+    assert await store.find_event("fenced:2") is None  # nothing of the refused append
+    assert await store.load_resume_token("feed") == {"_data": "01"}
+
+
+async def test_the_whole_log_is_read_in_order_past_any_id(store):
+    logged = await store.append_events(
+        [NewEvent("notification", {"n": n}, (f"user-{n}",), f"all:{n}") for n in range(4)]
+    )
+    sequences = [e.sequence for e in logged]
+    after = await store.events_after(sequences[0], 10)
+    assert [e.sequence for e in after] == sequences[1:]
+    assert [e.payload["n"] for e in after] == [1, 2, 3] and after[0].rooms == ("user-1",)
+    assert [e.sequence for e in await store.events_after(sequences[0] - 1, 2)] == sequences[:2]
+    assert await store.events_after(sequences[-1], 10) == []
+
+
+async def test_room_reads_stop_at_an_upper_id(store):
+    logged = await store.append_events(
+        [NewEvent("notification", {"n": n}, ("user-c1",), f"until:{n}") for n in range(4)]
+    )
+    sequences = [e.sequence for e in logged]
+    upto = await store.room_events("user-c1", sequences[0] - 1, 10, until=sequences[2])
+    assert [e.sequence for e in upto] == sequences[:3]
+    bounds = await store.event_bounds("user-c1", until=sequences[1])
+    assert (bounds.room_newest, bounds.newest) == (sequences[1], sequences[3])

@@ -3,6 +3,7 @@ idempotency keys), and a change log written with every document write."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,9 @@ from storage.base import (
     ChangeStream,
     Checkpoint,
     EventBounds,
+    Fence,
+    Lease,
+    LeaseLost,
     NewEvent,
     RequestClaim,
     ResumeToken,
@@ -67,6 +71,13 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     nonce TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_ms);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    fence INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 """
     + changelog.SCHEMA
 )
@@ -180,12 +191,32 @@ class SqliteStore(Store):
         )
         return json.loads(row[0]) if row else None
 
-    async def save_resume_token(self, name: str, token: ResumeToken | None) -> None:
+    async def save_resume_token(
+        self, name: str, token: ResumeToken | None, fence: Fence | None = None
+    ) -> None:
         def save(db: sqlite3.Connection) -> None:
             with write_transaction(db):
+                _check_fence(db, fence)
                 _save_token(db, name, token)
 
         await self._run(save)
+
+    # -- leases ------------------------------------------------------------------------------
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
+        return await self._run(_acquire_lease, name, holder, ttl_s)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            with write_transaction(db):
+                db.execute(
+                    "UPDATE leases SET expires_ms = ? WHERE name = ? AND holder = ?",
+                    (int(time.time() * 1000), name, holder),
+                )
+
+        await self._run(release)
+
+    async def read_lease(self, name: str) -> Lease | None:
+        return await self._run(_read_lease, name)
 
     # -- event log ---------------------------------------------------------------------------
     async def append_events(
@@ -203,16 +234,32 @@ class SqliteStore(Store):
         return _stored(*row) if row is not None else None
 
     async def room_events(
-        self, room: str, after_sequence: int, limit: int, max_bytes: int | None = None
+        self,
+        room: str,
+        after_sequence: int,
+        limit: int,
+        max_bytes: int | None = None,
+        until: int | None = None,
     ) -> list[StoredEvent]:
-        return await self._run(_room_events, room, after_sequence, limit, max_bytes)
+        return await self._run(_room_events, room, after_sequence, limit, max_bytes, until)
 
-    async def event_bounds(self, room: str) -> EventBounds:
+    async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT seq, created_ms, name, payload, rooms FROM events WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (sequence, limit),
+            ).fetchall()
+        )
+        return [_stored(*row) for row in rows]
+
+    async def event_bounds(self, room: str, until: int | None = None) -> EventBounds:
         def bounds(db: sqlite3.Connection) -> EventBounds:
             oldest = db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
             newest = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             room_newest = db.execute(
-                "SELECT MAX(seq) FROM event_rooms WHERE room = ?", (room,)
+                "SELECT MAX(seq) FROM event_rooms WHERE room = ? AND seq <= ?",
+                (room, until if until is not None else 2**63 - 1),
             ).fetchone()[0]
             return EventBounds(oldest, newest[0] if newest else 0, room_newest)
 
@@ -322,12 +369,52 @@ def _save_token(db: sqlite3.Connection, name: str, token: ResumeToken | None) ->
         )
 
 
+def _check_fence(db: sqlite3.Connection, fence: Fence | None) -> None:
+    """Inside the caller's write transaction (which holds SQLite's one write lock, so no
+    takeover can commit between this check and the writes after it)."""
+    if fence is None:
+        return
+    row = db.execute("SELECT fence FROM leases WHERE name = ?", (fence.lease,)).fetchone()
+    if row is None or row[0] != fence.number:
+        raise LeaseLost(f"lease {fence.lease!r} moved on from fence {fence.number}")
+
+
+def _read_lease(db: sqlite3.Connection, name: str) -> Lease | None:
+    row = db.execute(
+        "SELECT holder, fence, since_ms, expires_ms FROM leases WHERE name = ?", (name,)
+    ).fetchone()
+    return Lease(name, *row) if row else None
+
+
+def _acquire_lease(db: sqlite3.Connection, name: str, holder: str, ttl_s: float) -> Lease:
+    now_ms = int(time.time() * 1000)
+    with write_transaction(db):
+        current = _read_lease(db, name)
+        if current is None:
+            taken = Lease(name, holder, 1, now_ms, now_ms + int(ttl_s * 1000))
+        elif current.holder == holder:
+            taken = dataclasses.replace(current, expires_ms=now_ms + int(ttl_s * 1000))
+        elif current.expires_ms <= now_ms:
+            taken = Lease(name, holder, current.fence + 1, now_ms, now_ms + int(ttl_s * 1000))
+        else:
+            return current
+        db.execute(
+            "INSERT INTO leases (name, holder, fence, since_ms, expires_ms) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, fence = excluded.fence,"
+            " since_ms = excluded.since_ms, expires_ms = excluded.expires_ms",
+            (name, taken.holder, taken.fence, taken.since_ms, taken.expires_ms),
+        )
+    return taken
+
+
 def _append(
     db: sqlite3.Connection, events: list[NewEvent], checkpoint: Checkpoint | None
 ) -> list[StoredEvent | None]:
     stored: list[StoredEvent | None] = []
     now_ms = int(time.time() * 1000)
     with write_transaction(db):
+        if checkpoint is not None:
+            _check_fence(db, checkpoint.fence)
         for event in events:
             row = db.execute(
                 "INSERT INTO events (source, name, payload, rooms, created_ms)"
@@ -361,13 +448,18 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 
 def _room_events(
-    db: sqlite3.Connection, room: str, after: int, limit: int, max_bytes: int | None
+    db: sqlite3.Connection,
+    room: str,
+    after: int,
+    limit: int,
+    max_bytes: int | None,
+    until: int | None,
 ) -> list[StoredEvent]:
     rows = db.execute(
         "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
-        " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ?"
+        " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq > ? AND r.seq <= ?"
         " ORDER BY r.seq LIMIT ?",
-        (room, after, limit),
+        (room, after, until if until is not None else 2**63 - 1, limit),
     )
     found, weight = [], 0
     for row in rows:  # read lazily: a slice bounded in bytes stops reading when full

@@ -1,0 +1,160 @@
+"""The Redis bus between instances: each event an instance logs is announced on one channel,
+and every instance (itself included) hands what it hears to its emitter, which delivers in id
+order and fills holes from the log. Redis only makes delivery fast; the log is the truth.
+
+Each instance also hears its own heartbeat on the channel. Not hearing it means the
+subscription is broken (Redis down, a reconnect under way, or a listener that died without an
+error: python-socketio issue 1581), so `/ready` says so, the subscription is opened again, and
+once it hears again the instance reads the log for what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import redis.asyncio
+
+from storage.base import StoredEvent, StoreError
+from storage.feed import Backoff
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "realtime:events"
+HEARTBEAT_S = 1.0
+DEAF_AFTER_S = 3 * HEARTBEAT_S  # no heartbeat heard for this long: the subscription is broken
+REDIS_TIMEOUT_S = 2.0
+
+
+class EventBus:
+    def __init__(
+        self,
+        url: str,
+        instance_id: str,
+        on_events: Callable[[list[StoredEvent]], Awaitable[None]],
+        on_heard_again: Callable[[], Awaitable[None]],
+        heartbeat_s: float = HEARTBEAT_S,
+    ):
+        self._url = url
+        self.instance_id = instance_id
+        self._on_events = on_events
+        self._on_heard_again = on_heard_again
+        self._heartbeat_s = heartbeat_s
+        self._publisher = redis.asyncio.Redis.from_url(
+            url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
+        )
+        self._deaf_after_s = DEAF_AFTER_S * heartbeat_s / HEARTBEAT_S
+        self._heard_at = float("-inf")  # when this instance last heard its own heartbeat
+        self._publish_failing = False
+        self.resubscriptions = 0
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def deaf(self) -> bool:
+        return time.monotonic() - self._heard_at > self._deaf_after_s
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._listen_forever(), name="bus:listen"),
+            loop.create_task(self._beat_forever(), name="bus:heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._publisher.aclose()
+
+    async def announce(self, events: Sequence[StoredEvent]) -> None:
+        """Tell every instance of these logged events; a failure is logged, never raised:
+        the others read the log."""
+        message = {
+            "from": self.instance_id,
+            "events": [
+                [e.sequence, e.timestamp_ms, e.name, e.payload, list(e.rooms)] for e in events
+            ],
+        }
+        await self._publish(message)
+
+    async def _publish(self, message: dict) -> None:
+        try:
+            await self._publisher.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+        except (redis.RedisError, OSError) as exc:
+            if not self._publish_failing:  # said once per outage, not once a second
+                logger.warning("redis publish failed", extra={"error": str(exc)[:200]})
+            self._publish_failing = True
+        else:
+            self._publish_failing = False
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await self._publish({"from": self.instance_id, "heartbeat": time.time()})
+            await asyncio.sleep(self._heartbeat_s)
+
+    async def _listen_forever(self) -> None:
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # redis down, reset, or a listener gone deaf
+                logger.warning("redis subscription lost", extra={"error": str(exc)[:200]})
+            self.resubscriptions += 1
+            await asyncio.sleep(backoff.next_delay())
+
+    async def _listen(self) -> None:
+        client = redis.asyncio.Redis.from_url(
+            self._url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=None
+        )
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                subscribed_at = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._heartbeat_s
+                    )
+                    if message is not None:
+                        await self._heard(message["data"])
+                    silent_s = time.monotonic() - max(self._heard_at, subscribed_at)
+                    if silent_s > 2 * self._deaf_after_s:
+                        # subscribed, yet not even our own heartbeat comes: start over
+                        raise ConnectionError("no heartbeat heard on the subscription")
+        finally:
+            await client.aclose()
+
+    async def _heard(self, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.warning("unreadable message on the bus")
+            return
+        mine = message.get("from") == self.instance_id
+        try:
+            if "heartbeat" in message:
+                if mine:
+                    was_deaf = self.deaf
+                    self._heard_at = time.monotonic()
+                    if was_deaf:
+                        logger.info("bus heard again: catching up from the log")
+                        await self._on_heard_again()
+            elif not mine:  # this instance delivered its own events as it logged them
+                await self._on_events(
+                    [
+                        StoredEvent(sequence, timestamp_ms, name, payload, tuple(rooms))
+                        for sequence, timestamp_ms, name, payload, rooms in message["events"]
+                    ]
+                )
+        except StoreError as exc:  # a hole could not be read: the emitter's timer will
+            logger.warning("bus message not delivered yet", extra={"error": str(exc)})
+        except (KeyError, TypeError, ValueError):
+            logger.warning("malformed message on the bus")

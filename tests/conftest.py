@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +17,7 @@ from realtime.config import Settings, load_settings
 from realtime.gateway import GATEWAY
 from server.app import create_app
 from tests.clients import KINDS, Client, make_client
-from tests.gateways import RedisServer
+from tests.gateways import SERVICE_TOKEN, GatewayProcess, RedisServer
 
 SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -60,6 +61,35 @@ async def redis_server(free_port) -> AsyncIterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def cluster_env(environ, redis_server) -> dict[str, str]:
+    """What gateway processes of one cluster share: the store, a Redis, a short lease."""
+    return {
+        **environ,
+        "REDIS_URL": redis_server.url,
+        "BROADCAST_TOKEN": SERVICE_TOKEN,
+        "WATCHER_LEASE_TTL": "1.5",
+        "LOG_LEVEL": "warning",
+    }
+
+
+@pytest.fixture
+async def gateways(cluster_env, free_port) -> AsyncIterator[Callable]:
+    """`await gateways()` starts one more gateway process on the shared store and Redis."""
+    started: list[GatewayProcess] = []
+
+    async def start(**env: str) -> GatewayProcess:
+        gateway = await GatewayProcess({**cluster_env, **env}, free_port()).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        if gateway.process.returncode is None:
+            gateway.process.send_signal(signal.SIGCONT)  # a paused one must be able to die
+        await gateway.stop()
 
 
 @pytest.fixture

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
+from collections.abc import Callable
 
-from tests.clients import ROOT
+import aiohttp
+
+from tests.clients import ROOT, Client
+
+SERVICE_TOKEN = "scale-out-service-token-0123456789"  # BROADCAST_TOKEN of gateway processes
+WAIT_S = 20.0
 
 
 class GatewayProcess:
@@ -81,6 +88,63 @@ class RedisServer:
             await self._drain
 
 
+NGINX_CONF = os.path.join(ROOT, "docs", "nginx.conf")
+
+
+class Nginx:
+    """nginx running docs/nginx.conf as shipped, with only its ports changed: it listens on
+    `port` and balances over `backends` (ports on 127.0.0.1)."""
+
+    def __init__(self, directory: str, port: int, backends: list[int]):
+        self.directory = directory
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.backends = backends
+        self._process: asyncio.subprocess.Process | None = None
+
+    def config(self) -> str:
+        with open(NGINX_CONF) as shipped:
+            text = shipped.read()
+        servers = "".join(f"        server 127.0.0.1:{port};\n" for port in self.backends)
+        text, count = re.subn(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
+        assert count == 1, "docs/nginx.conf: no upstream servers found"
+        text, count = re.subn(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{self.port};", text)
+        assert count == 1, "docs/nginx.conf: no listen directive found"
+        return text
+
+    def write_config(self) -> str:
+        os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)
+        conf = os.path.join(self.directory, "nginx.conf")
+        with open(conf, "w") as handle:
+            handle.write(self.config())
+        return conf
+
+    async def start(self) -> Nginx:
+        conf = self.write_config()
+        self._process = await asyncio.create_subprocess_exec(
+            "nginx",
+            *("-p", self.directory, "-c", conf),
+            *("-g", f"daemon off; pid {self.directory}/nginx.pid; error_log stderr warn;"),
+        )
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # listening once a TCP connection is accepted
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                assert self._process.returncode is None, "nginx exited"
+                assert asyncio.get_running_loop().time() < deadline, "nginx did not listen"
+                await asyncio.sleep(0.05)  # asked again a little later
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return self
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
+
+
 async def run_cli(env: dict[str, str], *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -94,3 +158,45 @@ async def run_cli(env: dict[str, str], *args: str) -> str:
     stdout, _ = await process.communicate()
     assert process.returncode == 0, args
     return stdout.decode().strip()
+
+
+# What tests ask of gateway processes, over HTTP and through clients.
+
+
+async def post(gateway, body: dict) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{gateway.url}/broadcast",
+            json=body,
+            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
+        ) as answer:
+            return answer.status
+
+
+async def get_json(gateway, path: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{gateway.url}{path}", headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}
+        ) as answer:
+            return answer.status, await answer.json()
+
+
+async def until(check: Callable, within: float = WAIT_S):
+    """Wait for `await check()` to return something true. Each look asks another process over
+    HTTP: there is nothing to subscribe to, so it asks again, a little later."""
+
+    async def look():
+        while True:
+            if found := await check():
+                return found
+            await asyncio.sleep(0.05)  # a poll interval between two questions
+
+    return await asyncio.wait_for(look(), within)
+
+
+async def received(client: Client, event: str, count: int) -> list[dict]:
+    """The next `count` of `event`, checked to come once each and in eventId order."""
+    got = [await client.next_event(event, timeout=WAIT_S) for _ in range(count)]
+    ids = [payload["eventId"] for payload in got]
+    assert ids == sorted(set(ids)), ids
+    return got

@@ -12,45 +12,13 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 import pytest
 
 from storage.sqlite.store import SqliteStore
 from tests.clients import Client, make_client
-from tests.gateways import GatewayProcess
+from tests.gateways import GatewayProcess, get_json, post, received, until
 
-SERVICE_TOKEN = "scale-out-service-token-0123456789"
-LEASE_TTL_S = "1.5"
 SLOT = {"startsAt": "2026-11-23T10:00:00.000Z", "durationMinutes": 60}
-WAIT_S = 20.0
-
-
-@pytest.fixture
-def cluster_env(environ, redis_server) -> dict[str, str]:
-    return {
-        **environ,
-        "REDIS_URL": redis_server.url,
-        "BROADCAST_TOKEN": SERVICE_TOKEN,
-        "WATCHER_LEASE_TTL": LEASE_TTL_S,
-        "LOG_LEVEL": "warning",
-    }
-
-
-@pytest.fixture
-async def gateways(cluster_env, free_port) -> AsyncIterator[Callable]:
-    """`await gateways()` starts one more gateway process on the shared store and Redis."""
-    started: list[GatewayProcess] = []
-
-    async def start(**env: str) -> GatewayProcess:
-        gateway = await GatewayProcess({**cluster_env, **env}, free_port()).start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in started:
-        if gateway.process.returncode is None:
-            gateway.process.send_signal(signal.SIGCONT)  # a paused one must be able to die
-        await gateway.stop()
 
 
 @pytest.fixture
@@ -79,37 +47,6 @@ async def people(token) -> AsyncIterator[Callable]:
         await client.close()
 
 
-async def post(gateway, body: dict) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{gateway.url}/broadcast",
-            json=body,
-            headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
-        ) as answer:
-            return answer.status
-
-
-async def get_json(gateway, path: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(
-            f"{gateway.url}{path}", headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}
-        ) as answer:
-            return answer.status, await answer.json()
-
-
-async def until(check: Callable, within: float = WAIT_S):
-    """Wait for `await check()` to return something true. Each look asks another process over
-    HTTP: there is nothing to subscribe to, so it asks again, a little later."""
-
-    async def look():
-        while True:
-            if found := await check():
-                return found
-            await asyncio.sleep(0.05)  # a poll interval between two questions
-
-    return await asyncio.wait_for(look(), within)
-
-
 async def holder_of_the_lease(*candidates) -> GatewayProcess:
     async def held():
         for gateway in candidates:
@@ -119,14 +56,6 @@ async def holder_of_the_lease(*candidates) -> GatewayProcess:
         return None
 
     return await until(held)
-
-
-async def received(client: Client, event: str, count: int) -> list[dict]:
-    """The next `count` of `event`, checked to come once each and in eventId order."""
-    got = [await client.next_event(event, timeout=WAIT_S) for _ in range(count)]
-    ids = [payload["eventId"] for payload in got]
-    assert ids == sorted(set(ids)), ids
-    return got
 
 
 async def write_bookings(store, count: int, customer: str = "c1") -> list[str]:

@@ -28,6 +28,7 @@ CHANNEL = "realtime:events"
 HEARTBEAT_S = 1.0
 DEAF_AFTER_S = 3 * HEARTBEAT_S  # no heartbeat heard for this long: the subscription is broken
 REDIS_TIMEOUT_S = 2.0
+OUTBOX_MAX = 10_000  # announcements waiting for Redis; past it they are dropped (the log has them)
 
 
 class EventBus:
@@ -35,7 +36,7 @@ class EventBus:
         self,
         url: str,
         instance_id: str,
-        on_events: Callable[[list[StoredEvent]], Awaitable[None]],
+        on_events: Callable[[list[StoredEvent]], None],
         on_heard_again: Callable[[], Awaitable[None]],
         heartbeat_s: float = HEARTBEAT_S,
     ):
@@ -50,6 +51,10 @@ class EventBus:
         self._deaf_after_s = DEAF_AFTER_S * heartbeat_s / HEARTBEAT_S
         self._heard_at = float("-inf")  # when this instance last heard its own heartbeat
         self._publish_failing = False
+        # announcements leave from a queue of their own, so that a slow or stalled Redis never
+        # holds up the request or change that logged the events
+        self._outbox: asyncio.Queue[dict] = asyncio.Queue(OUTBOX_MAX)
+        self.dropped = 0
         self.resubscriptions = 0
         self._tasks: list[asyncio.Task] = []
 
@@ -62,6 +67,7 @@ class EventBus:
         self._tasks = [
             loop.create_task(self._listen_forever(), name="bus:listen"),
             loop.create_task(self._beat_forever(), name="bus:heartbeat"),
+            loop.create_task(self._send_forever(), name="bus:send"),
         ]
 
     async def stop(self) -> None:
@@ -74,15 +80,22 @@ class EventBus:
         await self._publisher.aclose()
 
     async def announce(self, events: Sequence[StoredEvent]) -> None:
-        """Tell every instance of these logged events; a failure is logged, never raised:
-        the others read the log."""
+        """Tell every instance of these logged events, soon; never waits for Redis and never
+        fails: what does not get through, the others read from the log."""
         message = {
             "from": self.instance_id,
             "events": [
                 [e.sequence, e.timestamp_ms, e.name, e.payload, list(e.rooms)] for e in events
             ],
         }
-        await self._publish(message)
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._publish(await self._outbox.get())
 
     async def _publish(self, message: dict) -> None:
         try:
@@ -148,13 +161,13 @@ class EventBus:
                         logger.info("bus heard again: catching up from the log")
                         await self._on_heard_again()
             elif not mine:  # this instance delivered its own events as it logged them
-                await self._on_events(
+                self._on_events(
                     [
                         StoredEvent(sequence, timestamp_ms, name, payload, tuple(rooms))
                         for sequence, timestamp_ms, name, payload, rooms in message["events"]
                     ]
                 )
-        except StoreError as exc:  # a hole could not be read: the emitter's timer will
-            logger.warning("bus message not delivered yet", extra={"error": str(exc)})
+        except StoreError as exc:  # the log could not be read: the emitter reads it again
+            logger.warning("catching up from the log failed", extra={"error": str(exc)})
         except (KeyError, TypeError, ValueError):
             logger.warning("malformed message on the bus")

@@ -70,7 +70,8 @@ class Emitter:
         self._announce: Callable[[list[StoredEvent]], Awaitable[None]] | None = None
         self.delivered: int | None = None  # every event up to this id is delivered here
         self._pending: dict[int, StoredEvent] = {}  # heard of, ahead of a hole
-        self._catching_up: asyncio.Task | None = None
+        self._heard = asyncio.Event()  # something was heard: the delivery task has work
+        self._delivering: asyncio.Task | None = None
         self.emitted: dict[str, int] = {}
         self.caught_up = 0  # events this instance read from the log: no message brought them
 
@@ -88,16 +89,16 @@ class Emitter:
         """Deliver from the log's newest id on (a socket gets older ones by replay), and read
         the log on a timer for what no message brings."""
         self.delivered = (await self._store.event_bounds("")).newest
-        self._catching_up = asyncio.get_running_loop().create_task(
-            self._catch_up_forever(), name="emitter:catch-up"
+        self._delivering = asyncio.get_running_loop().create_task(
+            self._deliver_forever(), name="emitter:deliver"
         )
 
     async def stop(self) -> None:
-        if self._catching_up is not None:
-            self._catching_up.cancel()
+        if self._delivering is not None:
+            self._delivering.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._catching_up
-            self._catching_up = None
+                await self._delivering
+            self._delivering = None
 
     async def publish(
         self, new_events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
@@ -113,19 +114,28 @@ class Emitter:
         return stored
 
     async def receive(self, heard: Sequence[StoredEvent]) -> None:
-        """Events logged here or elsewhere: delivered in id order, each once; a hole before
-        them is filled from the log first."""
+        """Events logged here: delivered in id order, each once, before this returns; a hole
+        before them is filled from the log first."""
         async with self._lock:
-            if self.delivered is None:
-                return  # not started: the log's position is taken at start
-            for event in heard:
-                if event.sequence > self.delivered:
-                    self._pending[event.sequence] = event
+            self._hold(heard)
             await self._deliver_pending()
             if self._pending:  # a hole: the events before these are in the log
                 await self._fill_from_log()
-            if len(self._pending) > PENDING_MAX:
-                self._pending.clear()  # the log has them: the timer reads them again
+
+    def hear(self, heard: Sequence[StoredEvent]) -> None:
+        """Events another instance logged (from the bus): delivered in id order by the
+        delivery task. Never waits, so that the bus is read as fast as it speaks."""
+        self._hold(heard)
+        self._heard.set()
+
+    def _hold(self, heard: Sequence[StoredEvent]) -> None:
+        if self.delivered is None:
+            return  # not started: the log's position is taken at start
+        for event in heard:
+            if event.sequence > self.delivered:
+                self._pending[event.sequence] = event
+        if len(self._pending) > PENDING_MAX:
+            self._pending.clear()  # the log has them: read from there instead
 
     async def catch_up(self) -> None:
         """Deliver whatever the log holds past what was delivered here."""
@@ -133,15 +143,24 @@ class Emitter:
             if self.delivered is not None:
                 await self._fill_from_log()
 
-    async def _catch_up_forever(self) -> None:
+    async def _deliver_forever(self) -> None:
+        """What was heard, as soon as it was; and the log, every `catch_up_interval_s`."""
         while True:
-            await asyncio.sleep(self._catch_up_interval_s)
             try:
-                await self.catch_up()
+                await asyncio.wait_for(self._heard.wait(), self._catch_up_interval_s)
+                timer = False
+            except TimeoutError:
+                timer = True
+            self._heard.clear()
+            try:
+                async with self._lock:
+                    await self._deliver_pending()
+                    if timer or self._pending:
+                        await self._fill_from_log()
             except StoreError as exc:
                 logger.warning("catching up from the log failed", extra={"error": str(exc)})
             except Exception:
-                logger.exception("catching up from the log failed")
+                logger.exception("delivering failed")
 
     async def _deliver_pending(self) -> None:
         while self.delivered + 1 in self._pending:

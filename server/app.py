@@ -95,7 +95,7 @@ def create_app(
         bus = EventBus(
             settings.redis_url,
             instance_id,
-            on_events=emitter.receive,
+            on_events=emitter.hear,
             on_heard_again=emitter.catch_up,
         )
         emitter.announce_with(bus.announce)

@@ -156,6 +156,8 @@ async def test_health_status_and_metrics_count_what_happened(http, connect):
     assert status["connections"] == 2 and status["authenticated"] == 2 and status["users"] == 2
     assert status["rooms"] == {"user-c1": 1, "user-st1": 1}
     assert status["watcher"]["running"] is True
+    assert status["watcher"]["heldHere"] is True and status["watcher"]["fence"] == 1
+    assert status["watcher"]["holder"] == status["instance"]
     assert status["eventsEmitted"] == {"notification": 1}
     assert status["uptimeSeconds"] >= 0 and status["version"]
     metrics = await (await http.get("/metrics")).text()
@@ -163,6 +165,9 @@ async def test_health_status_and_metrics_count_what_happened(http, connect):
     assert 'realtime_broadcast_requests_total{status="401"} 1.0' in metrics
     assert 'realtime_events_emitted_total{event="notification"} 1.0' in metrics
     assert "realtime_connections 2.0" in metrics
+    assert "realtime_watcher_lease_held 1.0" in metrics
+    assert "realtime_watcher_takeovers_total 1.0" in metrics
+    assert "realtime_events_caught_up_total 0.0" in metrics  # one instance: nothing missed
 
 
 async def test_metrics_count_auth_failures(http, clients):

@@ -224,3 +224,38 @@ async def test_an_instance_whose_subscription_is_cut_while_redis_stays_up_misses
         assert [note["n"] for note in notes] == list(range(30))
     finally:
         await admin.aclose()
+
+
+async def test_an_instance_deaf_to_its_own_heartbeat_is_not_ready_and_misses_nothing(
+    gateways, people, redis_server
+):
+    # Redis answers (PING works) but delivers nothing: writes paused, so no message reaches a
+    # subscriber, as with a listener that died without an error (python-socketio issue 1581)
+    import redis.asyncio
+
+    publishing, other = await gateways(), await gateways()
+    listener = await people(other, "py-polling", sub="st1", role="staff", shops=["s1"])
+    assert (await listener.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    admin = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+
+        async def deaf():
+            status, body = await get_json(other, "/ready")
+            return status == 503 and body["error"]["details"]["redis"]
+
+        assert "heartbeat" in await until(deaf)
+        for n in range(20):  # answered at once: announcing never waits for Redis
+            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
+            assert await post(publishing, body) == 202
+        notes = await received(listener, "notification", 20)  # from the log, in order
+        assert [note["n"] for note in notes] == list(range(20))
+        await admin.execute_command("CLIENT", "UNPAUSE")
+
+        async def ready():
+            return (await get_json(other, "/ready"))[0] == 200
+
+        await until(ready)
+    finally:
+        await admin.aclose()
+    assert listener.pending("notification") == 0

@@ -30,29 +30,12 @@ import aiohttp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.changes import SECRET, free_port, pinned, start, token  # noqa: E402
+from bench.changes import SECRET, Deliveries, free_port, pinned, start, token  # noqa: E402
 from bench.rawclient import RawClient  # noqa: E402
 from tests.gateways import Nginx, RedisServer  # noqa: E402
 
 SERVICE_TOKEN = "bench-service-token-0123456789"
 SOURCES = [f"127.0.{n}.1" for n in range(1, 9)]
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.count = 0
-        self.first_at = self.last_at = 0.0
-        self.target = 0
-        self.done = asyncio.Event()
-
-    def __call__(self, frame: str) -> None:
-        now = time.perf_counter()
-        self.count += 1
-        if self.count == 1:
-            self.first_at = now
-        self.last_at = now
-        if self.target and self.count >= self.target:
-            self.done.set()
 
 
 async def run_setup(processes: int, args, redis_url: str) -> dict:
@@ -73,7 +56,7 @@ async def run_setup(processes: int, args, redis_url: str) -> dict:
         for n, port in enumerate(ports)
     ]
     nginx = await Nginx(os.path.join(workdir, "nginx"), free_port(), ports).start()
-    counter = Counter()
+    counter = Deliveries(measure_latency=False)
     sessions = [
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(source, 0)))
         for source in SOURCES

@@ -55,6 +55,16 @@ async def sentinel(store, people) -> None:
             pass
 
 
+async def customer_on_each(servers, token, customers: list) -> list:
+    """Customer c1 connected to each server (added to `customers`, for closing)."""
+    for server in servers:
+        customer = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
+        customers.append(customer)
+        await customer.connect({"token": token("c1")})
+        await customer.next_event("auth_success")
+    return customers
+
+
 def received(client, event):
     """What `client` got of `event`, leaving out the sentinel booking's own events."""
     return [
@@ -239,11 +249,7 @@ async def test_two_gateways_on_one_store_watch_once_and_both_deliver_every_chang
     servers = [await aiohttp_server(app) for app in apps]
     customers = []
     try:
-        for server in servers:
-            customer = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
-            customers.append(customer)
-            await customer.connect({"token": token("c1")})
-            await customer.next_event("auth_success")
+        await customer_on_each(servers, token, customers)
         store = apps[0][GATEWAY].store
         written = [
             await store.insert_document(
@@ -393,11 +399,7 @@ async def test_every_instance_takes_its_own_sockets_out_of_a_moved_booking_room(
     room = f"reservation-{booking}"
     customers = []
     try:
-        for server in servers:
-            customer = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
-            customers.append(customer)
-            await customer.connect({"token": token("c1")})
-            await customer.next_event("auth_success")
+        for customer in await customer_on_each(servers, token, customers):
             assert (await customer.call("join_room", {"roomId": room}))["ok"]
         await store.update_document("bookings", booking, {"customerId": "c2"})
         for customer in customers:

@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio
 
 from storage.sqlite.store import SqliteStore
 from tests.clients import Client, make_client
@@ -56,6 +57,13 @@ async def holder_of_the_lease(*candidates) -> GatewayProcess:
         return None
 
     return await until(held)
+
+
+async def staff_listening(people, gateway, kind: str) -> Client:
+    """Staff of shop s1 on `gateway`, in room shop-s1."""
+    listener = await people(gateway, kind, sub="st1", role="staff", shops=["s1"])
+    assert (await listener.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    return listener
 
 
 async def write_bookings(store, count: int, customer: str = "c1") -> list[str]:
@@ -177,8 +185,7 @@ async def test_a_join_with_replay_on_one_instance_while_another_publishes_misses
 
 async def test_a_redis_outage_loses_nothing_and_ready_says_so(gateways, people, redis_server):
     publishing, other = await gateways(), await gateways()
-    listener = await people(other, "js-websocket", sub="st1", role="staff", shops=["s1"])
-    assert (await listener.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    listener = await staff_listening(people, other, "js-websocket")
 
     async def broadcast(numbers) -> None:
         for n in numbers:
@@ -208,11 +215,8 @@ async def test_an_instance_whose_subscription_is_cut_while_redis_stays_up_misses
 ):
     # every subscriber is cut (CLIENT KILL TYPE pubsub) while Redis stays up: each instance
     # subscribes again, and what was published meanwhile comes from the log
-    import redis.asyncio
-
     publishing, other = await gateways(), await gateways()
-    listener = await people(other, "py-websocket", sub="st1", role="staff", shops=["s1"])
-    assert (await listener.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    listener = await staff_listening(people, other, "py-websocket")
     admin = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         killed = await admin.client_kill_filter(_type="pubsub")
@@ -231,11 +235,8 @@ async def test_an_instance_deaf_to_its_own_heartbeat_is_not_ready_and_misses_not
 ):
     # Redis answers (PING works) but delivers nothing: writes paused, so no message reaches a
     # subscriber, as with a listener that died without an error (python-socketio issue 1581)
-    import redis.asyncio
-
     publishing, other = await gateways(), await gateways()
-    listener = await people(other, "py-polling", sub="st1", role="staff", shops=["s1"])
-    assert (await listener.call("join_room", {"roomId": "shop-s1"}))["ok"]
+    listener = await staff_listening(people, other, "py-polling")
     admin = redis.asyncio.Redis.from_url(redis_server.url)
     try:
         await admin.execute_command("CLIENT", "PAUSE", "8000", "WRITE")

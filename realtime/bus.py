@@ -15,20 +15,20 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import redis.asyncio
 
-from storage.base import StoredEvent, StoreError
+from storage.base import StoredEvent
 from storage.feed import Backoff
 
 logger = logging.getLogger(__name__)
 
-CHANNEL = "realtime:events"
+CHANNEL_PREFIX = "realtime:events:"  # + the event log's identity: one channel per deployment
 HEARTBEAT_S = 1.0
 DEAF_AFTER_S = 3 * HEARTBEAT_S  # no heartbeat heard for this long: the subscription is broken
 REDIS_TIMEOUT_S = 2.0
-OUTBOX_MAX = 10_000  # announcements waiting for Redis; past it they are dropped (the log has them)
+OUTBOX_MAX = 1000  # announcements waiting for Redis; past it they are dropped (the log has them)
 
 
 class EventBus:
@@ -37,10 +37,11 @@ class EventBus:
         url: str,
         instance_id: str,
         on_events: Callable[[list[StoredEvent]], None],
-        on_heard_again: Callable[[], Awaitable[None]],
+        on_heard_again: Callable[[], None],
         heartbeat_s: float = HEARTBEAT_S,
     ):
         self._url = url
+        self.channel: str | None = None  # set by `start(log_identity)`
         self.instance_id = instance_id
         self._on_events = on_events
         self._on_heard_again = on_heard_again
@@ -62,7 +63,10 @@ class EventBus:
     def deaf(self) -> bool:
         return time.monotonic() - self._heard_at > self._deaf_after_s
 
-    def start(self) -> None:
+    def start(self, log_identity: str) -> None:
+        """Speak and listen on the channel of this event log: Redis pub/sub ignores the
+        database number, so two deployments sharing a Redis would otherwise hear each other."""
+        self.channel = CHANNEL_PREFIX + log_identity
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._listen_forever(), name="bus:listen"),
@@ -95,11 +99,21 @@ class EventBus:
 
     async def _send_forever(self) -> None:
         while True:
-            await self._publish(await self._outbox.get())
+            message = await self._outbox.get()
+            try:
+                await self._publish(message)
+            except Exception:  # a message that cannot be sent must not stop the others
+                logger.exception("bus announcement not sent")
+            if self._publish_failing:
+                # Redis is away: what waits is stale by the time it is back, and the others
+                # read it from the log anyway
+                while not self._outbox.empty():
+                    self._outbox.get_nowait()
+                    self.dropped += 1
 
     async def _publish(self, message: dict) -> None:
         try:
-            await self._publisher.publish(CHANNEL, json.dumps(message, separators=(",", ":")))
+            await self._publisher.publish(self.channel, json.dumps(message, separators=(",", ":")))
         except (redis.RedisError, OSError) as exc:
             if not self._publish_failing:  # said once per outage, not once a second
                 logger.warning("redis publish failed", extra={"error": str(exc)[:200]})
@@ -116,7 +130,7 @@ class EventBus:
         backoff = Backoff(0.1, 5.0)
         while True:
             try:
-                await self._listen()
+                await self._listen(backoff)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # redis down, reset, or a listener gone deaf
@@ -124,14 +138,15 @@ class EventBus:
             self.resubscriptions += 1
             await asyncio.sleep(backoff.next_delay())
 
-    async def _listen(self) -> None:
+    async def _listen(self, backoff: Backoff) -> None:
         client = redis.asyncio.Redis.from_url(
             self._url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=None
         )
         try:
             async with client.pubsub() as pubsub:
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(self.channel)
                 subscribed_at = time.monotonic()
+                backoff.reset()
                 while True:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self._heartbeat_s
@@ -159,7 +174,7 @@ class EventBus:
                     self._heard_at = time.monotonic()
                     if was_deaf:
                         logger.info("bus heard again: catching up from the log")
-                        await self._on_heard_again()
+                        self._on_heard_again()
             elif not mine:  # this instance delivered its own events as it logged them
                 self._on_events(
                     [
@@ -167,7 +182,5 @@ class EventBus:
                         for sequence, timestamp_ms, name, payload, rooms in message["events"]
                     ]
                 )
-        except StoreError as exc:  # the log could not be read: the emitter reads it again
-            logger.warning("catching up from the log failed", extra={"error": str(exc)})
         except (KeyError, TypeError, ValueError):
             logger.warning("malformed message on the bus")

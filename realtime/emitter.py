@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -33,7 +34,10 @@ logger = logging.getLogger(__name__)
 
 REPLAY_BATCH = 500  # events read from the log at once, at most
 CATCH_UP_INTERVAL_S = 0.5  # how often the log is read for events no message brought
-PENDING_MAX = 10_000  # events held ahead of a hole; past it they are read again from the log
+PENDING_MAX = 1000  # events held ahead of a hole; past it they are read again from the log
+# `resync` goes through the log like a data event, so that every instance sends it in order;
+# it is addressed to no room (never replayed) and sent to every socket without an eventId
+EVERYONE = "*"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Emitter:
         self.delivered: int | None = None  # every event up to this id is delivered here
         self._pending: dict[int, StoredEvent] = {}  # heard of, ahead of a hole
         self._heard = asyncio.Event()  # something was heard: the delivery task has work
+        self._catch_up_due = False
         self._delivering: asyncio.Task | None = None
         self.emitted: dict[str, int] = {}
         self.caught_up = 0  # events this instance read from the log: no message brought them
@@ -117,6 +122,8 @@ class Emitter:
         """Events logged here: delivered in id order, each once, before this returns; a hole
         before them is filled from the log first."""
         async with self._lock:
+            if self.delivered is None:
+                return  # not started: the log's position is taken at start
             self._hold(heard)
             await self._deliver_pending()
             if self._pending:  # a hole: the events before these are in the log
@@ -137,11 +144,10 @@ class Emitter:
         if len(self._pending) > PENDING_MAX:
             self._pending.clear()  # the log has them: read from there instead
 
-    async def catch_up(self) -> None:
-        """Deliver whatever the log holds past what was delivered here."""
-        async with self._lock:
-            if self.delivered is not None:
-                await self._fill_from_log()
+    def catch_up_soon(self) -> None:
+        """Have the delivery task read the log now (the bus was deaf: what it missed)."""
+        self._catch_up_due = True
+        self._heard.set()
 
     async def _deliver_forever(self) -> None:
         """What was heard, as soon as it was; and the log, every `catch_up_interval_s`."""
@@ -152,10 +158,11 @@ class Emitter:
             except TimeoutError:
                 timer = True
             self._heard.clear()
+            due, self._catch_up_due = self._catch_up_due, False
             try:
                 async with self._lock:
                     await self._deliver_pending()
-                    if timer or self._pending:
+                    if timer or due or self._pending:
                         await self._fill_from_log()
             except StoreError as exc:
                 logger.warning("catching up from the log failed", extra={"error": str(exc)})
@@ -183,9 +190,12 @@ class Emitter:
     async def _deliver(self, event: StoredEvent) -> None:
         """To this instance's sockets in the event's rooms (the other instances deliver to
         theirs), then the listeners."""
-        await self._sio.emit(
-            event.name, wire_payload(event), to=list(event.rooms), ignore_queue=True
-        )
+        if event.rooms == (EVERYONE,):  # a control event kept in order: no eventId
+            await self._sio.emit(event.name, event.payload, ignore_queue=True)
+        else:
+            await self._sio.emit(
+                event.name, wire_payload(event), to=list(event.rooms), ignore_queue=True
+            )
         self.delivered = event.sequence
         self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
         logger.debug(
@@ -248,6 +258,10 @@ class Emitter:
                 break
             cursor, replayed = await self._send(sid, batch, cursor, replayed)
         async with self._lock:
+            if self.delivered is not None and cursor > self.delivered:
+                # the client saw events this instance has not delivered yet (it came from an
+                # instance ahead of this one): catch up first, or they would come again
+                await self._fill_from_log()
             # what was delivered since the last slice, then the room: nothing slips in between
             if replayed < self._replay_max:
                 batch = await self._store.room_events(
@@ -288,8 +302,13 @@ class Emitter:
         await self._sio.emit(event, payload, to=sid, ignore_queue=True)
 
     async def resync_everyone(self, reason: str, rooms: list[str]) -> None:
-        """Tell every client that change events of these rooms (patterns) were lost: refetch."""
-        await self._sio.emit(events.RESYNC, {"reason": reason, "rooms": rooms})
+        """Tell every client, on every instance, that change events of these rooms (patterns)
+        were lost: refetch. Logged, so that each instance sends it after the events logged
+        before it, and none misses it."""
+        payload = {"reason": reason, "rooms": rooms}
+        await self.publish(
+            [NewEvent(events.RESYNC, payload, (EVERYONE,), f"resync:{uuid.uuid4().hex}")]
+        )
 
 
 def _event_id_or_none(sequence: int | None) -> str | None:

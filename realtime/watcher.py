@@ -29,6 +29,7 @@ class Watcher:
         self.lease: Lease | None = None  # as last read
         self.takeovers = 0  # times this instance took the lease from another or from none
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     @property
     def held_here(self) -> bool:
@@ -56,10 +57,10 @@ class Watcher:
     async def stop(self) -> None:
         """Stop watching at a change boundary and let the lease go, so that another instance
         takes over at once rather than after the lease time."""
+        self._stopping = True  # no round starts the feed again from here on
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
             self._task = None
         await self._feed.stop()
         if self.lease is not None and self.lease.holder == self.instance_id:
@@ -75,6 +76,8 @@ class Watcher:
                 logger.exception("watcher lease round failed")
 
     async def _round(self) -> None:
+        if self._stopping:
+            return
         try:
             lease = await self._store.acquire_lease(WATCHER_LEASE, self.instance_id, self._ttl_s)
         except StoreError as exc:
@@ -92,6 +95,8 @@ class Watcher:
         if self._feed.running and self._feed.fence == fence:
             return  # renewed
         await self._feed.stop()  # (a feed that ended: its lease was lost, or it crashed)
+        if self._stopping:
+            return
         if previous is None or previous.holder != self.instance_id or previous.fence != lease.fence:
             self.takeovers += 1
             logger.info("watcher lease taken: watching", extra=_fields(lease))

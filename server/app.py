@@ -96,7 +96,7 @@ def create_app(
             settings.redis_url,
             instance_id,
             on_events=emitter.hear,
-            on_heard_again=emitter.catch_up,
+            on_heard_again=emitter.catch_up_soon,
         )
         emitter.announce_with(bus.announce)
     metrics.observe(
@@ -171,9 +171,15 @@ async def _delivery_lifetime(app: web.Application) -> AsyncIterator[None]:
     """Delivery from the log's newest id, the bus, then the watcher: all before serving."""
     gateway = app[GATEWAY]
     await gateway.emitter.start()
-    if gateway.bus is not None:
-        gateway.bus.start()
-    await gateway.watcher.start()
+    try:
+        if gateway.bus is not None:
+            gateway.bus.start(await gateway.store.log_identity())
+        await gateway.watcher.start()
+    except BaseException:
+        if gateway.bus is not None:
+            await gateway.bus.stop()
+        await gateway.emitter.stop()
+        raise
     yield
     await gateway.watcher.stop()
     if gateway.bus is not None:

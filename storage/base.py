@@ -247,6 +247,11 @@ class Store(abc.ABC):
 
     # -- event log ---------------------------------------------------------------------------
     @abc.abstractmethod
+    async def log_identity(self) -> str:
+        """A name for this event log, made once when the log is first opened and the same for
+        every instance on it (another store, another name): the instances' bus channel."""
+
+    @abc.abstractmethod
     async def append_events(
         self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
     ) -> list[StoredEvent | None]:

@@ -178,8 +178,9 @@ class ChangeFeed:
             return
         if self._interruptible:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # waited for without passing a cancellation of the caller on to the feed's task: a
+        # change in hand is finished even when the one stopping is itself being cancelled
+        await asyncio.wait({task})
 
     async def _consume(self, stream: ChangeStream) -> None:
         while not self._stopping:

@@ -82,6 +82,7 @@ IDEMPOTENCY_KEYS = "realtime_idempotency_keys"
 LEASES = "realtime_leases"
 STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS, LEASES)
 EVENT_SEQUENCE = "events"  # the counter document that hands out event ids
+LOG_IDENTITY = "log_identity"  # beside it: the log's name, made once
 # an append is acknowledged (and its events delivered) only once a majority holds it, so a
 # failover cannot take back an event clients were sent
 LOG_WRITE_CONCERN = WriteConcern("majority")
@@ -473,6 +474,17 @@ class MongoStore(Store):
                 return await session.with_transaction(callback, write_concern=LOG_WRITE_CONCERN)
 
     # -- event log ---------------------------------------------------------------------------
+    @store_errors
+    async def log_identity(self) -> str:
+        try:
+            await self.state[COUNTERS].update_one(
+                {"_id": LOG_IDENTITY}, {"$setOnInsert": {"value": uuid.uuid4().hex}}, upsert=True
+            )
+        except DuplicateKeyError:  # two first instances at once: the other one made it
+            pass
+        found = await self.state[COUNTERS].find_one({"_id": LOG_IDENTITY})
+        return found["value"]
+
     @store_errors
     async def append_events(
         self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None

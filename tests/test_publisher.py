@@ -17,7 +17,9 @@ import sys
 
 from realtime.config import load_settings
 from realtime.gateway import GATEWAY
+from realtime.wire import event_id
 from server.app import create_app
+from storage.base import NewEvent
 from tests.clients import ROOT, Client, make_client
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
@@ -426,3 +428,92 @@ async def test_a_dropped_collection_tells_clients_to_refetch_its_rooms(
     # the stream goes on: later changes still arrive
     await store.insert_document("bookings", {"customerId": "c1", "status": "pending", **SLOT})
     assert (await customer.next_event("reservation_update"))["status"] == "pending"
+
+
+async def test_lost_history_reaches_sockets_on_every_instance_in_order(
+    aiohttp_server, settings, token
+):
+    # no Redis: the resync is logged, so the instance without the watcher sends it too, after
+    # the events logged before it
+    apps = [create_app(settings), create_app(settings)]
+    servers = [await aiohttp_server(app) for app in apps]
+    customers: list = []
+    try:
+        await customer_on_each(servers, token, customers)
+        store = apps[0][GATEWAY].store
+        await store.insert_document("payments", {"customerId": "c1", "status": "paid"})
+        await store.drop_collection("payments")
+        for customer in customers:
+            resync = await customer.next_event("resync")
+            assert set(resync) == {"reason", "rooms"}  # a control event: no eventId
+            assert resync["reason"] == "collection_dropped"
+            names = [n for n in customer.names() if n in ("payment_update", "resync")]
+            assert names == ["payment_update", "resync"]
+    finally:
+        for customer in customers:
+            await customer.close()
+
+
+async def test_a_client_ahead_of_the_instance_it_joins_gets_nothing_twice(
+    aiohttp_server, settings, token
+):
+    # it saw event n on an instance that delivered it at once; the instance it reconnects to
+    # has not heard of n yet (no Redis, and its timer is held back here): it must catch up
+    # before the client enters, or n would come again, out of order
+    apps = [create_app(settings), create_app(settings)]
+    apps[1][GATEWAY].emitter._catch_up_interval_s = 3600  # behind until something asks
+    servers = [await aiohttp_server(app) for app in apps]
+    staff = []
+    try:
+        for server in servers:
+            member = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
+            staff.append(member)
+            await member.connect({"token": token("st1", "staff", ["s1"])})
+            await member.next_event("auth_success")
+        ahead, behind = staff
+        assert (await ahead.call("join_room", {"roomId": "shop-s1"}))["ok"]
+        first = await apps[0][GATEWAY].emitter.publish(
+            [NewEvent("notification", {"n": 1}, ("shop-s1",), "ahead:1")]
+        )
+        seen = await ahead.next_event("notification")
+        assert seen["eventId"] == event_id(first[0].sequence)
+        joined = await behind.call(
+            "join_room", {"roomId": "shop-s1", "lastEventId": seen["eventId"]}
+        )
+        assert joined["ok"] and joined["lastEventId"] == seen["eventId"], joined
+        await apps[1][GATEWAY].emitter.publish(
+            [NewEvent("notification", {"n": 2}, ("shop-s1",), "ahead:2")]
+        )
+        later = await behind.next_event("notification")
+        assert later["n"] == 2  # not n=1 again
+    finally:
+        for member in staff:
+            await member.close()
+
+
+async def test_deployments_sharing_one_redis_do_not_hear_each_other(
+    aiohttp_server, environ, redis_url, token, tmp_path
+):
+    # Redis pub/sub ignores the database number: each event log speaks on its own channel
+    deployments = [
+        load_settings({**environ, "REDIS_URL": redis_url, "STORE_PATH": str(tmp_path / name)})
+        for name in ("tenant-a.db", "tenant-b.db")
+    ]
+    apps = [create_app(settings) for settings in deployments]
+    servers = [await aiohttp_server(app) for app in apps]
+    customers: list = []
+    try:
+        tenant_a, tenant_b = await customer_on_each(servers, token, customers)
+        await apps[0][GATEWAY].emitter.publish(
+            [NewEvent("notification", {"tenant": "a"}, ("user-c1",), "tenant:a")]
+        )
+        assert (await tenant_a.next_event("notification"))["tenant"] == "a"
+        await apps[1][GATEWAY].emitter.publish(
+            [NewEvent("notification", {"tenant": "b"}, ("user-c1",), "tenant:b")]
+        )
+        assert (await tenant_b.next_event("notification"))["tenant"] == "b"
+        assert [p["tenant"] for n, p in tenant_b.log if n == "notification"] == ["b"]
+        assert apps[0][GATEWAY].bus.channel != apps[1][GATEWAY].bus.channel
+    finally:
+        for customer in customers:
+            await customer.close()

@@ -526,3 +526,16 @@ async def test_room_reads_stop_at_an_upper_id(store):
     assert [e.sequence for e in upto] == sequences[:3]
     bounds = await store.event_bounds("user-c1", until=sequences[1])
     assert (bounds.room_newest, bounds.newest) == (sequences[1], sequences[3])
+
+
+async def test_an_event_log_keeps_one_name_for_every_instance_and_only_one(stores, tmp_path):
+    first, second = await stores(), await stores()
+    name = await first.log_identity()
+    assert name and await second.log_identity() == name == await first.log_identity()
+    if isinstance(first, SqliteStore):
+        other = SqliteStore(str(tmp_path / "another.db"))
+        await other.open()
+        try:
+            assert await other.log_identity() != name  # another log, another name
+        finally:
+            await other.close()

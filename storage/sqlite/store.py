@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     nonce TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_ms);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
@@ -219,6 +223,17 @@ class SqliteStore(Store):
         return await self._run(_read_lease, name)
 
     # -- event log ---------------------------------------------------------------------------
+    async def log_identity(self) -> str:
+        def identity(db: sqlite3.Connection) -> str:
+            with write_transaction(db):
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('log_identity', ?)",
+                    (uuid.uuid4().hex,),
+                )
+                return db.execute("SELECT value FROM meta WHERE key = 'log_identity'").fetchone()[0]
+
+        return await self._run(identity)
+
     async def append_events(
         self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None
     ) -> list[StoredEvent | None]:

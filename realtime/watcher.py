@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 from storage.base import Fence, Lease, Store, StoreError
 from storage.feed import ChangeFeed
@@ -45,12 +47,22 @@ class Watcher:
             and lease.expires_ms > self._store.now_ms()
         )
 
+    def _dead_holder(self) -> str | None:
+        """The holder last seen, if it is a process of this host that died (a restart after a
+        crash takes over at once rather than after the lease time)."""
+        lease = self.lease
+        if lease is None or lease.holder == self.instance_id:
+            return None
+        return lease.holder if dead_on_this_host(lease.holder) else None
+
     def _holds(self, lease: Lease) -> bool:
         return lease.held_by(self.instance_id, self._store.now_ms())
 
     async def start(self) -> None:
         """Try for the lease once now (so that, held here, the stream is open before the
         server answers: a change written after that is never missed), then keep trying."""
+        with contextlib.suppress(StoreError):  # who held it: a dead self need not be waited out
+            self.lease = await self._store.read_lease(WATCHER_LEASE)
         await self._round()
         self._task = asyncio.get_running_loop().create_task(self._keep(), name="watcher:lease")
 
@@ -79,7 +91,9 @@ class Watcher:
         if self._stopping:
             return
         try:
-            lease = await self._store.acquire_lease(WATCHER_LEASE, self.instance_id, self._ttl_s)
+            lease = await self._store.acquire_lease(
+                WATCHER_LEASE, self.instance_id, self._ttl_s, replacing=self._dead_holder()
+            )
         except StoreError as exc:
             logger.warning("watcher lease not renewed", extra={"error": str(exc)})
             if self.lease is not None and not self._holds(self.lease):
@@ -106,6 +120,26 @@ class Watcher:
         except StoreError as exc:  # the feed retries opening with backoff
             logger.error("change stream not open yet", extra={"error": str(exc)})
         self._feed.start(fence)
+
+
+def dead_on_this_host(holder: str) -> bool:
+    """Whether `holder` (an instance id, `host:pid:random`) was a process of this host that is
+    gone: its pid is this process's own (a restart in a container), or no process has it. Its
+    lease need not be waited out; fencing covers the rest."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
 
 
 def _fields(lease: Lease) -> dict[str, object]:

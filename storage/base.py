@@ -229,9 +229,12 @@ class Store(abc.ABC):
 
     # -- leases ------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
-        """Take the lease `name` for `ttl_s` when it is free, expired or already `holder`'s
-        (a renewal); atomic. Returns the lease as it stands afterwards, whoever holds it."""
+    async def acquire_lease(
+        self, name: str, holder: str, ttl_s: float, replacing: str | None = None
+    ) -> Lease:
+        """Take the lease `name` for `ttl_s` when it is free, expired, already `holder`'s (a
+        renewal), or held by `replacing` (a holder known to be dead); atomic. Returns the
+        lease as it stands afterwards, whoever holds it."""
 
     @abc.abstractmethod
     async def release_lease(self, name: str, holder: str) -> None:

@@ -386,7 +386,9 @@ class MongoStore(Store):
 
     # -- leases ------------------------------------------------------------------------------
     @store_errors
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
+    async def acquire_lease(
+        self, name: str, holder: str, ttl_s: float, replacing: str | None = None
+    ) -> Lease:
         """One atomic update measured by the server's clock (`$$NOW`), so that the hosts'
         clocks do not matter. Within one `$set` stage every expression reads the document as
         it was (manual, "Updates with Aggregation Pipeline"): the fence and `since` are decided
@@ -396,6 +398,7 @@ class MongoStore(Store):
                 {"$eq": [{"$type": "$holder"}, "missing"]},
                 {"$eq": ["$holder", holder]},
                 {"$lte": ["$expires", "$$NOW"]},
+                {"$eq": ["$holder", replacing or holder]},  # a holder known to be dead
             ]
         }
         changed = {"$ne": ["$holder", holder]}

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import sqlite3
+import subprocess
 import sys
 
 import aiohttp
 import pytest
 
+from realtime.watcher import dead_on_this_host
 from tests.clients import ROOT, make_client
 from tests.gateways import GatewayProcess, run_cli
 
@@ -139,3 +143,14 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_nothing(env, gateways
     with sqlite3.connect(env["STORE_PATH"]) as db:
         logged = db.execute("SELECT COUNT(*), COUNT(DISTINCT source) FROM events").fetchone()
     assert logged == (2 * count, 2 * count)  # a reservation and an availability event each
+
+
+def test_only_a_gone_process_of_this_host_counts_as_a_dead_holder():
+    host = socket.gethostname()
+    assert dead_on_this_host(f"{host}:{os.getpid()}:abc")  # a restart that got the same pid
+    assert not dead_on_this_host(f"{host}:1:abc")  # pid 1 lives: not known dead
+    assert not dead_on_this_host(f"other-{host}:{os.getpid()}:abc")  # another host: unknown
+    assert not dead_on_this_host("not an instance id")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert dead_on_this_host(f"{host}:{gone.pid}:abc")

@@ -539,3 +539,12 @@ async def test_an_event_log_keeps_one_name_for_every_instance_and_only_one(store
             assert await other.log_identity() != name  # another log, another name
         finally:
             await other.close()
+
+
+async def test_a_lease_held_by_a_holder_known_dead_is_taken_at_once(store):
+    await store.acquire_lease("watcher", "host:41:a", ttl_s=300)
+    assert (await store.acquire_lease("watcher", "host:42:b", ttl_s=30)).holder == "host:41:a"
+    wrong = await store.acquire_lease("watcher", "host:42:b", ttl_s=30, replacing="host:40:z")
+    assert wrong.holder == "host:41:a"  # only the holder named dead is replaced
+    taken = await store.acquire_lease("watcher", "host:42:b", ttl_s=30, replacing="host:41:a")
+    assert (taken.holder, taken.fence) == ("host:42:b", 2)

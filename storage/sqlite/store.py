@@ -206,8 +206,10 @@ class SqliteStore(Store):
         await self._run(save)
 
     # -- leases ------------------------------------------------------------------------------
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> Lease:
-        return await self._run(_acquire_lease, name, holder, ttl_s)
+    async def acquire_lease(
+        self, name: str, holder: str, ttl_s: float, replacing: str | None = None
+    ) -> Lease:
+        return await self._run(_acquire_lease, name, holder, ttl_s, replacing)
 
     async def release_lease(self, name: str, holder: str) -> None:
         def release(db: sqlite3.Connection) -> None:
@@ -401,7 +403,9 @@ def _read_lease(db: sqlite3.Connection, name: str) -> Lease | None:
     return Lease(name, *row) if row else None
 
 
-def _acquire_lease(db: sqlite3.Connection, name: str, holder: str, ttl_s: float) -> Lease:
+def _acquire_lease(
+    db: sqlite3.Connection, name: str, holder: str, ttl_s: float, replacing: str | None
+) -> Lease:
     now_ms = int(time.time() * 1000)
     with write_transaction(db):
         current = _read_lease(db, name)
@@ -409,7 +413,7 @@ def _acquire_lease(db: sqlite3.Connection, name: str, holder: str, ttl_s: float)
             taken = Lease(name, holder, 1, now_ms, now_ms + int(ttl_s * 1000))
         elif current.holder == holder:
             taken = dataclasses.replace(current, expires_ms=now_ms + int(ttl_s * 1000))
-        elif current.expires_ms <= now_ms:
+        elif current.expires_ms <= now_ms or current.holder == replacing:
             taken = Lease(name, holder, current.fence + 1, now_ms, now_ms + int(ttl_s * 1000))
         else:
             return current

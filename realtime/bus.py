@@ -55,8 +55,6 @@ class EventBus:
         # announcements leave from a queue of their own, so that a slow or stalled Redis never
         # holds up the request or change that logged the events
         self._outbox: asyncio.Queue[dict] = asyncio.Queue(OUTBOX_MAX)
-        self.dropped = 0
-        self.resubscriptions = 0
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -83,7 +81,7 @@ class EventBus:
         self._tasks = []
         await self._publisher.aclose()
 
-    async def announce(self, events: Sequence[StoredEvent]) -> None:
+    def announce(self, events: Sequence[StoredEvent]) -> None:
         """Tell every instance of these logged events, soon; never waits for Redis and never
         fails: what does not get through, the others read from the log."""
         message = {
@@ -92,10 +90,8 @@ class EventBus:
                 [e.sequence, e.timestamp_ms, e.name, e.payload, list(e.rooms)] for e in events
             ],
         }
-        try:
+        with contextlib.suppress(asyncio.QueueFull):  # full: Redis is behind, the log is not
             self._outbox.put_nowait(message)
-        except asyncio.QueueFull:
-            self.dropped += 1
 
     async def _send_forever(self) -> None:
         while True:
@@ -109,7 +105,6 @@ class EventBus:
                 # read it from the log anyway
                 while not self._outbox.empty():
                     self._outbox.get_nowait()
-                    self.dropped += 1
 
     async def _publish(self, message: dict) -> None:
         try:
@@ -135,7 +130,6 @@ class EventBus:
                 raise
             except Exception as exc:  # redis down, reset, or a listener gone deaf
                 logger.warning("redis subscription lost", extra={"error": str(exc)[:200]})
-            self.resubscriptions += 1
             await asyncio.sleep(backoff.next_delay())
 
     async def _listen(self, backoff: Backoff) -> None:
@@ -152,7 +146,7 @@ class EventBus:
                         ignore_subscribe_messages=True, timeout=self._heartbeat_s
                     )
                     if message is not None:
-                        await self._heard(message["data"])
+                        self._heard(message["data"])
                     silent_s = time.monotonic() - max(self._heard_at, subscribed_at)
                     if silent_s > 2 * self._deaf_after_s:
                         # subscribed, yet not even our own heartbeat comes: start over
@@ -160,10 +154,12 @@ class EventBus:
         finally:
             await client.aclose()
 
-    async def _heard(self, data: bytes) -> None:
+    def _heard(self, data: bytes) -> None:
         try:
             message = json.loads(data)
         except ValueError:
+            message = None
+        if not isinstance(message, dict):
             logger.warning("unreadable message on the bus")
             return
         mine = message.get("from") == self.instance_id

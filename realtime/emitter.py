@@ -71,7 +71,7 @@ class Emitter:
         # its room: so ids go out in order and nothing slips between the two.
         self._lock = asyncio.Lock()
         self._after_emit: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
-        self._announce: Callable[[list[StoredEvent]], Awaitable[None]] | None = None
+        self._announce: Callable[[list[StoredEvent]], None] | None = None
         self.delivered: int | None = None  # every event up to this id is delivered here
         self._pending: dict[int, StoredEvent] = {}  # heard of, ahead of a hole
         self._heard = asyncio.Event()  # something was heard: the delivery task has work
@@ -86,7 +86,7 @@ class Emitter:
         every instance acts on it for its own sockets."""
         self._after_emit.append(listener)
 
-    def announce_with(self, announce: Callable[[list[StoredEvent]], Awaitable[None]]) -> None:
+    def announce_with(self, announce: Callable[[list[StoredEvent]], None]) -> None:
         """Tell the other instances of each event logged here (the Redis bus)."""
         self._announce = announce
 
@@ -113,18 +113,18 @@ class Emitter:
         stored = await self._store.append_events(new_events, checkpoint)
         logged = [event for event in stored if event is not None]
         if logged:
+            self._hold(logged)  # before any await: the log timer must not count them missed
             if self._announce is not None:
-                await self._announce(logged)
-            await self.receive(logged)
+                self._announce(logged)
+            await self._deliver_held()
         return stored
 
-    async def receive(self, heard: Sequence[StoredEvent]) -> None:
-        """Events logged here: delivered in id order, each once, before this returns; a hole
-        before them is filled from the log first."""
+    async def _deliver_held(self) -> None:
+        """What is held, in id order, before this returns; a hole before it is filled from
+        the log first."""
         async with self._lock:
             if self.delivered is None:
                 return  # not started: the log's position is taken at start
-            self._hold(heard)
             await self._deliver_pending()
             if self._pending:  # a hole: the events before these are in the log
                 await self._fill_from_log()
@@ -247,13 +247,7 @@ class Emitter:
                 raise GatewayError(
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
-            batch = await self._store.room_events(
-                room,
-                cursor,
-                min(slice_events, self._replay_max - replayed),
-                slice_bytes,
-                until=self.delivered,
-            )
+            batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
             if not batch:
                 break
             cursor, replayed = await self._send(sid, batch, cursor, replayed)
@@ -264,19 +258,26 @@ class Emitter:
                 await self._fill_from_log()
             # what was delivered since the last slice, then the room: nothing slips in between
             if replayed < self._replay_max:
-                batch = await self._store.room_events(
-                    room,
-                    cursor,
-                    min(slice_events, self._replay_max - replayed),
-                    slice_bytes,
-                    until=self.delivered,
-                )
+                batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
                 cursor, replayed = await self._send(sid, batch, cursor, replayed)
             # more than can be replayed: the client must refetch
             gap = gap or bool(await self._store.room_events(room, cursor, 1, until=self.delivered))
             await enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
         return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
+
+    async def _replay_slice(
+        self, room: str, cursor: int, replayed: int, slice_events: int, slice_bytes: int
+    ) -> list[StoredEvent]:
+        """The room's next logged events after `cursor`, up to what this instance delivered
+        (what comes later reaches the socket live) and within the replay's bounds."""
+        return await self._store.room_events(
+            room,
+            cursor,
+            min(slice_events, self._replay_max - replayed),
+            slice_bytes,
+            until=self.delivered,
+        )
 
     async def _enter_now(
         self, room: str, enter: Callable[[], Awaitable[None]], gap: bool

@@ -36,7 +36,6 @@ class Gateway:
     feed: ChangeFeed
     watcher: Watcher  # runs the feed while this instance holds the watcher lease
     bus: EventBus | None  # with REDIS_URL: events between instances
-    instance_id: str
     broadcaster: Broadcaster
     metrics: Metrics
     probes: tuple[Probe, ...]  # what /ready checks, in order

@@ -90,10 +90,10 @@ def status(gateway: Gateway) -> dict[str, Any]:
         "store": gateway.store.describe(),
         **gateway.sessions.counts(),
         "rooms": dict(sorted(gateway.sessions.room_sizes().items())),
-        "instance": gateway.instance_id,
+        "instance": gateway.watcher.instance_id,
         "watcher": {
             "running": feed.running,
-            **_lease(gateway.watcher.lease, gateway.instance_id),
+            **_lease(gateway.watcher.lease, gateway.watcher.instance_id),
             "changesHandled": feed.changes_handled,
             "lagSeconds": {c: round(s, 3) for c, s in sorted(feed.lag_s.items())},
             "lastChangeAt": {

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 
 from storage.base import Fence, Lease, Store, StoreError
@@ -120,6 +121,12 @@ class Watcher:
         except StoreError as exc:  # the feed retries opening with backoff
             logger.error("change stream not open yet", extra={"error": str(exc)})
         self._feed.start(fence)
+
+
+def new_instance_id() -> str:
+    """Names this process among the instances (in the lease, on the bus, in /status):
+    `host:pid:random`, which `dead_on_this_host` reads back."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def dead_on_this_host(holder: str) -> bool:

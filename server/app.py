@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -26,16 +23,11 @@ from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
 from realtime.transport import create_socketio_server
-from realtime.watcher import Watcher
+from realtime.watcher import Watcher, new_instance_id
 from storage.base import Store
 from storage.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
-
-
-def new_instance_id() -> str:
-    """Names this process among the instances (in the lease, on the bus, in /status)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def make_store(settings: Settings) -> Store:
@@ -127,7 +119,6 @@ def create_app(
         feed=feed,
         watcher=watcher,
         bus=bus,
-        instance_id=instance_id,
         broadcaster=Broadcaster(settings, store, emitter),
         metrics=metrics,
         probes=tuple(probes),

@@ -59,6 +59,27 @@ async def holder_of_the_lease(*candidates) -> GatewayProcess:
     return await until(held)
 
 
+async def to_shop(gateway, numbers) -> None:
+    """Broadcast notifications numbered `numbers` to shop-s1 through `gateway`; each is
+    answered 202 (logged: the log is the truth), whatever Redis is doing."""
+    for n in numbers:
+        body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
+        assert await post(gateway, body) == 202
+
+
+async def ready_says(gateway, code: int):
+    """/ready's body when it answers `code`, else None."""
+    status, body = await get_json(gateway, "/ready")
+    return body if status == code else None
+
+
+@pytest.fixture
+async def redis_admin(redis_server) -> AsyncIterator[redis.asyncio.Redis]:
+    admin = redis.asyncio.Redis.from_url(redis_server.url)
+    yield admin
+    await admin.aclose()
+
+
 async def staff_listening(people, gateway, kind: str) -> Client:
     """Staff of shop s1 on `gateway`, in room shop-s1."""
     listener = await people(gateway, kind, sub="st1", role="staff", shops=["s1"])
@@ -161,13 +182,7 @@ async def test_a_join_with_replay_on_one_instance_while_another_publishes_misses
     reference = await people(joining, "py-websocket", sub="st0", role="staff", shops=["s1"])
     assert (await reference.call("join_room", {"roomId": "shop-s1"}))["ok"]
     total = 400
-
-    async def publish() -> None:
-        for n in range(total):
-            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
-            assert await post(publishing, body) == 202
-
-    publisher = asyncio.create_task(publish())
+    publisher = asyncio.create_task(to_shop(publishing, range(total)))
     seen = await received(reference, "notification", 100 + 40 * round_)
     cursor = seen[-1]["eventId"]
     late = await people(
@@ -187,76 +202,46 @@ async def test_a_redis_outage_loses_nothing_and_ready_says_so(gateways, people, 
     publishing, other = await gateways(), await gateways()
     listener = await staff_listening(people, other, "js-websocket")
 
-    async def broadcast(numbers) -> None:
-        for n in numbers:
-            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
-            assert await post(publishing, body) == 202  # logged: the log is the truth
-
-    await broadcast(range(0, 20))
+    await to_shop(publishing, range(0, 20))
     await redis_server.stop(kill=True)
-
-    async def ready_says(code: int, gateway=other):
-        status, body = await get_json(gateway, "/ready")
-        return status == code and body
-
-    down = await until(lambda: ready_says(503))
+    down = await until(lambda: ready_says(other, 503))
     assert "redis" in down["error"]["details"] and down["error"]["details"]["store"] == "ok"
-    await broadcast(range(20, 40))  # while Redis is down
+    await to_shop(publishing, range(20, 40))  # while Redis is down
     await redis_server.start()
-    await until(lambda: ready_says(200))
-    await until(lambda: ready_says(200, publishing))
-    await broadcast(range(40, 60))
+    await until(lambda: ready_says(other, 200))
+    await until(lambda: ready_says(publishing, 200))
+    await to_shop(publishing, range(40, 60))
     notes = await received(listener, "notification", 60)
     assert [note["n"] for note in notes] == list(range(60))
 
 
 async def test_an_instance_whose_subscription_is_cut_while_redis_stays_up_misses_nothing(
-    gateways, people, redis_server
+    gateways, people, redis_admin
 ):
     # every subscriber is cut (CLIENT KILL TYPE pubsub) while Redis stays up: each instance
     # subscribes again, and what was published meanwhile comes from the log
     publishing, other = await gateways(), await gateways()
     listener = await staff_listening(people, other, "py-websocket")
-    admin = redis.asyncio.Redis.from_url(redis_server.url)
-    try:
-        killed = await admin.client_kill_filter(_type="pubsub")
-        assert killed >= 2  # every subscriber, the gateways' buses among them
-        for n in range(30):
-            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
-            assert await post(publishing, body) == 202
-        notes = await received(listener, "notification", 30)
-        assert [note["n"] for note in notes] == list(range(30))
-    finally:
-        await admin.aclose()
+    killed = await redis_admin.client_kill_filter(_type="pubsub")
+    assert killed >= 2  # every subscriber, the gateways' buses among them
+    await to_shop(publishing, range(30))
+    notes = await received(listener, "notification", 30)
+    assert [note["n"] for note in notes] == list(range(30))
 
 
 async def test_an_instance_deaf_to_its_own_heartbeat_is_not_ready_and_misses_nothing(
-    gateways, people, redis_server
+    gateways, people, redis_admin
 ):
     # Redis answers (PING works) but delivers nothing: writes paused, so no message reaches a
     # subscriber, as with a listener that died without an error (python-socketio issue 1581)
     publishing, other = await gateways(), await gateways()
     listener = await staff_listening(people, other, "py-polling")
-    admin = redis.asyncio.Redis.from_url(redis_server.url)
-    try:
-        await admin.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
-
-        async def deaf():
-            status, body = await get_json(other, "/ready")
-            return status == 503 and body["error"]["details"]["redis"]
-
-        assert "heartbeat" in await until(deaf)
-        for n in range(20):  # answered at once: announcing never waits for Redis
-            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
-            assert await post(publishing, body) == 202
-        notes = await received(listener, "notification", 20)  # from the log, in order
-        assert [note["n"] for note in notes] == list(range(20))
-        await admin.execute_command("CLIENT", "UNPAUSE")
-
-        async def ready():
-            return (await get_json(other, "/ready"))[0] == 200
-
-        await until(ready)
-    finally:
-        await admin.aclose()
+    await redis_admin.execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+    deaf = await until(lambda: ready_says(other, 503))
+    assert "heartbeat" in deaf["error"]["details"]["redis"]
+    await to_shop(publishing, range(20))  # answered at once: announcing never waits for Redis
+    notes = await received(listener, "notification", 20)  # from the log, in order
+    assert [note["n"] for note in notes] == list(range(20))
+    await redis_admin.execute_command("CLIENT", "UNPAUSE")
+    await until(lambda: ready_says(other, 200))
     assert listener.pending("notification") == 0

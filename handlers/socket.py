@@ -69,10 +69,10 @@ class GatewayNamespace(socketio.AsyncNamespace):
 
     async def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
         if error.code in AUTH_CODES:
-            await self._emitter.send_control(sid, events.AUTH_ERROR, error.to_dict())
+            self._emitter.send_control(sid, events.AUTH_ERROR, error.to_dict())
         else:
             self._metrics.socket_errors.labels(error.code).inc()
-            await self._emitter.send_control(sid, events.ERROR, {**error.to_dict(), "event": event})
+            self._emitter.send_control(sid, events.ERROR, {**error.to_dict(), "event": event})
         return {"ok": False, "error": error.to_dict()}
 
     # -- lifecycle ---------------------------------------------------------------------------

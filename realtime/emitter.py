@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 REPLAY_BATCH = 500  # events read from the log at once, at most
 CATCH_UP_INTERVAL_S = 0.5  # how often the log is read for events no message brought
 PENDING_MAX = 1000  # events held ahead of a hole; past it they are read again from the log
+ROOM_CURSORS_MAX = 100_000  # rooms whose newest delivered id is remembered
 # `resync` goes through the log like a data event, so that every instance sends it in order;
 # it is addressed to no room (never replayed) and sent to every socket without an eventId
 EVERYONE = "*"
@@ -78,6 +79,9 @@ class Emitter:
         self._catch_up_due = False
         self._delivering: asyncio.Task | None = None
         self.emitted: dict[str, int] = {}
+        # each room's newest event delivered here (None: none yet), for the rooms that had
+        # one since start or were asked about: a join answers from here without the store
+        self._room_cursors: dict[str, int | None] = {}
         self.caught_up = 0  # events this instance read from the log: no message brought them
 
     def after_emit(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
@@ -191,11 +195,14 @@ class Emitter:
         """To this instance's sockets in the event's rooms (the other instances deliver to
         theirs), then the listeners."""
         if event.rooms == (EVERYONE,):  # a control event kept in order: no eventId
-            await self._sio.emit(event.name, event.payload, ignore_queue=True)
+            self._transports.deliver(event.name, event.payload, None)
         else:
-            await self._sio.emit(
-                event.name, wire_payload(event), to=list(event.rooms), ignore_queue=True
-            )
+            self._transports.deliver(event.name, wire_payload(event), event.rooms)
+            for room in event.rooms:
+                self._room_cursors.pop(room, None)  # moved to the end: the newest used
+                self._room_cursors[room] = event.sequence
+            while len(self._room_cursors) > ROOM_CURSORS_MAX:
+                del self._room_cursors[next(iter(self._room_cursors))]
         self.delivered = event.sequence
         self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
         logger.debug(
@@ -210,22 +217,31 @@ class Emitter:
             await listener(event.name, event.payload)
 
     async def enter_with_replay(
-        self, sid: str, room: str, last_event_id: str | None, enter: Callable[[], Awaitable[None]]
+        self,
+        sid: str,
+        room: str,
+        last_event_id: str | None,
+        enter: Callable[[], Awaitable[None]],
+        recheck: Callable[[], Awaitable[None]] | None = None,
     ) -> Replay:
         """Send the socket the room's events after `last_event_id`, oldest first, then
         `enter()` the room: replayed and live events arrive in order, none twice, none missed.
+        `recheck()`, if given, decides again just before entering, with no event going out
+        meanwhile (it may refuse by raising).
 
         Most of the replay runs while events keep flowing to others; only the last catch-up
-        and the entering hold the publish lock.
+        and the entering hold the publish lock. `enter()` must not suspend (python-socketio's
+        `enter_room` does not): a join with nothing to replay and nothing to recheck then
+        needs neither the lock nor the store once the room's newest id is known here.
         """
         if last_event_id is None:
-            return await self._enter_now(room, enter, gap=False)
+            return await self._enter_now(room, enter, recheck, gap=False)
         cursor = events.last_event_sequence(last_event_id)
         bounds = await self._store.event_bounds(room)
         # Only what was delivered here is replayed: what comes after reaches the socket live,
         # once it is in the room.
         if cursor > bounds.newest:  # an id this log never gave: nothing to replay from
-            return await self._enter_now(room, enter, gap=True)
+            return await self._enter_now(room, enter, recheck, gap=True)
         # with everything pruned, the log starts after the newest id it gave
         oldest = bounds.oldest if bounds.oldest is not None else bounds.newest + 1
         gap = cursor < oldest - 1
@@ -250,7 +266,7 @@ class Emitter:
             batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
             if not batch:
                 break
-            cursor, replayed = await self._send(sid, batch, cursor, replayed)
+            cursor, replayed = self._send(sid, batch, cursor, replayed)
         async with self._lock:
             if self.delivered is not None and cursor > self.delivered:
                 # the client saw events this instance has not delivered yet (it came from an
@@ -259,9 +275,11 @@ class Emitter:
             # what was delivered since the last slice, then the room: nothing slips in between
             if replayed < self._replay_max:
                 batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
-                cursor, replayed = await self._send(sid, batch, cursor, replayed)
+                cursor, replayed = self._send(sid, batch, cursor, replayed)
             # more than can be replayed: the client must refetch
             gap = gap or bool(await self._store.room_events(room, cursor, 1, until=self.delivered))
+            if recheck is not None:
+                await recheck()
             await enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
         return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
@@ -280,27 +298,38 @@ class Emitter:
         )
 
     async def _enter_now(
-        self, room: str, enter: Callable[[], Awaitable[None]], gap: bool
+        self,
+        room: str,
+        enter: Callable[[], Awaitable[None]],
+        recheck: Callable[[], Awaitable[None]] | None,
+        gap: bool,
     ) -> Replay:
         """Enter with nothing to replay; the room's newest id is the client's cursor."""
+        if recheck is None and room in self._room_cursors:
+            await enter()  # without suspending: no event goes out between it and the cursor
+            return Replay(0, _event_id_or_none(self._room_cursors.get(room)), gap)
         async with self._lock:
+            if recheck is not None:
+                await recheck()
             await enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
+            if self.delivered is not None:
+                self._room_cursors.setdefault(room, bounds.room_newest)
         return Replay(0, _event_id_or_none(bounds.room_newest), gap)
 
-    async def _send(
+    def _send(
         self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int
     ) -> tuple[int, int]:
         for event in batch:
-            await self._sio.emit(event.name, wire_payload(event), to=sid, ignore_queue=True)
+            self._transports.deliver_to(sid, event.name, wire_payload(event))
         if batch:
             cursor = batch[-1].sequence
         return cursor, replayed + len(batch)
 
-    async def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
-        """A control event (auth_*, error, rooms_revoked) to one socket of this instance; never
-        logged."""
-        await self._sio.emit(event, payload, to=sid, ignore_queue=True)
+    def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
+        """A control event (auth_*, error, rooms_revoked) to one socket of this instance,
+        behind what it was sent before; never logged."""
+        self._transports.deliver_to(sid, event, payload)
 
     async def resync_everyone(self, reason: str, rooms: list[str]) -> None:
         """Tell every client, on every instance, that change events of these rooms (patterns)

@@ -121,7 +121,7 @@ class Sessions:
         self._metrics.auth_failures.labels("auth_timeout").inc()
         if session is not None:  # the namespace is connected: tell it why, then disconnect it
             error = GatewayError("auth_timeout").to_dict()
-            await self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
+            self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
             await self._sio.disconnect(session.sid)
         await self._transports.close(eio_sid)
 
@@ -236,7 +236,7 @@ class Sessions:
             if last_event_id is None or room != user_room(principal.user_id):
                 await self._enter(session, room)
         if revoked:
-            await self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
+            self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
         logger.info(
             "authenticated",
             extra={
@@ -276,7 +276,7 @@ class Sessions:
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
             if self._sessions.get(sid) is not session:
                 return  # it went while its replay was sent
-        await self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
+        self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
 
     async def _disallowed_rooms(self, session: SocketSession, principal: Principal) -> list[str]:
@@ -298,7 +298,7 @@ class Sessions:
         principal = session.principal
         assert principal is not None
         left_s = max(0.0, principal.expires_at - self._clock())
-        await self._emitter.send_control(
+        self._emitter.send_control(
             session.sid,
             events.AUTH_EXPIRING,
             {"expiresAt": principal.expires_at_iso(), "secondsLeft": int(left_s)},
@@ -309,7 +309,7 @@ class Sessions:
         logger.info("token expired", extra={"sid": session.sid})
         self._metrics.auth_failures.labels("token_expired").inc()
         error = GatewayError("token_expired").to_dict()
-        await self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
+        self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
         await self._sio.disconnect(session.sid)
 
     def _arm(
@@ -344,14 +344,18 @@ class Sessions:
         await self._policy.authorize(principal, room)
         session = self.get(sid)
 
-        async def enter() -> None:
+        async def recheck() -> None:
             # decided again as the socket enters (with no event going out meanwhile): the
             # booking may have moved to someone else while its replay was being sent
-            if room.kind == "reservation":
-                await self._policy.authorize(principal, room)
-            await self._enter(session, room.name)
+            await self._policy.authorize(principal, room)
 
-        replay = await self._emitter.enter_with_replay(sid, room.name, last_event_id, enter)
+        replay = await self._emitter.enter_with_replay(
+            sid,
+            room.name,
+            last_event_id,
+            lambda: self._enter(session, room.name),
+            recheck if room.kind == "reservation" else None,
+        )
         logger.info(
             "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
         )
@@ -388,7 +392,7 @@ class Sessions:
                 continue
             if not self._policy.allows_reservation(session.principal, parties):
                 await self._leave(session, room)
-                await self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": [room]})
+                self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": [room]})
                 logger.info("room revoked", extra={"sid": sid, "room": room})
 
     async def _enter(self, session: SocketSession, room: str) -> None:

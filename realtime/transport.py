@@ -8,15 +8,22 @@
   client announces until the packet completes; `GatewayServer` refuses them at once.
 - Transport lifecycle: the gateway is told when an Engine.IO connection opens and closes
   (`TransportControl.watch`), so that a connection that never authenticates is closed.
-- WebSocket per-message compression: python-engineio's aiohttp driver always negotiates it (its
-  `WebSocketResponse` is built with aiohttp's default `compress=True`), which costs about four
-  times the memory per connection. With `WS_COMPRESSION=false` (the default) the driver is
-  handed a request without the client's `Sec-WebSocket-Extensions` offer, so nothing is
-  negotiated.
-- Slow clients: python-engineio's per-socket queue of outgoing packets has no bound, so a
-  client that stops reading would grow the server's memory for as long as it stays connected.
-  Here each queue is bounded in packets and in bytes; past either bound the client's transport
-  is closed.
+- The emit path (`TransportControl.deliver`): python-socketio encodes an event once but then
+  starts one task per recipient and waits for them all, and python-engineio's writer wakes once
+  per packet. Here an event is encoded once (Socket.IO packet, Engine.IO packet and, for
+  WebSocket recipients, the frame: server frames are unmasked, so the bytes are the same for
+  everyone) and handed to each recipient's `Outbox` in one synchronous pass. Acks, the
+  library's own packets and the gateway's control events enter the same outboxes in call
+  order, so each socket's order holds.
+- Each Engine.IO socket becomes a `GatewaySocket` when it opens: python-engineio's socket with
+  a WebSocket loop that has no writer task (its `Outbox` writes the frame straight to the
+  connection when nothing waits before it, and drains through aiohttp when the connection
+  pushes back), no task per received message, a timer instead of a task for its pings, and
+  long-polls answered at once, without a timer, when packets are already waiting.
+- WebSocket per-message compression is negotiated only with `WS_COMPRESSION` (python-engineio's
+  aiohttp driver always negotiates it, which costs about four times the memory per connection).
+- Slow clients: python-engineio's per-socket queue of outgoing packets has no bound. Each
+  `Outbox` is bounded in packets and in bytes; past either bound the client's transport is cut.
 - Long-polling responses carry at most `engineio.payload.Payload.max_decode_packets` (16)
   packets: python-engineio clients refuse a longer payload ("Unexpected packet from server")
   and drop the connection, which a burst of events (or a replay) would otherwise cause.
@@ -30,23 +37,31 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
+import json
 import logging
+import struct
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import engineio
+import engineio.async_socket
+import engineio.exceptions
 import engineio.packet
 import engineio.payload
 import socketio
+from aiohttp import web
 
 from realtime.config import Settings
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
+NAMESPACE = "/"
 
 # Event names the Socket.IO libraries (server, python and JS clients) give a meaning of their own.
 RESERVED_EVENTS = frozenset(
@@ -127,7 +142,7 @@ def create_socketio_server(
         engineio_logger=False,
     )
     transports = TransportControl(
-        sio.eio,
+        sio,
         settings.ws_compression,
         Bounds(settings.client_backlog_max, settings.client_backlog_max_bytes),
         tasks,
@@ -143,13 +158,389 @@ class Bounds:
     bytes: int
 
 
+def encode_event(event: str, payload: Any) -> str:
+    """A Socket.IO EVENT packet on namespace `/`, as python-socketio's `Packet.encode` spells
+    it (without its search for binary attachments, which data events never carry)."""
+    return "2" + json.dumps([event, payload], separators=(",", ":"))
+
+
+def websocket_frame(encoded: str | bytes) -> bytes:
+    """One unmasked WebSocket frame (FIN set, no extension bits): text for str, binary for
+    bytes; what a server sends, the same bytes for every recipient."""
+    if isinstance(encoded, str):
+        head, body = 0x81, encoded.encode()
+    else:
+        head, body = 0x82, bytes(encoded)
+    size = len(body)
+    if size < 126:
+        return bytes((head, size)) + body
+    if size < 65536:
+        return struct.pack("!BBH", head, 126, size) + body
+    return struct.pack("!BBQ", head, 127, size) + body
+
+
+class SharedPacket(engineio.packet.Packet):
+    """One Engine.IO MESSAGE encoded once and handed to every recipient: its text goes into
+    long-polling answers, its frame (built at the first WebSocket recipient) onto WebSockets."""
+
+    def __init__(self, socketio_packet: str):
+        super().__init__(engineio.packet.MESSAGE, socketio_packet)
+        self.encode_cache = "4" + socketio_packet
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = websocket_frame(self.encode_cache)
+        return self._frame
+
+
+# what may wait in a WebSocket connection's own write buffer before packets queue in its
+# Outbox instead (where they are bounded, and drained at the pace of the client)
+DIRECT_WRITE_LIMIT = 64 * 1024
+# how long a WebSocket whose client has gone quiet may take to close before it is cut
+CLOSE_TIMEOUT_S = 10.0
+# how long a long-polling client closed by the server has to fetch what it was last sent
+LAST_POLL_WAIT_S = 5.0
+# what python-engineio clients accept in one long-polling payload
+PACKETS_PER_POLL = engineio.payload.Payload.max_decode_packets
+
+
+class Outbox:
+    """One socket's outgoing packets, in place of python-engineio's `asyncio.Queue` (the same
+    calls: `put`, `put_nowait`, `get`, `get_nowait`, `task_done`, `join`, `qsize`, `empty`).
+
+    Bounded in packets and in bytes: past either bound a packet is dropped and `overflow` is
+    called, once. One packet always fits in an empty outbox, and `None` (the end of the
+    transport) always gets in.
+
+    Once the socket is on a WebSocket (`attach`), a packet put while nothing waits before it is
+    written to the connection at once, as one frame, unless the connection's write buffer is
+    past `DIRECT_WRITE_LIMIT`; otherwise it waits here and a drain task sends what waits,
+    in order, through aiohttp (which waits for the client to read). Before that (long-polling,
+    an upgrade under way) packets wait for `get()`; a poll takes at most `PACKETS_PER_POLL`.
+    """
+
+    __slots__ = (
+        "_bounds",
+        "_direct",
+        "_draining",
+        "_emptied",
+        "_getters",
+        "_items",
+        "_overflow",
+        "_room",
+        "_taken",
+        "_transport",
+        "_ws",
+        "bytes",
+        "overflowed",
+    )
+
+    def __init__(self, bounds: Bounds, overflow: Callable[[Outbox], None]):
+        self._bounds = bounds
+        self._overflow = overflow
+        self.overflowed = False
+        self.bytes = 0  # what the waiting packets weigh
+        self._items: collections.deque | None = None  # made when something has to wait
+        self._getters: list[asyncio.Future] | None = None
+        self._room: list[tuple[int, int, asyncio.Future]] | None = None  # (packets, bytes, w)
+        self._emptied: asyncio.Future | None = None  # for `join()`
+        self._taken = 0  # packets taken since the last `get()`: one poll's worth
+        self._ws: web.WebSocketResponse | None = None
+        self._transport: asyncio.Transport | None = None
+        self._direct = False  # whether frames may be written straight to the transport
+        self._draining: asyncio.Task | None = None
+
+    # -- asyncio.Queue's calls, as python-engineio makes them -------------------------------
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def put_nowait(self, item: Any) -> None:
+        queued = len(self._items) if self._items else 0
+        if item is not None:
+            weight = _weight(item)
+            bounds = self._bounds
+            if queued >= bounds.packets or (queued and self.bytes + weight > bounds.bytes):
+                if not self.overflowed:
+                    self.overflowed = True
+                    self._overflow(self)
+                return
+            if not queued and self._direct and self._draining is None and self._write(item):
+                return
+            self.bytes += weight
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        if self._ws is not None:
+            if self._draining is None:
+                self._draining = asyncio.get_running_loop().create_task(self._drain())
+        elif self._getters:
+            for getter in self._getters:
+                if not getter.done():
+                    getter.set_result(None)
+                    break
+
+    def get_nowait(self) -> Any:
+        if not self._items or self._taken >= PACKETS_PER_POLL:
+            raise asyncio.QueueEmpty
+        self._taken += 1
+        return self._pop()
+
+    async def get(self) -> Any:
+        self._taken = 0
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                if self._items and not getter.cancelled():
+                    self._wake_getter(getter)  # it was woken: pass that on
+                raise
+            finally:
+                self._getters.remove(getter)
+                if not self._getters:
+                    self._getters = None
+        return self.get_nowait()
+
+    def task_done(self) -> None:
+        pass  # `join()` waits for the outbox to be empty: nothing to count
+
+    async def join(self) -> None:
+        if self._items:
+            if self._emptied is None:
+                self._emptied = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._emptied)
+
+    # -- the gateway's own calls ------------------------------------------------------------
+    async def wait_for_room(self, packets: int, size_bytes: int) -> None:
+        """Return once at most `packets` packets of at most `size_bytes` wait here."""
+        if (self.qsize() <= packets and self.bytes <= size_bytes) or self.overflowed:
+            return
+        waiter = (packets, size_bytes, asyncio.get_running_loop().create_future())
+        if self._room is None:
+            self._room = []
+        self._room.append(waiter)
+        try:
+            await waiter[2]
+        finally:
+            if self._room and waiter in self._room:
+                self._room.remove(waiter)
+
+    def attach(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        """From now on, packets go onto this WebSocket; straight to its transport unless
+        per-message compression was negotiated (aiohttp compresses)."""
+        self._ws, self._transport = ws, transport
+        self._direct = not ws.compress
+        if self._items and self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def finish(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        """The WebSocket's read side ended: close it once what waits is sent, or cut the
+        connection if that takes longer than `CLOSE_TIMEOUT_S` (a client that reads no more)."""
+        if self._ws is ws:
+            self.put_nowait(None)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                if self._draining is not None:
+                    await asyncio.shield(self._draining)
+                if not ws.closed:
+                    await ws.close()
+        except TimeoutError:
+            transport.abort()
+
+    # -- inside -----------------------------------------------------------------------------
+    def _write(self, item: Any) -> bool:
+        """Write one packet's frame to the connection now, if it takes it at once."""
+        transport = self._transport
+        if (
+            self._ws.closed  # a close frame is (being) sent: nothing may follow it
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT
+        ):
+            return False
+        frame = item.frame if type(item) is SharedPacket else websocket_frame(item.encode())
+        transport.write(frame)
+        return True
+
+    async def _drain(self) -> None:
+        """Send what waits, in order, through aiohttp: it waits while the client does not
+        read. A `None` closes the WebSocket; a failure drops what waits (the connection is
+        gone, as python-engineio's writer assumes too)."""
+        ws = self._ws
+        try:
+            while self._items and self._ws is ws:
+                item = self._pop()
+                if item is None:
+                    self._detach()
+                    await ws.close()
+                    break
+                encoded = item.encode()
+                if isinstance(encoded, str):
+                    await ws.send_str(encoded)
+                else:
+                    await ws.send_bytes(encoded)
+        except Exception:
+            self._detach()
+            self._items = None
+            self.bytes = 0
+            self._notify_emptied()
+            if not ws.closed:
+                await ws.close()
+        finally:
+            self._draining = None
+
+    def _detach(self) -> None:
+        self._ws = self._transport = None
+        self._direct = False
+
+    def _pop(self) -> Any:
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+            self._notify_emptied()
+        if item is not None:
+            self.bytes -= _weight(item)
+            if self._room:
+                count, size = self.qsize(), self.bytes
+                for waiter in [w for w in self._room if count <= w[0] and size <= w[1]]:
+                    self._room.remove(waiter)
+                    if not waiter[2].done():
+                        waiter[2].set_result(None)
+        return item
+
+    def _notify_emptied(self) -> None:
+        if self._emptied is not None:
+            if not self._emptied.done():
+                self._emptied.set_result(None)
+            self._emptied = None
+
+    def _wake_getter(self, woken: asyncio.Future) -> None:
+        for getter in self._getters or ():
+            if getter is not woken and not getter.done():
+                getter.set_result(None)
+                return
+
+
+def _weight(item: Any) -> int:
+    """About what an Engine.IO packet weighs on the wire: its encoded data (text or binary)."""
+    data = item.data
+    return len(data) + 1 if isinstance(data, (str, bytes, bytearray)) else 1
+
+
+_PING = engineio.packet.Packet(engineio.packet.PING)
+
+
+class GatewaySocket(engineio.async_socket.AsyncSocket):
+    """python-engineio's socket (each one becomes this when it opens), costing less per
+    connection: a timer for its pings rather than a sleeping task, polls answered without a
+    timer when packets wait, and a WebSocket loop with neither a writer task (the `Outbox`
+    writes) nor a task per message received."""
+
+    def schedule_ping(self) -> None:
+        # python-engineio: only when the previous ping was answered
+        if self.last_ping:
+            self.last_ping = None
+            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.queue.put_nowait(_PING)
+
+    async def poll(self) -> list[engineio.packet.Packet]:
+        outbox = self.queue
+        try:
+            if outbox.empty():
+                # a timer, not `wait_for` (on Python 3.11 a task per poll)
+                async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    first = await outbox.get()
+            else:
+                first = await outbox.get()  # at once
+        except (TimeoutError, asyncio.CancelledError):
+            raise engineio.exceptions.QueueEmpty() from None
+        if first is None:
+            return []
+        packets = [first]
+        while True:
+            try:
+                packet = outbox.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if packet is None:
+                outbox.put_nowait(None)  # the end: for the next poll
+                break
+            packets.append(packet)
+        return packets
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """python-engineio's WebSocket loop (upgrade included), reading in the request's own
+        task and writing through the `Outbox`."""
+        if self.connected:  # an upgrade from long-polling: probe, then UPGRADE
+            self.upgrading = True  # polls are answered NOOP, packets wait in the outbox
+            try:
+                probe = engineio.packet.Packet(encoded_packet=await ws.wait())
+            except (OSError, ValueError):
+                self.upgrading = False
+                return
+            if probe.packet_type != engineio.packet.PING or probe.data != "probe":
+                self.upgrading = False
+                return
+            await ws.send(engineio.packet.Packet(engineio.packet.PONG, data="probe").encode())
+            self.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))  # ends the poll
+            try:
+                upgrade = engineio.packet.Packet(encoded_packet=await ws.wait())
+            except (OSError, ValueError):
+                self.upgrading = False
+                return
+            if upgrade.packet_type != engineio.packet.UPGRADE:
+                self.upgrading = False
+                return
+            self.upgraded = True
+            self.upgrading = False
+        else:
+            self.connected = True
+            self.upgraded = True
+        outbox = self.queue
+        outbox.attach(ws.response, ws.transport)
+        timeout = self.server.ping_interval + self.server.ping_timeout
+        try:
+            while True:
+                try:
+                    data = await ws.wait(timeout)
+                except (Exception, asyncio.CancelledError):  # closed, timed out, cancelled
+                    break
+                try:
+                    await self.receive(engineio.packet.Packet(encoded_packet=data))
+                except engineio.exceptions.UnknownPacketError:
+                    pass
+                except engineio.exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    logger.exception("receiving a packet failed", extra={"eio_sid": self.sid})
+        finally:
+            await outbox.finish(ws.response, ws.transport)
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+
 class TransportControl:
-    """Installs the adjustments on one Engine.IO server and closes its clients' transports."""
+    """Installs the adjustments on one Socket.IO server, delivers events to its clients and
+    closes their transports."""
 
     def __init__(
-        self, eio: engineio.AsyncServer, compression: bool, bounds: Bounds, tasks: TaskKeeper
+        self, sio: socketio.AsyncServer, compression: bool, bounds: Bounds, tasks: TaskKeeper
     ):
-        self._eio = eio
+        self._sio = sio
+        self._eio = sio.eio
         self.bounds = bounds
         # the TCP transport under each WebSocket, to cut a stalled one off
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -158,7 +549,7 @@ class TransportControl:
         self._opened: Callable[[str], None] = _nothing
         self._closed: Callable[[str], None] = _nothing
         self._install_driver(compression)
-        eio.create_queue = self._create_backlog  # each socket's outgoing queue (base_socket.py)
+        self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._install_lifecycle()
 
     def watch(self, opened: Callable[[str], None], closed: Callable[[str], None]) -> None:
@@ -166,32 +557,79 @@ class TransportControl:
         namespace connects) and `closed(eio_sid)` when it ends, whatever the cause."""
         self._opened, self._closed = opened, closed
 
+    # -- delivering ---------------------------------------------------------------------------
+    def deliver(self, event: str, payload: Any, rooms: Iterable[str] | None) -> int:
+        """Send `event` to this instance's sockets in `rooms` (None: every socket), encoded
+        once, without a task or an await; returns how many sockets it went to."""
+        return self._hand_over(encode_event(event, payload), self._in_rooms(rooms))
+
+    def deliver_to(self, sid: str, event: str, payload: Any) -> None:
+        """Send `event` to one socket of this instance, behind what it was sent before."""
+        eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is not None:
+            self._hand_over(encode_event(event, payload), (eio_sid,))
+
+    def _in_rooms(self, rooms: Iterable[str] | None) -> Iterator[str]:
+        if rooms is not None:
+            rooms = list(rooms)
+            if not rooms:
+                return
+        for _, eio_sid in self._sio.manager.get_participants(NAMESPACE, rooms):
+            yield eio_sid
+
+    def _hand_over(self, socketio_packet: str, eio_sids: Iterable[str]) -> int:
+        shared = SharedPacket(socketio_packet)
+        sockets = self._eio.sockets
+        count = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is not None and not socket.closed:
+                socket.queue.put_nowait(shared)
+                count += 1
+        return count
+
+    # -- installing -------------------------------------------------------------------------
     def _install_driver(self, compression: bool) -> None:
         driver = self._eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
         connections = self._connections
 
         class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
+            """The driver's wrapper, with compression as configured and what the socket's
+            loop needs: the response, its transport, a read with a timeout."""
+
+            response: web.WebSocketResponse
+            transport: asyncio.Transport
+
             async def __call__(self, environ: dict[str, Any]) -> Any:
                 request = environ["aiohttp.request"]
-                if not compression and EXTENSIONS_HEADER in request.headers:
-                    headers = request.headers.copy()
-                    del headers[EXTENSIONS_HEADER]
-                    environ = {**environ, "aiohttp.request": request.clone(headers=headers)}
+                self.response = self._sock = web.WebSocketResponse(
+                    max_msg_size=self.server.max_http_buffer_size, compress=compression
+                )
+                await self.response.prepare(request)
+                self.environ = environ
+                self.transport = request.transport
                 # the handler is the engine.io socket's bound `_websocket_handler`
                 connections[self.handler.__self__] = request.transport
-                return await super().__call__(environ)
+                await self.handler(self)
+                return self.response
+
+            async def wait(self, timeout_s: float | None = None) -> str | bytes:
+                message = await self.response.receive(timeout_s)
+                if not isinstance(message.data, (str, bytes)):
+                    raise OSError()  # closed, closing or failed
+                return message.data
 
         self._eio._async = {**self._eio._async, "websocket": GatewayWebSocket}
 
-    def _create_backlog(self, *args: Any, **kwargs: Any) -> asyncio.Queue:
-        return _Backlog(self.bounds, self._overflowed)
+    def _create_outbox(self, *args: Any, **kwargs: Any) -> Outbox:
+        return Outbox(self.bounds, self._overflowed)
 
-    def _overflowed(self, backlog: _Backlog) -> None:
+    def _overflowed(self, outbox: Outbox) -> None:
         for eio_sid, socket in list(self._eio.sockets.items()):
-            if socket.queue is backlog:
+            if socket.queue is outbox:
                 logger.warning(
                     "slow client cut off",
-                    extra={"sid": eio_sid, "backlog": backlog.qsize(), "bytes": backlog.bytes},
+                    extra={"sid": eio_sid, "backlog": outbox.qsize(), "bytes": outbox.bytes},
                 )
                 self.slow_clients_closed += 1
                 self._tasks.spawn(self.close(eio_sid, abort=True), name="slow client cut")
@@ -204,6 +642,9 @@ class TransportControl:
         handle_disconnect = eio.handlers["disconnect"]
 
         async def on_connect(eio_sid: str, environ: dict[str, Any]) -> Any:
+            socket = eio.sockets[eio_sid]
+            if type(socket) is engineio.async_socket.AsyncSocket:
+                socket.__class__ = GatewaySocket  # before its pings and its transport start
             accepted = await handle_connect(eio_sid, environ)
             if accepted is not False:
                 self._opened(eio_sid)
@@ -230,18 +671,27 @@ class TransportControl:
         eio.on("connect", on_connect)
         eio.on("disconnect", on_disconnect)
 
+    # -- closing ----------------------------------------------------------------------------
     async def close(self, eio_sid: str, abort: bool = False) -> None:
         """Close one client's transport, not with a Socket.IO disconnect (which would tell
         the client not to come back) nor an Engine.IO CLOSE packet (python clients do not
         reconnect after one): the connection just ends, and clients reconnect.
 
-        A `None` in the socket's queue ends its writer: on WebSocket the socket is closed, on
-        long-polling the pending GET returns and the next finds no session. With `abort`, the
-        TCP connection is cut at once, for a writer stuck on a client that does not read.
+        A `None` in the socket's outbox ends its transport: on WebSocket the socket is closed,
+        on long-polling the pending GET returns and the next finds no session. With `abort`,
+        the TCP connection is cut at once, for a client that does not read.
         """
         socket = self._eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
+        if not abort and not socket.upgraded and not socket.queue.empty():
+            # a long-polling client fetches what it was last sent (say, `auth_error` and the
+            # DISCONNECT) with its next poll: the session must outlive that poll
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LAST_POLL_WAIT_S):
+                    await socket.queue.join()
+            if socket.closed:
+                return
         connection = self._connections.get(socket)
         socket.queue.put_nowait(None)
         await socket.close(wait=False, abort=True, reason=self._eio.reason.SERVER_DISCONNECT)
@@ -249,11 +699,11 @@ class TransportControl:
             connection.abort()
 
     async def wait_for_room(self, eio_sid: str, packets: int, size_bytes: int) -> None:
-        """Return once this client's backlog has room for `packets` more packets of
+        """Return once this client's outbox has room for `packets` more packets of
         `size_bytes` in all, and as much again (at once if it has, or the client is gone): how
         a long replay keeps to the pace of the client while live events still fit."""
         socket = self._eio.sockets.get(eio_sid)
-        if socket is not None and isinstance(socket.queue, _Backlog):
+        if socket is not None and isinstance(socket.queue, Outbox):
             await socket.queue.wait_for_room(
                 max(0, self.bounds.packets - 2 * packets),
                 max(0, self.bounds.bytes - 2 * size_bytes),
@@ -263,78 +713,6 @@ class TransportControl:
         await asyncio.gather(
             *(self.close(sid) for sid in list(self._eio.sockets)), return_exceptions=True
         )
-
-
-# what python-engineio clients accept in one long-polling payload
-PACKETS_PER_POLL = engineio.payload.Payload.max_decode_packets
-
-
-class _Backlog(asyncio.Queue):
-    """A socket's outgoing packets, bounded in packets and in bytes: past either bound a packet
-    is dropped and `overflow` is called, once. One packet always fits in an empty queue, and
-    `None` (the writer's wake-up to stop) always gets in.
-
-    engine.io's `poll()` takes one packet with `get()`, then more with `get_nowait()` until the
-    queue is empty: here it stops after `PACKETS_PER_POLL`, the rest going in the next poll.
-    """
-
-    def __init__(self, bounds: Bounds, overflow: Callable[[_Backlog], None]):
-        super().__init__()
-        self._bounds = bounds
-        self._overflow = overflow
-        self._overflowed = False
-        self.bytes = 0  # what the queued packets weigh
-        self._room: list[tuple[int, int, asyncio.Future]] = []  # (packets, bytes, waiter)
-        self._taken = 0  # packets taken since the last `get()`: one poll's worth
-
-    async def get(self) -> Any:
-        self._taken = 0
-        return await super().get()  # which takes the packet with `get_nowait()`
-
-    def get_nowait(self) -> Any:
-        if self._taken >= PACKETS_PER_POLL:
-            raise asyncio.QueueEmpty
-        item = super().get_nowait()
-        self._taken += 1
-        self.bytes -= _weight(item)
-        if self._room:
-            count, size = self.qsize(), self.bytes
-            for waiter in [w for w in self._room if count <= w[0] and size <= w[1]]:
-                self._room.remove(waiter)
-                if not waiter[2].done():
-                    waiter[2].set_result(None)
-        return item
-
-    async def wait_for_room(self, packets: int, size_bytes: int) -> None:
-        """Return once at most `packets` packets of at most `size_bytes` are queued."""
-        if (self.qsize() <= packets and self.bytes <= size_bytes) or self._overflowed:
-            return
-        waiter = (packets, size_bytes, asyncio.get_running_loop().create_future())
-        self._room.append(waiter)
-        try:
-            await waiter[2]
-        finally:
-            if waiter in self._room:
-                self._room.remove(waiter)
-
-    def put_nowait(self, item: Any) -> None:
-        if item is not None:
-            weight = _weight(item)
-            if self.qsize() >= self._bounds.packets or (
-                self.qsize() > 0 and self.bytes + weight > self._bounds.bytes
-            ):
-                if not self._overflowed:
-                    self._overflowed = True
-                    self._overflow(self)
-                return
-            self.bytes += weight
-        super().put_nowait(item)
-
-
-def _weight(item: Any) -> int:
-    """About what an Engine.IO packet weighs on the wire: its encoded data (text or binary)."""
-    data = getattr(item, "data", None)
-    return len(data) + 1 if isinstance(data, (str, bytes, bytearray)) else 1
 
 
 def _nothing(eio_sid: str) -> None:

@@ -19,7 +19,8 @@ import socketio
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JS_DRIVER = os.path.join(ROOT, "tests", "js", "driver.mjs")
 WAIT_S = 10.0
-KINDS = ("py-websocket", "py-polling", "js-websocket", "js-polling")
+# "upgrade": long-polling first, then WebSocket (what the libraries do when not told otherwise)
+KINDS = ("py-websocket", "py-polling", "py-upgrade", "js-websocket", "js-polling", "js-upgrade")
 
 
 class Refused(Exception):
@@ -40,6 +41,7 @@ class Client:
         self.url = url
         self.path = path
         self.transport = transport
+        self.transports = ["polling", "websocket"] if transport == "upgrade" else [transport]
         self.reconnect = reconnect  # reconnect by itself, handing over the last event id
         self.last_event_id: str | None = None
         self.log: list[tuple[str, Any]] = []  # every event received, in order
@@ -127,7 +129,7 @@ class PyClient(Client):
         try:
             await self.sio.connect(
                 self.url,
-                transports=[self.transport],
+                transports=self.transports,
                 socketio_path=self.path,
                 auth=handshake,
                 wait_timeout=WAIT_S,
@@ -223,7 +225,7 @@ class JsClient(Client):
                 "op": "connect",
                 "url": self.url,
                 "path": self.path,
-                "transports": [self.transport],
+                "transports": self.transports,
                 "auth": auth or {},
                 "reconnect": self.reconnect,
             }

@@ -29,6 +29,8 @@ class RawSocket:
         self.received: list[str] = []  # every frame but pings, in order
         self._taken: set[int] = set()  # indexes of the frames a lookup has taken
         self._arrived = asyncio.Event()
+        self.pings = 0  # Engine.IO pings received (and answered)
+        self.pinged = asyncio.Event()
 
     async def open(self) -> RawSocket:
         """Open the Engine.IO connection (its OPEN packet read), no namespace yet."""
@@ -46,6 +48,8 @@ class RawSocket:
                 continue
             if message.data == "2":  # Engine.IO PING
                 await self._ws.send_str("3")
+                self.pings += 1
+                self.pinged.set()
                 continue
             self.received.append(message.data)
             self._arrived.set()
@@ -135,6 +139,23 @@ async def stalled_websocket(base_url: str, token: str, *frames: str):
         writer.write(_masked_text_frame(message.encode()))
     await writer.drain()
     return reader, writer
+
+
+async def read_text_frames(reader: asyncio.StreamReader, count: int) -> list[str]:
+    """The next `count` text frames a server sent on a raw WebSocket stream (server frames are
+    unmasked); Engine.IO pings are skipped."""
+    frames: list[str] = []
+    while len(frames) < count:
+        head, size = await reader.readexactly(2)
+        size &= 0x7F
+        if size == 126:
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+        elif size == 127:
+            (size,) = struct.unpack("!Q", await reader.readexactly(8))
+        body = await reader.readexactly(size)
+        if head == 0x81 and body != b"2":
+            frames.append(body.decode())
+    return frames
 
 
 def _masked_text_frame(payload: bytes) -> bytes:

@@ -6,18 +6,30 @@ These fail if the library internals `realtime/transport.py` relies on move.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
 
 import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
+import engineio.async_socket
+import engineio.packet
+import engineio.payload
 import pytest
+import socketio
 
 from realtime.config import load_settings
 from realtime.tasks import TaskKeeper
-from realtime.transport import create_socketio_server
-from tests.raw import RawSocket, stalled_websocket
+from realtime.transport import (
+    DIRECT_WRITE_LIMIT,
+    GatewaySocket,
+    Outbox,
+    create_socketio_server,
+    encode_event,
+    websocket_frame,
+)
+from tests.raw import RawSocket, read_text_frames, stalled_websocket
 
 
 async def negotiated_compression(base_url: str) -> int:
@@ -116,13 +128,11 @@ async def test_a_stalled_client_is_cut_off_without_delaying_the_others(
     assert gateway.sessions.counts()["connections"] == 1
 
 
-async def test_a_poll_carries_no_more_packets_than_python_clients_accept(settings):
-    import engineio.async_socket
-    import engineio.packet
-    import engineio.payload
-
+@pytest.mark.parametrize("socket_class", [GatewaySocket, engineio.async_socket.AsyncSocket])
+async def test_a_poll_carries_no_more_packets_than_python_clients_accept(settings, socket_class):
     sio, _ = create_socketio_server(settings, TaskKeeper())
-    socket_ = engineio.async_socket.AsyncSocket(sio.eio, "sid")
+    socket_ = socket_class(sio.eio, "sid")
+    assert isinstance(socket_.queue, Outbox)
     for n in range(40):
         await socket_.send(engineio.packet.Packet(engineio.packet.MESSAGE, f"m{n}"))
     limit = engineio.payload.Payload.max_decode_packets
@@ -187,3 +197,171 @@ async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url
         assert not gateway.sio._binary_packet
     finally:
         await raw.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"eventId": "0000000000000001", "text": "caf\u00e9 \u2603 \U0001f600", "n": [1, 2.5, None]},
+        {"nested": {"deep": [{"a": True}, "</script>", "\u0000\x1e"]}},
+        "a string",
+        [],
+    ],
+)
+def test_events_are_encoded_as_python_socketio_encodes_them(payload):
+    library = socketio.packet.Packet(
+        socketio.packet.EVENT, namespace="/", data=["notification", payload]
+    )
+    assert encode_event("notification", payload) == library.encode()
+
+
+class _Capture:
+    """Stands for a transport: keeps what aiohttp's WebSocket writer writes."""
+
+    def __init__(self):
+        self.written = b""
+
+    def write(self, data) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+async def test_frames_are_the_bytes_aiohttp_writes(size):
+    from aiohttp._websocket.writer import WebSocketWriter
+
+    text = "4" + "\u00e9" * (size // 2) + "x" * (size % 2)  # multi-byte characters
+    capture = _Capture()
+    writer = WebSocketWriter(object(), capture, use_mask=False)
+    await writer.send_frame(text.encode(), aiohttp.WSMsgType.TEXT)
+    assert websocket_frame(text) == capture.written
+    capture.written = b""
+    await writer.send_frame(b"\x00" * size, aiohttp.WSMsgType.BINARY)
+    assert websocket_frame(b"\x00" * size) == capture.written
+
+
+async def test_every_engineio_socket_becomes_a_gateway_socket(gateway, connect, client_kind):
+    await connect(client_kind)
+    [socket_] = gateway.sio.eio.sockets.values()
+    # python-engineio creates its own class; the gateway's replaces it as the socket opens
+    assert type(socket_) is GatewaySocket
+    assert isinstance(socket_.queue, Outbox)
+
+
+async def test_entering_a_room_does_not_suspend(gateway, connect):
+    # Emitter.enter_with_replay relies on it: nothing is delivered between the entering and
+    # the reading of the room's newest id
+    await connect("py-websocket")
+    [sid] = gateway.sessions._sessions
+    entering = gateway.sio.enter_room(sid, "availability-s9")
+    with pytest.raises(StopIteration):
+        entering.send(None)
+    assert "availability-s9" in gateway.sio.rooms(sid)
+
+
+def _tasks_by_kind() -> collections.Counter:
+    """The running tasks, by where their coroutine is defined: the test's own clients apart."""
+    here = os.path.dirname(__file__)
+    kinds = collections.Counter()
+    for task in asyncio.all_tasks():
+        code = task.get_coro().cr_code
+        if code.co_filename.startswith(here) or "aiohttp/client" in code.co_filename:
+            continue  # the clients'
+        kinds[code.co_qualname] += 1
+    return kinds
+
+
+async def test_an_idle_websocket_connection_costs_no_task_but_aiohttp_s(base_url, token):
+    before = _tasks_by_kind()
+    sockets = []
+    try:
+        for n in range(20):
+            raw = await RawSocket(base_url).open()
+            assert (await raw.connect({"token": token(f"u{n}")})).startswith("40{")
+            await raw.next_event("auth_success")
+            assert (await raw.call(1, "join_room", {"roomId": "availability-s1"}))["ok"]
+            sockets.append(raw)
+        grown = _tasks_by_kind() - before
+        # aiohttp's connection and request tasks read; nothing writes, pings or waits apart
+        # (python-engineio's one service task starts with the first connection)
+        per_connection = {kind for kind, count in grown.items() if count > 1}
+        assert per_connection == {"RequestHandler.start", "RequestHandler._handle_request"}
+        assert grown["RequestHandler._handle_request"] == len(sockets), grown
+    finally:
+        for raw in sockets:
+            await raw.close()
+
+
+async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, base_url):
+    gateway.sio.eio.ping_interval, gateway.sio.eio.ping_timeout = 0.2, 0.3
+    answering = await RawSocket(base_url).open()  # answers every ping
+    silent = await RawSocket(base_url).open()
+    silent._reader.cancel()  # reads nothing more: no pong
+    try:
+        while answering.pings < 5:  # a ping every 0.2 s, each answered
+            answering.pinged.clear()
+            await asyncio.wait_for(answering.pinged.wait(), 5)
+        assert not answering.closed.is_set()
+        sockets = gateway.sio.eio.sockets
+        for _ in range(100):
+            if len(sockets) == 1:
+                break
+            await asyncio.sleep(0.1)  # polling the server's view, bounded
+        assert len(sockets) == 1  # the silent one was let go, the answering one kept
+        assert gateway.sessions.counts()["transports"] == 1
+    finally:
+        await answering.close()
+
+
+@pytest.mark.env(CLIENT_BACKLOG_MAX="5000", CLIENT_BACKLOG_MAX_BYTES="50000000")
+async def test_order_holds_when_a_connection_pushes_back(gateway, base_url, token):
+    reader, writer = await stalled_websocket(base_url, token("slow"))
+    try:
+        frames = await read_text_frames(reader, 3)  # OPEN, CONNECT, auth_success
+        assert frames[1].startswith("40{") and '"auth_success"' in frames[2]
+        [session] = gateway.sessions._sessions.values()
+        outbox = gateway.sio.eio.sockets[session.eio_sid].queue
+        pad = "x" * 8000
+        expected, queued = [], 0
+        for n in range(400):
+            await gateway.broadcaster.broadcast(
+                {"event": "notification", "data": {"n": n, "pad": pad}, "users": ["slow"]}, None
+            )
+            expected.append(("notification", n))
+            if n % 7 == 0:  # a control event between data events, as sessions send them
+                gateway.emitter.send_control(session.sid, "error", {"n": n})
+                expected.append(("error", n))
+            queued = max(queued, outbox.qsize())
+        # the connection pushed back: what followed waited in the outbox, not in a buffer
+        assert queued > 0 and DIRECT_WRITE_LIMIT < 400 * len(pad)
+        frames = await asyncio.wait_for(read_text_frames(reader, len(expected)), 30)
+        got = [(json.loads(f[2:])[0], json.loads(f[2:])[1]["n"]) for f in frames]
+        assert got == expected
+        assert gateway.transports.slow_clients_closed == 0
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", ["py-upgrade", "js-upgrade"])
+async def test_what_is_sent_while_a_client_upgrades_arrives_once_in_order(gateway, connect, kind):
+    client = await connect(kind, sub="c1")
+    count = 300
+    for n in range(count):
+        gateway.emitter.send_control(client_sid(gateway), "notification", {"n": n})
+        if n % 50 == 0:
+            await asyncio.sleep(0)  # let the upgrade's requests in between
+    got = [(await client.next_event("notification"))["n"] for _ in range(count)]
+    assert got == list(range(count))
+    [socket_] = gateway.sio.eio.sockets.values()
+    for _ in range(100):
+        if socket_.upgraded:
+            break
+        await asyncio.sleep(0.05)  # the upgrade is the client's to finish, bounded
+    assert socket_.upgraded
+
+
+def client_sid(gateway) -> str:
+    [sid] = gateway.sessions._sessions
+    return sid

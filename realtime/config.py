@@ -20,6 +20,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 logger = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 SUPPORTED_JWT_ALGORITHMS = frozenset(
     {
         "HS256",
@@ -75,6 +76,7 @@ class Settings:
     log_level: str = "info"
     socketio_path: str = "/socket.io/"
     ws_compression: bool = False
+    event_loop: str = "auto"
     bookings_collection: str = "bookings"
     payments_collection: str = "payments"
     booking_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -277,6 +279,12 @@ class SettingsSchema(Schema):
         "WS_COMPRESSION",
         "negotiate WebSocket per-message compression (about 4x the memory per connection)",
         "false",
+    )
+    event_loop = _env(
+        fields.String(validate=validate.OneOf(EVENT_LOOPS)),
+        "EVENT_LOOP",
+        "uvloop, asyncio, or auto (uvloop when it is installed: it is, on Linux)",
+        "auto",
     )
     bookings_collection = _env(
         fields.String(validate=validate.Length(min=1)),

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -178,7 +179,9 @@ def _serve(settings: Settings, demo: bool = False) -> int:
         logger.warning("development jwt secret", extra={"detail": warning})
         print(f"WARNING: {warning}", file=sys.stderr)
     try:
-        asyncio.run(_run(settings, demo))
+        loop_factory, loop_name = event_loop(settings.event_loop)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_run(settings, demo, loop_name))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -193,7 +196,21 @@ def _serve(settings: Settings, demo: bool = False) -> int:
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-async def _run(settings: Settings, demo: bool) -> None:
+def event_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The event loop to serve on: uvloop's (about twice asyncio's throughput on sockets, and
+    less memory per connection) when chosen or, with `auto`, when it is installed."""
+    if choice == "asyncio":
+        return None, "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("EVENT_LOOP", "uvloop is not installed") from None
+        return None, "asyncio"
+    return uvloop.new_event_loop, "uvloop"
+
+
+async def _run(settings: Settings, demo: bool, loop_name: str = "asyncio") -> None:
     app = create_app(settings, demo=demo)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
@@ -204,8 +221,11 @@ async def _run(settings: Settings, demo: bool) -> None:
     await site.start()
     host, port = runner.addresses[0][:2]
     where = app[GATEWAY].store.describe()
-    print(f"realtime gateway listening on http://{host}:{port} (store: {where})", flush=True)
-    logger.info("listening", extra={"host": host, "port": port, "store": where})
+    print(
+        f"realtime gateway listening on http://{host}:{port} (store: {where}, loop: {loop_name})",
+        flush=True,
+    )
+    logger.info("listening", extra={"host": host, "port": port, "store": where, "loop": loop_name})
     if demo:
         print(
             "demo mode: bookings and payments are written every second; watch them with a "

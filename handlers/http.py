@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp_cors
@@ -39,14 +40,21 @@ def error_response(error: GatewayError) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+def error_middleware(request: web.Request, handler) -> Awaitable[web.StreamResponse]:
+    # Not a coroutine: a Socket.IO request (a WebSocket lasts as long as its connection) is
+    # handed on without a frame of this middleware kept for its life; python-engineio answers
+    # its own errors.
+    if request.path.startswith(request.app[GATEWAY].settings.socketio_path):
+        return handler(request)
+    return _answered(request, handler)
+
+
+async def _answered(request: web.Request, handler) -> web.StreamResponse:
     started = time.perf_counter()
-    settings = request.app[GATEWAY].settings
-    is_socketio = request.path.startswith(settings.socketio_path)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or is_socketio:
+        if exc.status < 400:
             raise
         code = _STATUS_CODES.get(exc.status, "internal" if exc.status >= 500 else "invalid_payload")
         body = {"error": {"code": code, "message": (exc.reason or code).lower()}}
@@ -56,16 +64,15 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         response = error_response(answer_for(exc, "request", logger, path=request.path))
     if request.path == "/broadcast":
         request.app[GATEWAY].metrics.broadcast_requests.labels(str(response.status)).inc()
-    if not is_socketio:
-        logger.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
-            },
-        )
+    logger.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
     return response
 
 

@@ -16,6 +16,7 @@ from storage.paths import set_at, value_at
 
 ROLES = ("customer", "staff", "admin")
 MAX_EXP_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+NO_SHOPS: frozenset[str] = frozenset()  # one for every principal without shops
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class TokenVerifier:
         return Principal(
             user_id=user_id,
             role=role,
-            shop_ids=frozenset(str(s) for s in shop_ids),
+            shop_ids=frozenset(str(s) for s in shop_ids) if shop_ids else NO_SHOPS,
             expires_at=self._expiry(claims["exp"]),
         )
 

@@ -95,17 +95,17 @@ class Sessions:
 
     def _arm_auth_deadline(self, eio_sid: str) -> None:
         self._cancel_auth_deadline(eio_sid)
-
-        def fire() -> None:
-            self._auth_deadlines.pop(eio_sid, None)
-            self._tasks.spawn(
-                self._auth_timed_out(eio_sid),
-                name="auth timeout",
-                on_error=lambda exc: self._failed(eio_sid, None, "auth timeout", exc),
-            )
-
+        # a bound method and its argument, not a closure: one of these per connection
         self._auth_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
-            self._settings.auth_timeout_s, fire
+            self._settings.auth_timeout_s, self._auth_deadline_passed, eio_sid
+        )
+
+    def _auth_deadline_passed(self, eio_sid: str) -> None:
+        self._auth_deadlines.pop(eio_sid, None)
+        self._tasks.spawn(
+            self._auth_timed_out(eio_sid),
+            name="auth timeout",
+            on_error=lambda exc: self._failed(eio_sid, None, "auth timeout", exc),
         )
 
     def _cancel_auth_deadline(self, eio_sid: str) -> None:
@@ -319,13 +319,18 @@ class Sessions:
         action: Callable[[SocketSession], Coroutine[Any, Any, None]],
     ) -> None:
         session.cancel_deadline()
+        session.deadline = asyncio.get_running_loop().call_later(
+            max(0.0, delay_s), self._deadline_passed, session, action
+        )
 
-        def fire() -> None:
-            session.deadline = None
-            if self._sessions.get(session.sid) is session:
-                self._spawn_for(session, action(session), action.__name__)
-
-        session.deadline = asyncio.get_running_loop().call_later(max(0.0, delay_s), fire)
+    def _deadline_passed(
+        self,
+        session: SocketSession,
+        action: Callable[[SocketSession], Coroutine[Any, Any, None]],
+    ) -> None:
+        session.deadline = None
+        if self._sessions.get(session.sid) is session:
+            self._spawn_for(session, action(session), action.__name__)
 
     # -- rooms -------------------------------------------------------------------------------
     def principal_of(self, sid: str) -> Principal:

@@ -344,6 +344,11 @@ class Outbox:
         if self._items and self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self._drain())
 
+    def end(self) -> None:
+        """The socket closed: on a WebSocket, close it once what waits is sent."""
+        if self._ws is not None:
+            self.put_nowait(None)
+
     async def finish(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         """The WebSocket's read side ended: close it once what waits is sent, or cut the
         connection if that takes longer than `CLOSE_TIMEOUT_S` (a client that reads no more)."""
@@ -483,42 +488,48 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         return packets
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """python-engineio's WebSocket loop (upgrade included), reading in the request's own
-        task and writing through the `Outbox`."""
-        if self.connected:  # an upgrade from long-polling: probe, then UPGRADE
-            self.upgrading = True  # polls are answered NOOP, packets wait in the outbox
-            try:
-                probe = engineio.packet.Packet(encoded_packet=await ws.wait())
-            except (OSError, ValueError):
-                self.upgrading = False
-                return
+        """python-engineio's WebSocket loop, for the upgrades that reach the library's own
+        request handling (`TransportControl.route` takes the usual ones)."""
+        if self.connected and not await self.upgrade(ws.response):
+            return
+        self.connected = self.upgraded = True
+        await self.run_websocket(ws.response, ws.transport)
+
+    async def upgrade(self, response: web.WebSocketResponse) -> bool:
+        """python-engineio's upgrade from long-polling: the probe, then UPGRADE."""
+        self.upgrading = True  # polls are answered NOOP, packets wait in the outbox
+        try:
+            probe = engineio.packet.Packet(encoded_packet=await _received(response))
             if probe.packet_type != engineio.packet.PING or probe.data != "probe":
-                self.upgrading = False
-                return
-            await ws.send(engineio.packet.Packet(engineio.packet.PONG, data="probe").encode())
+                return False
+            await response.send_str(
+                engineio.packet.Packet(engineio.packet.PONG, data="probe").encode()
+            )
             self.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))  # ends the poll
-            try:
-                upgrade = engineio.packet.Packet(encoded_packet=await ws.wait())
-            except (OSError, ValueError):
-                self.upgrading = False
-                return
-            if upgrade.packet_type != engineio.packet.UPGRADE:
-                self.upgrading = False
-                return
-            self.upgraded = True
+            upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
+            return upgrade.packet_type == engineio.packet.UPGRADE
+        except (OSError, ValueError):
+            return False
+        finally:
             self.upgrading = False
-        else:
-            self.connected = True
-            self.upgraded = True
+
+    async def run_websocket(
+        self, response: web.WebSocketResponse, transport: asyncio.Transport
+    ) -> None:
+        """Read the client's packets in this (the request's) task until the WebSocket ends;
+        what goes out, the `Outbox` writes. No read timeout: a client that stops answering
+        pings is closed by python-engineio's ping check (`close` ends the WebSocket)."""
         outbox = self.queue
-        outbox.attach(ws.response, ws.transport)
-        timeout = self.server.ping_interval + self.server.ping_timeout
+        outbox.attach(response, transport)
         try:
             while True:
                 try:
-                    data = await ws.wait(timeout)
-                except (Exception, asyncio.CancelledError):  # closed, timed out, cancelled
+                    message = await response.receive()
+                except (Exception, asyncio.CancelledError):  # cancelled, failed
                     break
+                data = message.data
+                if not isinstance(data, (str, bytes)):
+                    break  # closed, closing or failed
                 try:
                     await self.receive(engineio.packet.Packet(encoded_packet=data))
                 except engineio.exceptions.UnknownPacketError:
@@ -528,8 +539,21 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 except Exception:
                     logger.exception("receiving a packet failed", extra={"eio_sid": self.sid})
         finally:
-            await outbox.finish(ws.response, ws.transport)
+            await outbox.finish(response, transport)
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        closing = not self.closed and not self.closing
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if closing:
+            self.queue.end()  # on a WebSocket, it is closed once what waits is sent
+
+
+async def _received(response: web.WebSocketResponse) -> str | bytes:
+    message = await response.receive()
+    if not isinstance(message.data, (str, bytes)):
+        raise OSError("the WebSocket closed")
+    return message.data
 
 
 class TransportControl:
@@ -548,6 +572,7 @@ class TransportControl:
         self.slow_clients_closed = 0
         self._opened: Callable[[str], None] = _nothing
         self._closed: Callable[[str], None] = _nothing
+        self._compression = compression
         self._install_driver(compression)
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._install_lifecycle()
@@ -588,14 +613,120 @@ class TransportControl:
                 count += 1
         return count
 
+    # -- serving ----------------------------------------------------------------------------
+    def attach(self, app: web.Application, path: str) -> None:
+        """Mount the Engine.IO endpoint on `path` (python-engineio's `attach` mounts
+        `handle_request` on all three methods): GET through `route`."""
+        path = "/" + path.strip("/") + "/"
+        app.router.add_get(path, self.route)
+        app.router.add_post(path, self._eio.handle_request)
+        app.router.add_route("OPTIONS", path, self._eio.handle_request)
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        """A GET on the Engine.IO endpoint. A WebSocket, opened directly or upgrading a
+        long-polling session, is served here, with python-engineio's checks, packets and
+        handlers but a shorter stack: what a connection holds for its life is its own frame
+        and a small environ, not the library's request handling and its environ. Every other
+        request, and every request those checks would refuse, goes to the library, which
+        answers it as always."""
+        eio = self._eio
+        query = request.query
+        if (
+            query.get("transport") != "websocket"
+            or "j" in query
+            or request.headers.get("Upgrade", "").lower() != "websocket"
+            or not web.WebSocketResponse().can_prepare(request).ok
+            or not self._origin_allowed(request)
+        ):
+            return await eio.handle_request(request)
+        sid = query.get("sid")
+        if sid is None:
+            if query.get("EIO") != "4":
+                return await eio.handle_request(request)
+            return await self._open_websocket(request)
+        socket = eio.sockets.get(sid)
+        if (
+            type(socket) is not GatewaySocket
+            or socket.closed
+            or not socket.connected
+            or socket.upgraded
+            or "upgrade" not in request.headers.get("Connection", "").lower()
+        ):
+            return await eio.handle_request(request)
+        response = await self._websocket_response(request, socket)
+        if await socket.upgrade(response):
+            socket.upgraded = True
+            await socket.run_websocket(response, request.transport)
+        return response
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        """python-engineio's check of a browser's Origin (same origin only, by default)."""
+        eio = self._eio
+        origin = request.headers.get("Origin")
+        if not origin or eio.cors_allowed_origins == []:
+            return True
+        allowed = eio._cors_allowed_origins(eio._async["translate_request"](request))
+        return allowed is None or origin in allowed
+
+    async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
+        """python-engineio's `_handle_connect`, for a WebSocket."""
+        eio = self._eio
+        if eio.start_service_task:  # the ping checks of every socket: started once
+            eio.start_service_task = False
+            eio.service_task_handle = eio.start_background_task(eio._service_task)
+        sid = eio.generate_id()
+        socket = GatewaySocket(eio, sid)
+        eio.sockets[sid] = socket
+        socket.queue.put_nowait(
+            engineio.packet.Packet(
+                engineio.packet.OPEN,
+                {
+                    "sid": sid,
+                    "upgrades": [],
+                    "pingTimeout": int(eio.ping_timeout * 1000),
+                    "pingInterval": int(eio.ping_interval + eio.ping_interval_grace_period) * 1000,
+                    "maxPayload": eio.max_http_buffer_size,
+                },
+            )
+        )
+        accepted = await eio._trigger_event(
+            "connect", sid, connect_environ(request), run_async=False
+        )
+        if accepted is not None and accepted is not True:
+            del eio.sockets[sid]
+            return await eio._make_response(
+                eio._unauthorized(accepted or None), eio._async["translate_request"](request)
+            )
+        socket.schedule_ping()
+        try:
+            response = await self._websocket_response(request, socket)
+        except BaseException:
+            await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
+            raise
+        socket.connected = socket.upgraded = True
+        await socket.run_websocket(response, request.transport)
+        if eio.sockets.get(sid) is socket:
+            del eio.sockets[sid]
+        return response
+
+    async def _websocket_response(
+        self, request: web.Request, socket: GatewaySocket
+    ) -> web.WebSocketResponse:
+        response = web.WebSocketResponse(
+            max_msg_size=self._eio.max_http_buffer_size, compress=self._compression
+        )
+        await response.prepare(request)
+        self._connections[socket] = request.transport
+        return response
+
     # -- installing -------------------------------------------------------------------------
     def _install_driver(self, compression: bool) -> None:
         driver = self._eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
         connections = self._connections
 
         class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
-            """The driver's wrapper, with compression as configured and what the socket's
-            loop needs: the response, its transport, a read with a timeout."""
+            """The driver's wrapper, with compression as configured, handing the socket's loop
+            the response and its transport."""
 
             response: web.WebSocketResponse
             transport: asyncio.Transport
@@ -612,12 +743,6 @@ class TransportControl:
                 connections[self.handler.__self__] = request.transport
                 await self.handler(self)
                 return self.response
-
-            async def wait(self, timeout_s: float | None = None) -> str | bytes:
-                message = await self.response.receive(timeout_s)
-                if not isinstance(message.data, (str, bytes)):
-                    raise OSError()  # closed, closing or failed
-                return message.data
 
         self._eio._async = {**self._eio._async, "websocket": GatewayWebSocket}
 
@@ -645,6 +770,8 @@ class TransportControl:
             socket = eio.sockets[eio_sid]
             if type(socket) is engineio.async_socket.AsyncSocket:
                 socket.__class__ = GatewaySocket  # before its pings and its transport start
+            if "aiohttp.request" in environ:  # python-socketio keeps it for the connection's life
+                environ = connect_environ(environ["aiohttp.request"])
             accepted = await handle_connect(eio_sid, environ)
             if accepted is not False:
                 self._opened(eio_sid)
@@ -713,6 +840,24 @@ class TransportControl:
         await asyncio.gather(
             *(self.close(sid) for sid in list(self._eio.sockets)), return_exceptions=True
         )
+
+
+def connect_environ(request: web.Request) -> dict[str, str]:
+    """The WSGI-style environ python-socketio keeps for each connection (and hands the
+    namespace's `connect`): a few fields of the request that opened it, not the request (and
+    its headers) itself. REMOTE_ADDR is the TCP peer (python-engineio's driver says
+    127.0.0.1)."""
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query_string,
+        "REMOTE_ADDR": request.remote or "",
+    }
+    for header in ("Origin", "User-Agent", "X-Forwarded-For"):
+        value = request.headers.get(header)
+        if value is not None:
+            environ["HTTP_" + header.upper().replace("-", "_")] = value
+    return environ
 
 
 def _nothing(eio_sid: str) -> None:

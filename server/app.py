@@ -124,7 +124,7 @@ def create_app(
         probes=tuple(probes),
         tasks=tasks,
     )
-    sio.attach(app, socketio_path=settings.socketio_path)
+    transports.attach(app, settings.socketio_path)
     setup_routes(app, settings.cors_origins)
     # started in this order, stopped in the reverse: the store is closed last
     app.cleanup_ctx.append(_store_lifetime)

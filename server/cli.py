@@ -212,7 +212,12 @@ def event_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | N
 
 async def _run(settings: Settings, demo: bool, loop_name: str = "asyncio") -> None:
     app = create_app(settings, demo=demo)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log=None,  # requests are logged by the error middleware, as JSON
+    )
     await runner.setup()
     gc.collect()
     gc.freeze()

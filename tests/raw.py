@@ -29,6 +29,7 @@ class RawSocket:
         self.received: list[str] = []  # every frame but pings, in order
         self._taken: set[int] = set()  # indexes of the frames a lookup has taken
         self._arrived = asyncio.Event()
+        self.opening = ""
         self.pings = 0  # Engine.IO pings received (and answered)
         self.pinged = asyncio.Event()
 
@@ -36,8 +37,8 @@ class RawSocket:
         """Open the Engine.IO connection (its OPEN packet read), no namespace yet."""
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(self._url)
-        opening = await self._ws.receive_str()
-        assert opening.startswith("0{"), opening
+        self.opening = await self._ws.receive_str()  # the Engine.IO OPEN packet
+        assert self.opening.startswith("0{"), self.opening
         self._reader = asyncio.create_task(self._read())
         return self
 

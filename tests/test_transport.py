@@ -365,3 +365,31 @@ async def test_what_is_sent_while_a_client_upgrades_arrives_once_in_order(gatewa
 def client_sid(gateway) -> str:
     [sid] = gateway.sessions._sessions
     return sid
+
+
+async def test_a_websocket_opens_with_what_python_engineio_sends(base_url, http):
+    # long-polling handshakes are python-engineio's own; WebSocket ones the gateway's route
+    polling = await (await http.get("/socket.io/?EIO=4&transport=polling")).text()
+    raw = await RawSocket(base_url).open()
+    await raw.close()
+    library, ours = json.loads(polling[1:]), json.loads(raw.opening[1:])
+    assert set(library) == set(ours)
+    assert library["upgrades"] == ["websocket"] and ours["upgrades"] == []
+    for key in set(library) - {"sid", "upgrades"}:
+        assert library[key] == ours[key], key
+
+
+@pytest.mark.parametrize(
+    "origin, accepted", [("http://elsewhere.example", False), (None, True), ("same", True)]
+)
+async def test_a_websocket_from_another_origin_is_refused(base_url, origin, accepted):
+    headers = {"Origin": base_url if origin == "same" else origin} if origin else {}
+    async with aiohttp.ClientSession() as session:
+        url = f"{base_url}/socket.io/?EIO=4&transport=websocket"
+        if not accepted:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(url, headers=headers)
+            assert refused.value.status == 400
+            return
+        async with session.ws_connect(url, headers=headers) as ws:
+            assert (await ws.receive_str()).startswith("0{")

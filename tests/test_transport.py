@@ -23,6 +23,7 @@ from realtime.config import load_settings
 from realtime.tasks import TaskKeeper
 from realtime.transport import (
     DIRECT_WRITE_LIMIT,
+    FastJson,
     GatewaySocket,
     Outbox,
     create_socketio_server,
@@ -211,8 +212,25 @@ async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url
 def test_events_are_encoded_as_python_socketio_encodes_them(payload):
     library = socketio.packet.Packet(
         socketio.packet.EVENT, namespace="/", data=["notification", payload]
-    )
-    assert encode_event("notification", payload) == library.encode()
+    ).encode()
+    ours = encode_event("notification", payload)
+    # the same packet; orjson writes non-ASCII characters as UTF-8, not as \u escapes
+    assert ours[0] == library[0] == "2"
+    assert json.loads(ours[1:]) == json.loads(library[1:])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"big": 2**70, "n": -(2**64)},  # beyond what orjson holds
+        {1: "a key that is not a string"},
+        ["\ud800 a lone surrogate"],
+        {"deep": [[[[[[["x"]]]]]]]},
+    ],
+)
+def test_packet_json_falls_back_to_the_standard_library(value):
+    text = FastJson.dumps(value)
+    assert json.loads(text) == json.loads(json.dumps(value))
 
 
 class _Capture:
@@ -393,3 +411,23 @@ async def test_a_websocket_from_another_origin_is_refused(base_url, origin, acce
             return
         async with session.ws_connect(url, headers=headers) as ws:
             assert (await ws.receive_str()).startswith("0{")
+
+
+@pytest.mark.env(CORS_ORIGINS="https://app.example")
+async def test_polls_answer_as_python_engineio_answers(http):
+    app = {"Origin": "https://app.example"}
+    handshake = await http.get("/socket.io/?EIO=4&transport=polling", headers=app)  # library
+    sid = json.loads((await handshake.text())[1:])["sid"]
+    url = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    assert (await http.post(url, data="40", headers=app)).status == 200
+    poll = await http.get(url, headers=app)  # the gateway's own answer
+    assert poll.status == 200 and (await poll.text()).startswith("40{")
+    for header in ("Content-Type", "Access-Control-Allow-Origin"):
+        assert poll.headers[header] == handshake.headers[header], header
+    assert poll.headers.get("Access-Control-Allow-Credentials") == handshake.headers.get(
+        "Access-Control-Allow-Credentials"
+    )
+    elsewhere = await http.get(url, headers={"Origin": "https://evil.example"})
+    assert elsewhere.status == 400
+    unknown = await http.get("/socket.io/?EIO=4&transport=polling&sid=nope")
+    assert unknown.status == 400

@@ -126,13 +126,15 @@ async def start(command: list[str], env: dict[str, str]) -> asyncio.subprocess.P
     return process
 
 
-async def connect_everyone(session, url, people, on_event, gateway: bool) -> list[RawClient]:
+async def connect_everyone(
+    session, url, people, on_event, gateway: bool, compress: int = 0
+) -> list[RawClient]:
     gate = asyncio.Semaphore(50)
     clients: list[RawClient] = []
 
     async def one(person):
         async with gate:
-            client = RawClient(session, url, on_event)
+            client = RawClient(session, url, on_event, compress)
             auth = (
                 {"token": token(person)}
                 if gateway
@@ -230,7 +232,10 @@ async def bench_gateway(args, people, deliveries) -> dict:
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             rss_before = rss_kb(server.pid)
-            clients = await connect_everyone(session, url, people, deliveries, gateway=True)
+            offer = 15 if args.compression else 0  # the client's compression offer
+            clients = await connect_everyone(
+                session, url, people, deliveries, gateway=True, compress=offer
+            )
             rss_after = rss_kb(server.pid)
             figures["rss_per_connection_kb"] = (rss_after - rss_before) / len(clients)
             figures["rss_before_mb"], figures["rss_after_mb"] = rss_before / 1024, rss_after / 1024

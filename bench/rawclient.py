@@ -19,7 +19,9 @@ class RawClient:
         session: aiohttp.ClientSession,
         url: str,
         on_event: Callable[[str], None] | None = None,
+        compress: int = 0,
     ):
+        self.compress = compress
         self._session = session
         self._url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
         self._on_event = on_event  # gets each raw `42[...]` frame's text
@@ -31,7 +33,9 @@ class RawClient:
 
     async def connect(self, auth: dict[str, Any]) -> dict[str, Any]:
         """Open, join namespace `/` with `auth`, and return the `auth_success` payload."""
-        self._ws = await self._session.ws_connect(self._url, compress=15, autoping=False)
+        # per-message compression offered only when asked (`compress`): a stock server
+        # negotiates whatever is offered
+        self._ws = await self._session.ws_connect(self._url, compress=self.compress, autoping=False)
         opening = await self._ws.receive_str()
         assert opening.startswith("0"), opening
         await self._ws.send_str("40" + json.dumps(auth))

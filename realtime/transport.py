@@ -683,6 +683,8 @@ class TransportControl:
         answers it as always."""
         eio = self._eio
         query = request.query
+        if request.method != "GET":  # HEAD: the library's answer (a poll's body would be lost)
+            return await eio.handle_request(request)
         if query.get("transport", "polling") == "polling" and "sid" in query:
             socket = eio.sockets.get(query["sid"])
             if (

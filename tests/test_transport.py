@@ -180,6 +180,22 @@ async def test_the_library_calls_we_adjust_are_still_there(settings):
         assert name not in vars(type(sio))
     # Engine.IO's connection events are wrapped for the transport lifecycle
     assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}
+    # GatewaySocket reads MESSAGE packets into python-socketio's handler itself
+    assert sio.eio.handlers["message"] == sio._handle_eio_message
+    # what GatewaySocket replaces, and what its loop and the route call in python-engineio
+    for name in ("_websocket_handler", "schedule_ping", "poll", "close", "receive", "send"):
+        assert name in vars(engineio.async_socket.AsyncSocket), name
+    for name in ("_service_task", "_trigger_event", "_make_response", "disconnect"):
+        assert name in vars(engineio.AsyncServer), name
+    for name in ("_cors_headers", "_cors_allowed_origins", "_unauthorized", "_bad_request"):
+        assert callable(getattr(sio.eio, name)), name
+    assert isinstance(sio.eio.start_service_task, bool)
+    assert isinstance(sio.eio.ping_interval_grace_period, (int, float))
+    # GatewayServer._handle_event stands for these two for the gateway's namespace
+    for name in ("_handle_event", "_handle_event_internal", "_trigger_event"):
+        assert name in vars(socketio.async_server.AsyncServer), name
+    # the room members the emit path reads, as (sid, eio_sid) pairs
+    assert callable(sio.manager.get_participants)
 
 
 async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url, gateway, token):
@@ -431,3 +447,12 @@ async def test_polls_answer_as_python_engineio_answers(http):
     assert elsewhere.status == 400
     unknown = await http.get("/socket.io/?EIO=4&transport=polling&sid=nope")
     assert unknown.status == 400
+
+
+async def test_a_head_request_takes_no_packet_from_a_poll(http, gateway):
+    handshake = await http.get("/socket.io/?EIO=4&transport=polling")
+    sid = json.loads((await handshake.text())[1:])["sid"]
+    url = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    assert (await http.post(url, data="40")).status == 200
+    await http.head(url)  # whatever it answers, the CONNECT packet stays for the next poll
+    assert (await (await http.get(url)).text()).startswith("40{")

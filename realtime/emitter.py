@@ -201,8 +201,7 @@ class Emitter:
             for room in event.rooms:
                 self._room_cursors.pop(room, None)  # moved to the end: the newest used
                 self._room_cursors[room] = event.sequence
-            while len(self._room_cursors) > ROOM_CURSORS_MAX:
-                del self._room_cursors[next(iter(self._room_cursors))]
+            self._trim_room_cursors()
         self.delivered = event.sequence
         self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
         logger.debug(
@@ -215,6 +214,10 @@ class Emitter:
         )
         for listener in self._after_emit:
             await listener(event.name, event.payload)
+
+    def _trim_room_cursors(self) -> None:
+        while len(self._room_cursors) > ROOM_CURSORS_MAX:  # the least recently used go
+            del self._room_cursors[next(iter(self._room_cursors))]
 
     async def enter_with_replay(
         self,
@@ -315,6 +318,7 @@ class Emitter:
             bounds = await self._store.event_bounds(room, until=self.delivered)
             if self.delivered is not None:
                 self._room_cursors.setdefault(room, bounds.room_newest)
+                self._trim_room_cursors()
         return Replay(0, _event_id_or_none(bounds.room_newest), gap)
 
     def _send(

@@ -95,6 +95,8 @@ class GatewayServer(socketio.AsyncServer):
         # The protocol has no binary events, and python-socketio would hold every attachment
         # a client announces (a count of up to nine digits) until the packet is complete: a
         # binary event is refused at once and its attachments never kept.
+        if eio_sid not in self.environ:
+            return  # read after its transport closed: python-socketio forgot it (no session)
         if isinstance(data, (bytes, bytearray)):
             return  # an attachment of a binary packet refused below
         if isinstance(data, str) and data[:1] in _BINARY_PACKETS:
@@ -274,6 +276,7 @@ class Outbox:
         "_direct",
         "_draining",
         "_emptied",
+        "_ended",
         "_getters",
         "_items",
         "_overflow",
@@ -299,6 +302,7 @@ class Outbox:
         self._transport: asyncio.Transport | None = None
         self._direct = False  # whether frames may be written straight to the transport
         self._draining: asyncio.Task | None = None
+        self._ended = False  # its WebSocket is closed: nothing more will be sent
 
     # -- asyncio.Queue's calls, as python-engineio makes them -------------------------------
     def qsize(self) -> int:
@@ -313,6 +317,8 @@ class Outbox:
     def put_nowait(self, item: Any) -> None:
         queued = len(self._items) if self._items else 0
         if item is not None:
+            if self.overflowed or self._ended:
+                return  # cut off, or closed: no later (smaller) packet may get past a dropped one
             if not queued and self._direct and self._draining is None and self._write(item):
                 return  # the usual way on a WebSocket: the frame is on its way
             weight = _weight(item)
@@ -342,8 +348,9 @@ class Outbox:
         return self._pop()
 
     async def get(self) -> Any:
-        self._taken = 0
         while not self._items:
+            if self._ws is not None:  # a poll left over from before an upgrade: it ends
+                return _NOOP
             getter = asyncio.get_running_loop().create_future()
             if self._getters is None:
                 self._getters = []
@@ -358,6 +365,7 @@ class Outbox:
                 self._getters.remove(getter)
                 if not self._getters:
                     self._getters = None
+        self._taken = 0  # after the wait: a concurrent poll may have taken some meanwhile
         return self.get_nowait()
 
     def task_done(self) -> None:
@@ -372,7 +380,7 @@ class Outbox:
     # -- the gateway's own calls ------------------------------------------------------------
     async def wait_for_room(self, packets: int, size_bytes: int) -> None:
         """Return once at most `packets` packets of at most `size_bytes` wait here."""
-        if (self.qsize() <= packets and self.bytes <= size_bytes) or self.overflowed:
+        if (self.qsize() <= packets and self.bytes <= size_bytes) or self.overflowed or self._ended:
             return
         waiter = (packets, size_bytes, asyncio.get_running_loop().create_future())
         if self._room is None:
@@ -391,11 +399,18 @@ class Outbox:
         self._direct = not ws.compress
         if self._items and self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self._drain())
+        for getter in self._getters or ():  # polls still waiting end (with a NOOP)
+            if not getter.done():
+                getter.set_result(None)
 
     def end(self) -> None:
-        """The socket closed: on a WebSocket, close it once what waits is sent."""
+        """The socket closed: on a WebSocket, close it once what waits is sent, and cut the
+        connection if that has not happened within `CLOSE_TIMEOUT_S` (a client that does not
+        read keeps the drain waiting, and nothing reads a closed socket's connection)."""
         if self._ws is not None:
+            transport = self._transport
             self.put_nowait(None)
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, _cut_if_open, transport)
 
     async def finish(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         """The WebSocket's read side ended: close it once what waits is sent, or cut the
@@ -455,6 +470,11 @@ class Outbox:
     def _detach(self) -> None:
         self._ws = self._transport = None
         self._direct = False
+        self._ended = True
+        for *_, waiter in self._room or ():  # nothing more will be sent: waiting is over
+            if not waiter.done():
+                waiter.set_result(None)
+        self._room = None
 
     def _pop(self) -> Any:
         item = self._items.popleft()
@@ -484,6 +504,11 @@ class Outbox:
                 return
 
 
+def _cut_if_open(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.abort()
+
+
 def _weight(item: Any) -> int:
     """About what an Engine.IO packet weighs on the wire: its encoded data (text or binary)."""
     data = item.data
@@ -491,6 +516,7 @@ def _weight(item: Any) -> int:
 
 
 _PING = engineio.packet.Packet(engineio.packet.PING)
+_NOOP = engineio.packet.Packet(engineio.packet.NOOP)
 
 
 class GatewaySocket(engineio.async_socket.AsyncSocket):
@@ -498,6 +524,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     connection: a timer for its pings rather than a sleeping task, polls answered without a
     timer when packets wait, and a WebSocket loop with neither a writer task (the `Outbox`
     writes) nor a task per message received."""
+
+    upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
 
     def schedule_ping(self) -> None:
         # python-engineio: only when the previous ping was answered
@@ -538,28 +566,34 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     async def _websocket_handler(self, ws: Any) -> None:
         """python-engineio's WebSocket loop, for the upgrades that reach the library's own
         request handling (`TransportControl.route` takes the usual ones)."""
-        if self.connected and not await self.upgrade(ws.response):
+        if self.connected and not await self.upgrade(ws.response, ws.transport):
             return
         self.connected = self.upgraded = True
         await self.run_websocket(ws.response, ws.transport)
 
-    async def upgrade(self, response: web.WebSocketResponse) -> bool:
+    async def upgrade(self, response: web.WebSocketResponse, transport: asyncio.Transport) -> bool:
         """python-engineio's upgrade from long-polling: the probe, then UPGRADE."""
         self.upgrading = True  # polls are answered NOOP, packets wait in the outbox
+        self.upgrade_transport = transport  # cut if the socket closes meanwhile
         try:
-            probe = engineio.packet.Packet(encoded_packet=await _received(response))
+            # each step within the ping timeout: a client that sends nothing is not kept
+            async with asyncio.timeout(self.server.ping_timeout):
+                probe = engineio.packet.Packet(encoded_packet=await _received(response))
             if probe.packet_type != engineio.packet.PING or probe.data != "probe":
                 return False
             await response.send_str(
                 engineio.packet.Packet(engineio.packet.PONG, data="probe").encode()
             )
             self.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))  # ends the poll
-            upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
-            return upgrade.packet_type == engineio.packet.UPGRADE
-        except (OSError, ValueError):
+            async with asyncio.timeout(self.server.ping_timeout):
+                upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
+            # the session may have closed meanwhile (its auth deadline, say)
+            return upgrade.packet_type == engineio.packet.UPGRADE and not self.closed
+        except (OSError, ValueError, TimeoutError):
             return False
         finally:
             self.upgrading = False
+            self.upgrade_transport = None
 
     async def run_websocket(
         self, response: web.WebSocketResponse, transport: asyncio.Transport
@@ -577,8 +611,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 except (Exception, asyncio.CancelledError):  # cancelled, failed
                     break
                 data = message.data
-                if not isinstance(data, (str, bytes)):
-                    break  # closed, closing or failed
+                if not isinstance(data, (str, bytes)) or self.closed:
+                    break  # closed, closing or failed; or the socket closed meanwhile
                 try:
                     if type(data) is str and data[:1] == "4":  # MESSAGE: what `receive` does
                         await handle_message(self.sid, data[1:])
@@ -587,6 +621,9 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 except engineio.exceptions.UnknownPacketError:
                     pass
                 except engineio.exceptions.SocketIsClosedError:
+                    break
+                except ValueError:  # not a packet (python-engineio's loop ends there too)
+                    logger.info("malformed packet: connection closed", extra={"eio_sid": self.sid})
                     break
                 except Exception:
                     logger.exception("receiving a packet failed", extra={"eio_sid": self.sid})
@@ -599,6 +636,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         await super().close(wait=wait, abort=abort, reason=reason)
         if closing:
             self.queue.end()  # on a WebSocket, it is closed once what waits is sent
+            if self.upgrade_transport is not None:  # a WebSocket still upgrading: no use now
+                self.upgrade_transport.abort()
 
 
 async def _received(response: web.WebSocketResponse) -> str | bytes:
@@ -719,18 +758,21 @@ class TransportControl:
             or "upgrade" not in request.headers.get("Connection", "").lower()
         ):
             return await eio.handle_request(request)
-        response = await self._websocket_response(request, socket)
-        if await socket.upgrade(response):
-            socket.upgraded = True
-            await socket.run_websocket(response, request.transport)
+        try:
+            response = await self._websocket_response(request, socket)
+            if await socket.upgrade(response, request.transport):
+                socket.upgraded = True
+                await socket.run_websocket(response, request.transport)
+        finally:
+            if socket.closed and eio.sockets.get(sid) is socket:
+                del eio.sockets[sid]
         return response
 
     async def _poll(self, request: web.Request, socket: GatewaySocket) -> web.Response:
         """python-engineio's answer to a long-poll (`handle_request`, `handle_get_request`,
         `_ok`), without building the request's environ: what waits, or what comes."""
         eio = self._eio
-        headers = {"Content-Type": "text/plain; charset=UTF-8"}
-        headers.update(eio._cors_headers(_cors_environ(request)))
+        cors = eio._cors_headers(_cors_environ(request))
         try:
             packets = await socket.poll()
         except engineio.exceptions.QueueEmpty:  # nothing for a ping interval and more: gone
@@ -738,8 +780,18 @@ class TransportControl:
             if socket.sid in eio.sockets:
                 await eio.disconnect(socket.sid)
             bad = eio._bad_request()
-            return web.Response(body=bad["response"], status=400, headers=dict(bad["headers"]))
+            return web.Response(
+                body=bad["response"], status=400, headers=dict(bad["headers"] + cors)
+            )
         body = engineio.payload.Payload(packets=packets).encode().encode()
+        headers = {"Content-Type": "text/plain; charset=UTF-8", **dict(cors)}
+        if eio.http_compression and len(body) >= eio.compression_threshold:
+            accepted = request.headers.get("Accept-Encoding", "").split(",")
+            for encoding in (e.split(";")[0].strip() for e in accepted):
+                if encoding in eio.compression_methods:
+                    body = getattr(eio, "_" + encoding)(body)
+                    headers["Content-Encoding"] = encoding
+                    break
         return web.Response(body=body, headers=headers)
 
     def _origin_allowed(self, request: web.Request) -> bool:
@@ -938,9 +990,9 @@ def _cors_environ(request: web.Request) -> dict[str, str]:
         "X-Forwarded-Proto",
         "X-Forwarded-Host",
     ):
-        value = request.headers.get(header)
-        if value is not None:
-            environ["HTTP_" + header.upper().replace("-", "_")] = value
+        values = request.headers.getall(header, ())
+        if values:  # repeated headers joined, as python-engineio's driver joins them
+            environ["HTTP_" + header.upper().replace("-", "_")] = ",".join(values)
     return environ
 
 

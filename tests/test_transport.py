@@ -33,6 +33,17 @@ from realtime.transport import (
 from tests.raw import RawSocket, read_text_frames, stalled_websocket
 
 
+async def eventually(check, within: float = 10.0) -> None:
+    """Wait, bounded, until `check()` about the server's own state holds: this process runs
+    the server, and there is nothing to subscribe to, so it looks again a little later."""
+
+    async def look() -> None:
+        while not check():  # noqa: ASYNC110 - a state to look at, not an event to wait on
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(look(), within)
+
+
 async def negotiated_compression(base_url: str) -> int:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(
@@ -339,11 +350,7 @@ async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, ba
             await asyncio.wait_for(answering.pinged.wait(), 5)
         assert not answering.closed.is_set()
         sockets = gateway.sio.eio.sockets
-        for _ in range(100):
-            if len(sockets) == 1:
-                break
-            await asyncio.sleep(0.1)  # polling the server's view, bounded
-        assert len(sockets) == 1  # the silent one was let go, the answering one kept
+        await eventually(lambda: len(sockets) == 1)  # the silent one let go, the other kept
         assert gateway.sessions.counts()["transports"] == 1
     finally:
         await answering.close()
@@ -389,11 +396,7 @@ async def test_what_is_sent_while_a_client_upgrades_arrives_once_in_order(gatewa
     got = [(await client.next_event("notification"))["n"] for _ in range(count)]
     assert got == list(range(count))
     [socket_] = gateway.sio.eio.sockets.values()
-    for _ in range(100):
-        if socket_.upgraded:
-            break
-        await asyncio.sleep(0.05)  # the upgrade is the client's to finish, bounded
-    assert socket_.upgraded
+    await eventually(lambda: socket_.upgraded)  # the upgrade is the client's to finish
 
 
 def client_sid(gateway) -> str:
@@ -456,3 +459,151 @@ async def test_a_head_request_takes_no_packet_from_a_poll(http, gateway):
     assert (await http.post(url, data="40")).status == 200
     await http.head(url)  # whatever it answers, the CONNECT packet stays for the next poll
     assert (await (await http.get(url)).text()).startswith("40{")
+
+
+# -- what a cold review found: each of these failed before its fix ------------------------------
+def _namespace_members(gateway) -> int:
+    return len(gateway.sio.manager.rooms.get("/", {}).get(None, {}))
+
+
+async def test_a_connect_read_after_the_transport_closed_leaves_no_session(gateway, base_url):
+    from tests.raw import RawPolling
+
+    for _ in range(5):
+        raw = await RawSocket(base_url).open()
+        await raw.send("1")  # Engine.IO CLOSE...
+        await raw.send("40")  # ...then a namespace CONNECT the server still reads
+        await raw.close()
+        raw = await RawPolling(base_url).open()
+        await raw.post("1", "40")  # the same over long-polling, in one payload
+        await raw.close()
+    # every frame read: the server has closed them all (a closed one may linger in the table)
+    await eventually(lambda: all(s.closed for s in gateway.sio.eio.sockets.values()))
+    assert _namespace_members(gateway) == 0
+    assert not gateway.sio.manager.pending_connect.get("/")
+
+
+@pytest.mark.env(AUTH_TIMEOUT="0.5")
+async def test_an_upgrade_that_never_probes_is_cut_when_its_session_closes(gateway, http, base_url):
+    opening = await (await http.get("/socket.io/?EIO=4&transport=polling")).text()
+    sid = json.loads(opening[1:])["sid"]
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    writer.write(
+        (
+            f"GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    try:
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        # no probe ever: the auth deadline closes the session, and its upgrade with it
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert sid not in gateway.sio.eio.sockets
+    finally:
+        writer.close()
+
+
+async def test_a_closed_websocket_whose_client_reads_nothing_is_cut(
+    gateway, base_url, token, monkeypatch
+):
+    import realtime.transport
+
+    monkeypatch.setattr(realtime.transport, "CLOSE_TIMEOUT_S", 0.5)
+    reader, writer = await stalled_websocket(base_url, token("slow"))
+    try:
+        await read_text_frames(reader, 3)  # OPEN, CONNECT, auth_success; then reads nothing
+        [session] = gateway.sessions._sessions.values()
+        socket_ = gateway.sio.eio.sockets[session.eio_sid]
+        while gateway.transports._connections[socket_].get_write_buffer_size() == 0:
+            gateway.emitter.send_control(session.sid, "notification", {"pad": "x" * 100_000})
+            await asyncio.sleep(0)
+        await socket_.close(wait=False, abort=False)  # as the ping check closes one
+        server_port = int(base_url.rsplit(":", 1)[1])
+        client_port = writer.get_extra_info("sockname")[1]
+        await eventually(lambda: not holds_connection(server_port, client_port))
+    finally:
+        writer.close()
+
+
+@pytest.mark.env(CLIENT_BACKLOG_MAX_BYTES="20000")
+async def test_after_a_dropped_packet_nothing_smaller_slips_through(gateway, base_url, token):
+    from storage.base import NewEvent
+    from tests.raw import RawPolling
+
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40" + json.dumps({"token": token("slow")})) == 200
+        await raw.poll_until(lambda packet: '"auth_success"' in packet)
+        raw.received.clear()
+        pending = asyncio.create_task(raw.poll())  # the client's long-poll, waiting
+        [socket_] = gateway.sio.eio.sockets.values()
+        await eventually(lambda: socket_.queue._getters)  # the poll waits in the outbox
+        await gateway.emitter.publish(  # delivered in one pass
+            [
+                NewEvent("notification", {"n": 1, "pad": "x" * 12_000}, ("user-slow",), "t:1"),
+                NewEvent("notification", {"n": 2, "pad": "x" * 12_000}, ("user-slow",), "t:2"),
+                NewEvent("notification", {"n": 3}, ("user-slow",), "t:3"),
+            ]
+        )
+        await pending
+        got = [json.loads(p[2:])[1]["n"] for p in raw.received if p.startswith("42")]
+        assert got == [1]  # 2 did not fit: the client is cut, and 3 never overtakes it
+        assert gateway.transports.slow_clients_closed == 1
+    finally:
+        await raw.close()
+
+
+async def test_two_polls_at_once_are_both_answered(gateway, base_url):
+    from tests.raw import RawPolling
+
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40") == 200
+        await raw.poll()
+        [sid] = gateway.sessions._sessions
+        polls = [asyncio.create_task(raw._http.get(raw._url)) for _ in range(2)]
+        [socket_] = gateway.sio.eio.sockets.values()
+        await eventually(lambda: len(socket_.queue._getters or ()) == 2)  # both wait
+        for n in range(20):
+            gateway.emitter.send_control(sid, "notification", {"n": n})
+        assert [(await poll).status for poll in polls] == [200, 200]
+    finally:
+        await raw.close()
+
+
+async def test_large_polls_are_compressed_as_python_engineio_compresses_them(gateway, base_url):
+    from tests.raw import RawPolling
+
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40") == 200
+        await raw.poll()
+        [sid] = gateway.sessions._sessions
+        for n in range(10):
+            gateway.emitter.send_control(sid, "notification", {"n": n, "pad": "y" * 300})
+        async with aiohttp.ClientSession() as session:
+            answer = await session.get(raw._url, headers={"Accept-Encoding": "gzip"})
+            assert answer.headers["Content-Encoding"] == "gzip"
+            assert (await answer.text()).count('"notification"') == 10
+    finally:
+        await raw.close()
+
+
+async def test_a_malformed_frame_ends_the_connection(base_url):
+    raw = await RawSocket(base_url).open()
+    await raw.send("x")  # not an Engine.IO packet
+    await raw.wait_closed()
+    await raw.close()
+
+
+async def test_room_cursors_stay_bounded(gateway, connect, monkeypatch):
+    import realtime.emitter
+
+    monkeypatch.setattr(realtime.emitter, "ROOM_CURSORS_MAX", 5)
+    client = await connect("py-websocket")
+    for n in range(20):
+        assert (await client.call("join_room", {"roomId": f"availability-x{n}"}))["ok"]
+    assert len(gateway.emitter._room_cursors) <= 5

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import sysconfig
 import tempfile
@@ -75,14 +74,14 @@ def serve(args: argparse.Namespace) -> None:
 
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(args.store))
+        runner.run(_serve(args.store, args.loop))
 
 
-async def _serve(store_path: str) -> None:
+async def _serve(store_path: str, loop_name: str) -> None:
     from realtime.config import load_settings
     from realtime.logs import configure_logging
     from server.app import create_app
-    from server.cli import GC_THRESHOLDS
+    from server.cli import serve
 
     # only these variables: the caller's environment (a MONGODB_URL, say) must not leak in
     env = {
@@ -96,25 +95,7 @@ async def _serve(store_path: str) -> None:
     configure_logging(settings.log_level)
     app = create_app(settings)
     app.router.add_get("/__memory", memory_route)
-    # as server/cli.py `_run` serves it
-    runner = web.AppRunner(
-        app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s, access_log=None
-    )
-    await runner.setup()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    print(f"listening {runner.addresses[0][1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve(app, settings, loop_name)  # prints "... listening on http://HOST:PORT ..."
 
 
 async def memory_route(request: web.Request) -> web.Response:
@@ -353,9 +334,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-        if not line.startswith("listening"):
+        if "listening on http://" not in line:
             raise RuntimeError(f"server did not start: {line!r}")
-        base = f"http://127.0.0.1:{line.split()[1]}"
+        base = line.split("listening on ", 1)[1].split()[0]
         headers = browser_headers(base) if args.browser_headers else None
         # a connection per measurement: the server keeps the last response of a kept-alive one
         async with (

@@ -211,7 +211,14 @@ def event_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | N
 
 
 async def _run(settings: Settings, demo: bool, loop_name: str = "asyncio") -> None:
-    app = create_app(settings, demo=demo)
+    await serve(create_app(settings, demo=demo), settings, loop_name, demo)
+
+
+async def serve(
+    app: web.Application, settings: Settings, loop_name: str, demo: bool = False
+) -> None:
+    """Serve `app` on the settings' host and port until SIGINT or SIGTERM (benchmarks serve
+    an app of their own through here, served as `python -m realtime` serves it)."""
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -65,9 +65,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
             return await handler(sid, payload[0] if payload else None)
         except Exception as exc:
             error = answer_for(exc, "event", logger, sid=sid, event=name)
-            return await self._answer_error(sid, name, error)
+            return self._answer_error(sid, name, error)
 
-    async def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
+    def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
         if error.code in AUTH_CODES:
             self._emitter.send_control(sid, events.AUTH_ERROR, error.to_dict())
         else:

@@ -27,6 +27,9 @@
 - Long-polling responses carry at most `engineio.payload.Payload.max_decode_packets` (16)
   packets: python-engineio clients refuse a longer payload ("Unexpected packet from server")
   and drop the connection, which a burst of events (or a replay) would otherwise cause.
+- Requests: GET on the Engine.IO endpoint goes to `TransportControl.route`, which serves
+  WebSocket handshakes, upgrades and long-polls itself (python-engineio's checks, packets and
+  answers, a short stack per connection) and leaves everything else to python-engineio.
 - Long-polling clients that close are answered at once (see `_install_lifecycle`).
 - Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
   and catch up by replay.
@@ -584,7 +587,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
             await response.send_str(
                 engineio.packet.Packet(engineio.packet.PONG, data="probe").encode()
             )
-            self.queue.put_nowait(engineio.packet.Packet(engineio.packet.NOOP))  # ends the poll
+            self.queue.put_nowait(_NOOP)  # ends the poll under way
             async with asyncio.timeout(self.server.ping_timeout):
                 upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
             # the session may have closed meanwhile (its auth deadline, say)
@@ -664,7 +667,7 @@ class TransportControl:
         self._opened: Callable[[str], None] = _nothing
         self._closed: Callable[[str], None] = _nothing
         self._compression = compression
-        self._install_driver(compression)
+        self._install_driver()
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._install_lifecycle()
 
@@ -847,6 +850,8 @@ class TransportControl:
     async def _websocket_response(
         self, request: web.Request, socket: GatewaySocket
     ) -> web.WebSocketResponse:
+        """The socket's WebSocket, prepared: compression negotiated only under
+        `WS_COMPRESSION` (python-engineio's driver always negotiates it)."""
         response = web.WebSocketResponse(
             max_msg_size=self._eio.max_http_buffer_size, compress=self._compression
         )
@@ -855,27 +860,25 @@ class TransportControl:
         return response
 
     # -- installing -------------------------------------------------------------------------
-    def _install_driver(self, compression: bool) -> None:
+    def _install_driver(self) -> None:
         driver = self._eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
-        connections = self._connections
+        control = self
 
         class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
-            """The driver's wrapper, with compression as configured, handing the socket's loop
-            the response and its transport."""
+            """The driver's wrapper (for the WebSocket requests `route` leaves to the
+            library), with the response `route` builds, handing the socket's loop the
+            response and its transport."""
 
             response: web.WebSocketResponse
             transport: asyncio.Transport
 
             async def __call__(self, environ: dict[str, Any]) -> Any:
                 request = environ["aiohttp.request"]
-                self.response = self._sock = web.WebSocketResponse(
-                    max_msg_size=self.server.max_http_buffer_size, compress=compression
-                )
-                await self.response.prepare(request)
+                # the handler is the engine.io socket's bound `_websocket_handler`
+                socket = self.handler.__self__
+                self.response = self._sock = await control._websocket_response(request, socket)
                 self.environ = environ
                 self.transport = request.transport
-                # the handler is the engine.io socket's bound `_websocket_handler`
-                connections[self.handler.__self__] = request.transport
                 await self.handler(self)
                 return self.response
 

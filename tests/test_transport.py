@@ -354,6 +354,7 @@ async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, ba
         assert gateway.sessions.counts()["transports"] == 1
     finally:
         await answering.close()
+        await silent._http.close()  # its reader is gone: only its session is left to close
 
 
 @pytest.mark.env(CLIENT_BACKLOG_MAX="5000", CLIENT_BACKLOG_MAX_BYTES="50000000")
@@ -556,7 +557,10 @@ async def test_after_a_dropped_packet_nothing_smaller_slips_through(gateway, bas
         await raw.close()
 
 
-async def test_two_polls_at_once_are_both_answered(gateway, base_url):
+@contextlib.asynccontextmanager
+async def polling_socket(base_url: str, gateway):
+    """A raw long-polling client with namespace `/` connected (not authenticated), and the
+    sid of its socket; closed afterwards."""
     from tests.raw import RawPolling
 
     raw = await RawPolling(base_url).open()
@@ -564,32 +568,29 @@ async def test_two_polls_at_once_are_both_answered(gateway, base_url):
         assert await raw.post("40") == 200
         await raw.poll()
         [sid] = gateway.sessions._sessions
+        yield raw, sid
+    finally:
+        await raw.close()
+
+
+async def test_two_polls_at_once_are_both_answered(gateway, base_url):
+    async with polling_socket(base_url, gateway) as (raw, sid):
         polls = [asyncio.create_task(raw._http.get(raw._url)) for _ in range(2)]
         [socket_] = gateway.sio.eio.sockets.values()
         await eventually(lambda: len(socket_.queue._getters or ()) == 2)  # both wait
         for n in range(20):
             gateway.emitter.send_control(sid, "notification", {"n": n})
         assert [(await poll).status for poll in polls] == [200, 200]
-    finally:
-        await raw.close()
 
 
 async def test_large_polls_are_compressed_as_python_engineio_compresses_them(gateway, base_url):
-    from tests.raw import RawPolling
-
-    raw = await RawPolling(base_url).open()
-    try:
-        assert await raw.post("40") == 200
-        await raw.poll()
-        [sid] = gateway.sessions._sessions
+    async with polling_socket(base_url, gateway) as (raw, sid):
         for n in range(10):
             gateway.emitter.send_control(sid, "notification", {"n": n, "pad": "y" * 300})
         async with aiohttp.ClientSession() as session:
             answer = await session.get(raw._url, headers={"Accept-Encoding": "gzip"})
             assert answer.headers["Content-Encoding"] == "gzip"
             assert (await answer.text()).count('"notification"') == 10
-    finally:
-        await raw.close()
 
 
 async def test_a_malformed_frame_ends_the_connection(base_url):

@@ -63,6 +63,10 @@ class Settings:
     jwt_claim_user_id: str = "sub"
     jwt_claim_role: str = "role"
     jwt_claim_shop_ids: str = "shop_ids"
+    jwt_jwks_url: str | None = None
+    jwt_jwks_cache_s: float = 300.0
+    jwt_jwks_refetch_s: float = 30.0
+    jwt_leeway_s: float = 0.0
     mongodb_url: str | None = None
     mongodb_db: str = "booking"
     mongodb_state_db: str | None = None
@@ -92,6 +96,23 @@ class Settings:
     client_backlog_max_bytes: int = 2_000_000
     client_stall_timeout_s: float = 30.0
     watcher_lease_ttl_s: float = 10.0
+    test_page: bool | None = None  # None: on with the embedded store, off with MongoDB
+    admin_ui_username: str | None = None
+    admin_ui_password: str | None = None
+    admin_ui_read_only: bool = True
+
+    @property
+    def serves_test_page(self) -> bool:
+        return (not self.uses_mongodb) if self.test_page is None else self.test_page
+
+    @property
+    def admin_ui(self) -> bool:
+        return self.admin_ui_username is not None
+
+    @property
+    def issues_dev_tokens(self) -> bool:
+        """The test page's "dev token" button: only for the embedded store's own secret."""
+        return self.jwt_secret_generated and not self.uses_mongodb
 
     @property
     def uses_mongodb(self) -> bool:
@@ -201,6 +222,30 @@ class SettingsSchema(Schema):
         "JWT_CLAIM_SHOP_IDS",
         "claim holding a staff member's shop ids (dotted path)",
         "shop_ids",
+    )
+    jwt_jwks_url = _env(
+        fields.String(validate=validate.Regexp(r"^https?://")),
+        "JWT_JWKS_URL",
+        "identity provider's JWKS URL: RS/ES/EdDSA keys chosen by the token's `kid`",
+        "unset",
+    )
+    jwt_jwks_cache_s = _env(
+        fields.Float(validate=_positive),
+        "JWT_JWKS_CACHE",
+        "seconds a fetched JWKS is used before it is fetched again",
+        "300",
+    )
+    jwt_jwks_refetch_s = _env(
+        fields.Float(validate=validate.Range(min=0)),
+        "JWT_JWKS_REFETCH_INTERVAL",
+        "least seconds between fetches caused by a token with an unknown `kid` (a key rotation)",
+        "30",
+    )
+    jwt_leeway_s = _env(
+        fields.Float(validate=validate.Range(min=0, max=3600)),
+        "JWT_LEEWAY",
+        "seconds of clock skew allowed when checking `exp`, `nbf` and `iat`",
+        "0",
     )
     mongodb_url = _env(
         fields.String(validate=validate.Regexp(r"^mongodb(\+srv)?://")),
@@ -377,6 +422,31 @@ class SettingsSchema(Schema):
         "10",
     )
 
+    test_page = _env(
+        _Boolean(allow_none=True),
+        "TEST_PAGE",
+        "serve the live test page at GET /websocket-test",
+        "true with the embedded store, false with MONGODB_URL",
+    )
+    admin_ui_username = _env(
+        fields.String(validate=validate.Length(min=1)),
+        "ADMIN_UI_USERNAME",
+        "turns on the Socket.IO Admin UI (namespace /admin, page /admin-ui/) with this user",
+        "unset: no Admin UI",
+    )
+    admin_ui_password = _env(
+        fields.String(validate=validate.Length(min=12)),
+        "ADMIN_UI_PASSWORD",
+        "the Admin UI's password (12+ characters; required with ADMIN_UI_USERNAME)",
+        "unset",
+    )
+    admin_ui_read_only = _env(
+        _Boolean(),
+        "ADMIN_UI_READ_ONLY",
+        "false lets the Admin UI disconnect sockets and move them between rooms",
+        "true",
+    )
+
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> Settings:
         return Settings(**data)
@@ -413,6 +483,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.mongodb_state_database == settings.mongodb_db:
         # saving the gateway's state would be a change of the database it watches
         raise ConfigError("MONGODB_STATE_DB", "must differ from MONGODB_DB")
+    if (settings.admin_ui_username is None) != (settings.admin_ui_password is None):
+        missing = "ADMIN_UI_PASSWORD" if settings.admin_ui_password is None else "ADMIN_UI_USERNAME"
+        raise ConfigError(missing, "ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD go together")
     return _complete_keys(settings)
 
 
@@ -426,19 +499,22 @@ def _complete_keys(settings: Settings) -> Settings:
             raise ConfigError(
                 "JWT_PUBLIC_KEY", f"not a PEM key nor a readable file: {exc}"
             ) from None
+    asymmetric = bool(public_key or settings.jwt_jwks_url)
     algorithms = settings.jwt_algorithms
     if not algorithms:
-        algorithms = ("RS256", "ES256") if public_key and not settings.jwt_secret else ("HS256",)
+        algorithms = ("RS256", "ES256") if asymmetric and not settings.jwt_secret else ("HS256",)
     unsupported = [a for a in algorithms if a not in SUPPORTED_JWT_ALGORITHMS]
     if unsupported:
         raise ConfigError("JWT_ALGORITHMS", f"unsupported algorithm(s): {', '.join(unsupported)}")
     secret, generated = settings.jwt_secret, False
     needs_secret = any(a.startswith("HS") for a in algorithms)
     if needs_secret and not secret:
-        if public_key:
+        if asymmetric:
             raise ConfigError("JWT_SECRET", "an HS* algorithm is configured but no JWT_SECRET")
         if settings.uses_mongodb:
-            raise ConfigError("JWT_SECRET", "required with MONGODB_URL (or set JWT_PUBLIC_KEY)")
+            raise ConfigError(
+                "JWT_SECRET", "required with MONGODB_URL (or set JWT_PUBLIC_KEY or JWT_JWKS_URL)"
+            )
         secret, generated = development_secret(settings.store_path), True
     return settings.replace(
         jwt_public_key=public_key,

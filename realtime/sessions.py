@@ -34,7 +34,7 @@ from realtime.rooms import (
     user_room,
 )
 from realtime.tasks import TaskKeeper
-from realtime.transport import TransportControl
+from realtime.transport import ADMIN_NAMESPACE, TransportControl
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class Sessions:
         session = self._session_of(eio_sid)
         if eio_sid not in self._open_transports or (session and session.principal is not None):
             return
+        if self._sio.manager.sid_from_eio_sid(eio_sid, ADMIN_NAMESPACE) is not None:
+            return  # the Admin UI: its namespace connected only with the right credentials
         logger.info("auth timeout", extra={"eio_sid": eio_sid})
         self._metrics.auth_failures.labels("auth_timeout").inc()
         if session is not None:  # the namespace is connected: tell it why, then disconnect it

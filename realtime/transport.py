@@ -67,6 +67,7 @@ from realtime.tasks import TaskKeeper
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+ADMIN_NAMESPACE = "/admin"  # the Socket.IO Admin UI's, when ADMIN_UI_USERNAME is set
 
 # Event names the Socket.IO libraries (server, python and JS clients) give a meaning of their own.
 RESERVED_EVENTS = frozenset(

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from handlers.http import error_middleware, setup_routes
+from handlers.pages import setup_pages
 from handlers.socket import GatewayNamespace
 from realtime.auth import TokenVerifier
 from realtime.broadcast import Broadcaster
@@ -126,6 +127,7 @@ def create_app(
     )
     transports.attach(app, settings.socketio_path)
     setup_routes(app, settings.cors_origins)
+    setup_pages(app, settings)
     # started in this order, stopped in the reverse: the store is closed last
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_parts_lifetime)

@@ -281,6 +281,7 @@ export class GatewayClient {
       roomsReplayed: {},
       handshakeReplayed: 0,
       gaps: [],
+      gapCursor: null,
       startedAt: Date.now(),
     };
     this._setState("connected", { transport: this.transport, socketId: this.socket.id, catchingUp: true });
@@ -552,7 +553,11 @@ export class GatewayClient {
       }
       if (catchUp) {
         catchUp.roomsReplayed[roomId] = Number(answer.replayed ?? 0);
-        if (answer.gap) catchUp.gaps.push(roomId);
+        if (answer.gap) {
+          catchUp.gaps.push(roomId);
+          if (answer.lastEventId != null && !(catchUp.gapCursor >= answer.lastEventId))
+            catchUp.gapCursor = answer.lastEventId;
+        }
       } else if (answer.gap) {
         this._refetch("gap", [roomId]);
       }
@@ -590,6 +595,11 @@ export class GatewayClient {
     // again (what was delivered meanwhile is deduped), so nothing of another room is skipped
     if (!aborted) this._resumeFrom = undefined;
     if (!catchUp) return;
+    if (!aborted && catchUp.gapCursor != null && catchUp.gapCursor > (this.cursor ?? "")) {
+      // past a gap the app refetches: what the room had when it answered is covered, and every
+      // other room's events up to there came in this catch-up (ids are emitted in order)
+      this.cursor = catchUp.gapCursor;
+    }
     const rooms = catchUp.roomsReplayed;
     const replayed =
       catchUp.handshakeReplayed + Object.values(rooms).reduce((sum, count) => sum + count, 0);

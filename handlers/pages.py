@@ -1,12 +1,156 @@
-"""The pages people open in a browser: the live test page and the Socket.IO Admin UI, both
-served from files inside the package, so they work offline."""
+"""The pages people open in a browser: the live test page (`TEST_PAGE`) and the Socket.IO Admin
+UI (`ADMIN_UI_USERNAME`), both served from files inside the package, so they work offline.
+
+Only the files listed here are served: no directory is exposed to a request's path.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import ipaddress
+import json
+import mimetypes
+import os
 
+from aiohttp import web
+from marshmallow import Schema, ValidationError, fields, validate
+
+from handlers.http import json_body
+from handlers.web_assets import ADMIN_UI_DIR, STATIC_DIR
+from realtime.auth import ROLES, issue_token
 from realtime.config import Settings
+from realtime.errors import GatewayError
+from realtime.gateway import GATEWAY
+
+TEST_PAGE_PATH = "/websocket-test"
+ADMIN_UI_PATH = "/admin-ui/"
+# the test page's own files, and the client library it runs (clients/js, linked in)
+TEST_PAGE_FILES = (
+    "websocket-test.js",
+    "websocket-test.css",
+    "gateway-client.js",
+    "vendor/socket.io.esm.min.js",
+)
+DEV_TOKEN_TTL_S = 3600
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # a link to the page may carry a token in its query: never send it on
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+class DevTokenSchema(Schema):
+    sub = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    shopIds = fields.List(  # the wire's camelCase
+        fields.String(validate=validate.Length(min=1, max=200)),
+        load_default=list,
+        validate=validate.Length(max=100),
+    )
+
+
+class StaticFile:
+    """One file, read at its first request and kept, answered with its type and the page
+    headers."""
+
+    def __init__(self, path: str, replace: dict[str, str] | None = None):
+        self._path = path
+        self._replace = replace or {}
+        self._body: bytes | None = None
+        content_type, _ = mimetypes.guess_type(path)
+        if path.endswith((".js", ".mjs")):
+            content_type = "text/javascript"
+        self._content_type = content_type or "application/octet-stream"
+
+    def body(self) -> bytes:
+        if self._body is None:
+            with open(self._path, "rb") as handle:
+                body = handle.read()
+            for marker, value in self._replace.items():
+                body = body.replace(marker.encode(), value.encode())
+            self._body = body
+        return self._body
+
+    async def answer(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.body(), headers=_HEADERS)
+        response.content_type = self._content_type
+        if self._content_type.startswith("text/"):
+            response.charset = "utf-8"
+        return response
 
 
 def setup_pages(app: web.Application, settings: Settings) -> None:
-    pass
+    if settings.serves_test_page:
+        _add_test_page(app, settings)
+    if settings.admin_ui:
+        _add_admin_ui(app, settings)
+
+
+def _add_test_page(app: web.Application, settings: Settings) -> None:
+    page_config = {
+        "socketioPath": "/" + settings.socketio_path.strip("/") + "/",
+        "devTokens": settings.issues_dev_tokens,
+    }
+    # `</` cannot end the script element the configuration sits in
+    config_json = json.dumps(page_config).replace("</", "<\\/")
+    page = StaticFile(
+        os.path.join(STATIC_DIR, "websocket-test.html"), {"{{PAGE_CONFIG}}": config_json}
+    )
+    app.router.add_get(TEST_PAGE_PATH, page.answer)
+    app.router.add_get(TEST_PAGE_PATH + "/", page.answer)
+    for name in TEST_PAGE_FILES:
+        app.router.add_get(
+            f"{TEST_PAGE_PATH}/{name}", StaticFile(os.path.join(STATIC_DIR, name)).answer
+        )
+    if settings.issues_dev_tokens:
+        app.router.add_post(f"{TEST_PAGE_PATH}/dev-token", _dev_token)
+
+
+async def _dev_token(request: web.Request) -> web.Response:
+    """A token signed with the embedded store's development secret, for the test page's
+    "dev token" button: answered only to a browser on this machine."""
+    if not _from_loopback(request):
+        raise GatewayError("forbidden", "dev tokens are issued only to this machine")
+    body = json_body(await request.read(), request.charset)
+    try:
+        wanted = DevTokenSchema().load(body if isinstance(body, dict) else {"": body})
+    except ValidationError as exc:
+        raise GatewayError(
+            "invalid_payload", "the dev token request is invalid", details=exc.messages
+        ) from None
+    settings = request.app[GATEWAY].settings
+    token = issue_token(
+        settings, wanted["sub"], wanted["role"], wanted["shopIds"], ttl_s=DEV_TOKEN_TTL_S
+    )
+    return web.json_response({"token": token, "expiresIn": DEV_TOKEN_TTL_S})
+
+
+def _from_loopback(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _add_admin_ui(app: web.Application, settings: Settings) -> None:
+    # the UI asks for the server's URL: offer this gateway, on its Socket.IO path
+    path = "/" + settings.socketio_path.strip("/")
+    preset = (
+        "<script>try{if(!localStorage.getItem('server_url'))"
+        "localStorage.setItem('server_url',location.origin);"
+        f"if(!localStorage.getItem('path'))localStorage.setItem('path',{json.dumps(path)})"
+        "}catch(e){}</script><title>"
+    )
+    index = StaticFile(os.path.join(ADMIN_UI_DIR, "index.html"), {"<title>": preset})
+    app.router.add_get(ADMIN_UI_PATH, index.answer)
+    app.router.add_get(ADMIN_UI_PATH.rstrip("/"), _to_admin_ui)
+    for directory, _, names in os.walk(ADMIN_UI_DIR):
+        for name in names:
+            relative = os.path.relpath(os.path.join(directory, name), ADMIN_UI_DIR)
+            if relative != "index.html":
+                handler = StaticFile(os.path.join(ADMIN_UI_DIR, relative)).answer
+                app.router.add_get(ADMIN_UI_PATH + relative.replace(os.sep, "/"), handler)
+
+
+async def _to_admin_ui(request: web.Request) -> web.Response:
+    raise web.HTTPPermanentRedirect(ADMIN_UI_PATH)

@@ -43,6 +43,8 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime
+import hmac
 import json
 import logging
 import struct
@@ -95,6 +97,9 @@ _BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY
 
 
 class GatewayServer(socketio.AsyncServer):
+    # with the Admin UI, client events take the library's path, where it reports them
+    instrumented = False
+
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         # The protocol has no binary events, and python-socketio would hold every attachment
         # a client announces (a count of up to nine digits) until the packet is complete: a
@@ -128,7 +133,12 @@ class GatewayServer(socketio.AsyncServer):
             refused = RefusedEventName(data[0], f"the event name {data[0]!r} is reserved")
             data = [refused, *data[1:]]
         handler = self.namespace_handlers.get(namespace or NAMESPACE)
-        if namespace not in (None, NAMESPACE) or handler is None or self.async_handlers:
+        if (
+            namespace not in (None, NAMESPACE)
+            or handler is None
+            or self.async_handlers
+            or self.instrumented
+        ):
             await super()._handle_event(eio_sid, namespace, id, data)
             return
         # python-socketio's `_handle_event` and `_handle_event_internal` for the gateway's
@@ -201,7 +211,75 @@ def create_socketio_server(
         Bounds(settings.client_backlog_max, settings.client_backlog_max_bytes),
         tasks,
     )
+    if settings.admin_ui_username is not None and settings.admin_ui_password is not None:
+        admin = AdminReport(
+            sio,
+            settings.admin_ui_username,
+            settings.admin_ui_password,
+            settings.admin_ui_read_only,
+            tasks,
+        )
+        transports.report_to(admin)
     return sio, transports
+
+
+class AdminReport:
+    """The Socket.IO Admin UI (`sio.instrument()`), on namespace `/admin`, for the right
+    username and password only. The library sees connections, rooms and received events
+    itself; what the gateway delivers without `sio.emit` is reported here."""
+
+    def __init__(
+        self,
+        sio: GatewayServer,
+        username: str,
+        password: str,
+        read_only: bool,
+        tasks: TaskKeeper,
+    ):
+        self._sio = sio
+        self._tasks = tasks
+        expected = (username.encode(), password.encode())
+
+        def authorised(auth: Any) -> bool:
+            if not isinstance(auth, dict):
+                return False
+            given = (auth.get("username"), auth.get("password"))
+            if not all(isinstance(part, str) for part in given):
+                return False
+            # both compared, in constant time: the answer says nothing of which was wrong
+            matches = [
+                hmac.compare_digest(g.encode(), e) for g, e in zip(given, expected, strict=True)
+            ]
+            return all(matches)
+
+        patched = engineio.async_socket.AsyncSocket
+        kept = {name: patched.__dict__[name] for name in _ADMIN_PATCHED_SOCKET_CALLS}
+        self._server = sio.instrument(
+            auth=authorised, read_only=read_only, namespace=ADMIN_NAMESPACE
+        )
+        # The library also patches python-engineio's socket class, for every server of the
+        # process, to count packets and bytes; the gateway's sockets do not take those paths.
+        for name, call in kept.items():
+            setattr(patched, name, call)
+        sio.instrumented = True
+
+    def sent(self, event: str, payload: Any, sids: list[str]) -> None:
+        if sids:
+            self._tasks.spawn(self._report_sent(event, payload, sids), name="admin: event sent")
+
+    async def _report_sent(self, event: str, payload: Any, sids: list[str]) -> None:
+        at = datetime.datetime.now(datetime.UTC).isoformat()
+        for sid in sids:
+            await self._sio.emit(
+                "event_sent", (NAMESPACE, sid, [event, payload], at), namespace=ADMIN_NAMESPACE
+            )
+
+    async def shutdown(self) -> None:
+        await self._server.shutdown()
+
+
+# what `sio.instrument()` replaces on python-engineio's AsyncSocket class
+_ADMIN_PATCHED_SOCKET_CALLS = ("handle_post_request", "_websocket_handler", "_send_ping")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -668,6 +746,7 @@ class TransportControl:
         self._opened: Callable[[str], None] = _nothing
         self._closed: Callable[[str], None] = _nothing
         self._compression = compression
+        self.admin: AdminReport | None = None  # with ADMIN_UI_USERNAME
         self._install_driver()
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._install_lifecycle()
@@ -677,25 +756,39 @@ class TransportControl:
         namespace connects) and `closed(eio_sid)` when it ends, whatever the cause."""
         self._opened, self._closed = opened, closed
 
+    def report_to(self, admin: AdminReport) -> None:
+        """Report to the Admin UI; `sio.instrument()` has put its own handlers of Engine.IO's
+        connection events in place of these adjustments' (which now wrap them)."""
+        self.admin = admin
+        self._install_lifecycle()
+
     # -- delivering ---------------------------------------------------------------------------
     def deliver(self, event: str, payload: Any, rooms: Iterable[str] | None) -> int:
         """Send `event` to this instance's sockets in `rooms` (None: every socket), encoded
         once, without a task or an await; returns how many sockets it went to."""
+        if self.admin is not None:
+            rooms = None if rooms is None else list(rooms)
+            self.admin.sent(event, payload, [sid for sid, _ in self._participants(rooms)])
         return self._hand_over(encode_event(event, payload), self._in_rooms(rooms))
 
     def deliver_to(self, sid: str, event: str, payload: Any) -> None:
         """Send `event` to one socket of this instance, behind what it was sent before."""
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is not None:
+            if self.admin is not None:
+                self.admin.sent(event, payload, [sid])
             self._hand_over(encode_event(event, payload), (eio_sid,))
 
     def _in_rooms(self, rooms: Iterable[str] | None) -> Iterator[str]:
+        for _, eio_sid in self._participants(rooms):
+            yield eio_sid
+
+    def _participants(self, rooms: Iterable[str] | None) -> Iterator[tuple[str, str]]:
         if rooms is not None:
             rooms = list(rooms)
             if not rooms:
                 return
-        for _, eio_sid in self._sio.manager.get_participants(NAMESPACE, rooms):
-            yield eio_sid
+        yield from self._sio.manager.get_participants(NAMESPACE, rooms)
 
     def _hand_over(self, socketio_packet: str, eio_sids: Iterable[str]) -> int:
         shared = SharedPacket(socketio_packet)
@@ -976,6 +1069,8 @@ class TransportControl:
             )
 
     async def close_all(self) -> None:
+        if self.admin is not None:
+            await self.admin.shutdown()
         await asyncio.gather(
             *(self.close(sid) for sid in list(self._eio.sockets)), return_exceptions=True
         )

@@ -167,6 +167,16 @@ class RequestClaim:
     response: dict[str, Any] | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    """Tokens refused until `until_ms`: the one with this `jti`, or every token of this `sub`
+    (kind "jti" or "sub"). Past `until_ms` it is forgotten."""
+
+    kind: str
+    value: str
+    until_ms: int
+
+
 class Store(abc.ABC):
     """Documents (bookings, payments) and the gateway's own state: resume tokens, the event
     log, idempotency keys. Every failure is raised as `StoreError`."""
@@ -298,3 +308,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def complete_request(self, key: str, nonce: str, response: dict[str, Any]) -> None:
         """Keep the answer of the request that claimed `key` with `nonce`."""
+
+    # -- revocations -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def revoke(self, revocation: Revocation) -> None:
+        """Keep this revocation, replacing the one of the same kind and value (so an earlier
+        `until_ms` shortens it, and one already past lifts it)."""
+
+    @abc.abstractmethod
+    async def revocations(self) -> list[Revocation]:
+        """Every revocation whose `until_ms` is still ahead."""

@@ -45,6 +45,7 @@ from storage.base import (
     NewEvent,
     RequestClaim,
     ResumeToken,
+    Revocation,
     Store,
     StoredEvent,
     StoreError,
@@ -80,7 +81,8 @@ COUNTERS = "realtime_counters"
 RESUME_TOKENS = "realtime_resume_tokens"
 IDEMPOTENCY_KEYS = "realtime_idempotency_keys"
 LEASES = "realtime_leases"
-STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS, LEASES)
+REVOCATIONS = "realtime_revocations"
+STATE_COLLECTIONS = (EVENTS, COUNTERS, RESUME_TOKENS, IDEMPOTENCY_KEYS, LEASES, REVOCATIONS)
 EVENT_SEQUENCE = "events"  # the counter document that hands out event ids
 LOG_IDENTITY = "log_identity"  # beside it: the log's name, made once
 # an append is acknowledged (and its events delivered) only once a majority holds it, so a
@@ -196,6 +198,7 @@ class MongoStore(Store):
         await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
         await self._ensure_ttl(EVENTS, "created", int(self._event_retention_s))
         await self._ensure_ttl(IDEMPOTENCY_KEYS, "expires", 0)
+        await self._ensure_ttl(REVOCATIONS, "until", 0)
         await self._counter_past_the_log()
 
     async def _ensure_ttl(self, collection: str, field: str, seconds: int) -> None:
@@ -656,6 +659,28 @@ class MongoStore(Store):
         await self.state[IDEMPOTENCY_KEYS].update_one(
             {"_id": key, "nonce": nonce}, {"$set": {"response": response}}
         )
+
+    # -- revocations -------------------------------------------------------------------------
+    @store_errors
+    async def revoke(self, revocation: Revocation) -> None:
+        # majority, as the log: a failover must not bring a revoked token back
+        revocations = self.state.get_collection(REVOCATIONS, write_concern=LOG_WRITE_CONCERN)
+        key = f"{revocation.kind}:{revocation.value}"
+        until = dt.datetime.fromtimestamp(revocation.until_ms / 1000, tz=dt.UTC)
+        if until <= dt.datetime.now(dt.UTC):  # a lift: nothing to keep
+            await revocations.delete_one({"_id": key})
+            return
+        await revocations.update_one(
+            {"_id": key},
+            {"$set": {"kind": revocation.kind, "value": revocation.value, "until": until}},
+            upsert=True,
+        )
+
+    @store_errors
+    async def revocations(self) -> list[Revocation]:
+        # the TTL monitor deletes passed ones only once a minute (manual, "TTL Indexes")
+        found = self.state[REVOCATIONS].find({"until": {"$gt": dt.datetime.now(dt.UTC)}})
+        return [Revocation(doc["kind"], doc["value"], _ms(doc["until"])) async for doc in found]
 
 
 def _ms(moment: dt.datetime) -> int:

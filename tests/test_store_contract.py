@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ from storage.base import (
     Fence,
     LeaseLost,
     NewEvent,
+    Revocation,
     StoreError,
 )
 from storage.mongo import MongoStore
@@ -548,3 +550,32 @@ async def test_a_lease_held_by_a_holder_known_dead_is_taken_at_once(store):
     assert wrong.holder == "host:41:a"  # only the holder named dead is replaced
     taken = await store.acquire_lease("watcher", "host:42:b", ttl_s=30, replacing="host:41:a")
     assert (taken.holder, taken.fence) == ("host:42:b", 2)
+
+
+async def test_revocations_are_kept_until_their_time_and_across_a_restart(stores):
+    store = await stores()
+    now_ms = int(time.time() * 1000)
+    await store.revoke(Revocation("jti", "t1", now_ms + 60_000))
+    await store.revoke(Revocation("sub", "u1", now_ms + 60_000))
+    await store.revoke(Revocation("sub", "t1", now_ms + 30_000))  # another kind: another one
+    await store.revoke(Revocation("sub", "gone", now_ms - 1))  # already passed: not kept
+    assert sorted(await store.revocations(), key=str) == sorted(
+        [
+            Revocation("jti", "t1", now_ms + 60_000),
+            Revocation("sub", "u1", now_ms + 60_000),
+            Revocation("sub", "t1", now_ms + 30_000),
+        ],
+        key=str,
+    )
+    # a revocation of the same kind and value replaces the one kept: a later time extends it,
+    # an earlier one shortens it, a passed one lifts it
+    await store.revoke(Revocation("jti", "t1", now_ms + 120_000))
+    await store.revoke(Revocation("sub", "t1", now_ms + 10_000))
+    await store.revoke(Revocation("sub", "u1", now_ms - 1))
+    expected = sorted(
+        [Revocation("jti", "t1", now_ms + 120_000), Revocation("sub", "t1", now_ms + 10_000)],
+        key=str,
+    )
+    assert sorted(await store.revocations(), key=str) == expected
+    again = await stores()  # another instance, or this one restarted, on the same data
+    assert sorted(await again.revocations(), key=str) == expected

@@ -25,6 +25,7 @@ from storage.base import (
     NewEvent,
     RequestClaim,
     ResumeToken,
+    Revocation,
     Store,
     StoredEvent,
     StoreError,
@@ -74,6 +75,12 @@ CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS revocations (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, value)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY,
@@ -146,6 +153,7 @@ class SqliteStore(Store):
             )
             db.execute("DELETE FROM events WHERE created_ms < ?", (horizon_ms,))
             changelog.prune(db, horizon_ms)
+            db.execute("DELETE FROM revocations WHERE until_ms <= ?", (int(time.time() * 1000),))
 
     # -- documents ---------------------------------------------------------------------------
     async def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
@@ -295,6 +303,31 @@ class SqliteStore(Store):
                 )
 
         await self._run(complete)
+
+    # -- revocations -------------------------------------------------------------------------
+    async def revoke(self, revocation: Revocation) -> None:
+        def keep(db: sqlite3.Connection) -> None:
+            with write_transaction(db):
+                db.execute(
+                    "INSERT INTO revocations (kind, value, until_ms) VALUES (?, ?, ?)"
+                    " ON CONFLICT(kind, value) DO UPDATE SET until_ms = excluded.until_ms",
+                    (revocation.kind, revocation.value, revocation.until_ms),
+                )
+                # forget what has passed (this one too, when it was a lift)
+                db.execute(
+                    "DELETE FROM revocations WHERE until_ms <= ?", (int(time.time() * 1000),)
+                )
+
+        await self._run(keep)
+
+    async def revocations(self) -> list[Revocation]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT kind, value, until_ms FROM revocations WHERE until_ms > ?",
+                (int(time.time() * 1000),),
+            ).fetchall()
+        )
+        return [Revocation(*row) for row in rows]
 
 
 # What runs on the connection's thread, one transaction each.

@@ -275,7 +275,13 @@ class AdminReport:
             )
 
     async def shutdown(self) -> None:
-        await self._server.shutdown()
+        # the library's own shutdown waits out the stats task's sleep (two seconds)
+        task = self._server.stats_task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self._server.stats_task = None
 
 
 # what `sio.instrument()` replaces on python-engineio's AsyncSocket class

@@ -77,6 +77,14 @@ async def test_with_the_right_credentials_it_reports_the_gateways_sockets(
     assert namespace == "/" and sid == ours[0]["id"]
     assert payload["title"] == "hello"
     await customer.next_event("notification")
+    # and what sockets send, still answered as always
+    answer = await customer.call("join_room", {"roomId": "availability-1"})
+    assert answer["ok"] is True
+    while True:
+        namespace, sid, (event, *args), _at = await ui.next_event("event_received")
+        if event == "join_room":
+            break
+    assert sid == ours[0]["id"] and args == [{"roomId": "availability-1"}]
 
 
 @WITH_ADMIN_UI

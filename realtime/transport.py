@@ -261,7 +261,36 @@ class AdminReport:
         # process, to count packets and bytes; the gateway's sockets do not take those paths.
         for name, call in kept.items():
             setattr(patched, name, call)
+        self._report_refusals()
         sio.instrumented = True
+
+    def _report_refusals(self) -> None:
+        """The instrumentation reports a socket as connected before the namespace decides,
+        and keeps its connection time; for a refused socket (a bad token) nothing would ever
+        forget it, nor tell the UI it went."""
+        sio = self._sio
+        reporting = sio._trigger_event
+
+        async def trigger_event(event: str, namespace: str, *args: Any) -> Any:
+            if event != "connect":
+                return await reporting(event, namespace, *args)
+            try:
+                accepted = await reporting(event, namespace, *args)
+            except socketio.exceptions.ConnectionRefusedError:
+                await self._refused(namespace, args[0])
+                raise
+            if accepted is False:
+                await self._refused(namespace, args[0])
+            return accepted
+
+        sio._trigger_event = trigger_event
+
+    async def _refused(self, namespace: str, sid: str) -> None:
+        self._sio.manager._timestamps.pop(sid, None)
+        at = datetime.datetime.now(datetime.UTC).isoformat()
+        await self._sio.emit(
+            "socket_disconnected", (namespace, sid, "refused", at), namespace=ADMIN_NAMESPACE
+        )
 
     def sent(self, event: str, payload: Any, sids: list[str]) -> None:
         if sids:

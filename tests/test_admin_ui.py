@@ -88,6 +88,26 @@ async def test_with_the_right_credentials_it_reports_the_gateways_sockets(
 
 
 @WITH_ADMIN_UI
+async def test_a_refused_socket_is_reported_gone_and_forgotten(admin, clients, gateway):
+    ui = await admin()
+    await ui.next_event("all_sockets")
+    stranger = clients("js-websocket")
+    with pytest.raises(Refused):
+        await stranger.connect({"token": "not-a-token"})
+    while True:
+        reported, _at = await ui.next_event("socket_connected")
+        if reported["nsp"] == "/":
+            break
+    while True:
+        namespace, sid, reason, _at = await ui.next_event("socket_disconnected")
+        if sid == reported["id"]:
+            break
+    assert (namespace, reason) == ("/", "refused")
+    # the instrumentation keeps each socket's connection time: not the refused one's
+    assert reported["id"] not in gateway.sio.manager._timestamps
+
+
+@WITH_ADMIN_UI
 async def test_it_is_read_only_by_default(admin):
     ui = await admin()
     features = (await ui.next_event("config"))["supportedFeatures"]

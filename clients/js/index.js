@@ -247,6 +247,7 @@ export class GatewayClient {
       .then(() => (typeof this._token === "function" ? this._token() : this._token))
       .then(
         (token) => {
+          if (this._closing) return; // closed while the token was on its way
           if (this._resumeFrom === undefined) this._resumeFrom = this.cursor;
           const auth = { token: token ?? "" };
           if (this._resumeFrom != null) auth.lastEventId = this._resumeFrom;
@@ -490,11 +491,11 @@ export class GatewayClient {
         });
       })
       .catch((error) => {
-        this._report(
-          error instanceof GatewayError
-            ? error
-            : new GatewayError("refresh_failed", "refreshToken failed", { cause: error }),
-        );
+        if (!(error instanceof GatewayError)) {
+          this._report(new GatewayError("refresh_failed", "refreshToken failed", { cause: error }));
+        } else if (error.code === "timeout") {
+          this._report(error);
+        } // else the gateway's auth_error (or error) event has reported it
       })
       .finally(() => {
         this._refreshing = null;
@@ -533,7 +534,8 @@ export class GatewayClient {
         this._rooms.delete(roomId);
         this._emptyRooms.delete(roomId);
       }
-      this._report(error);
+      // a refusal also comes as an `error` event, which onError reports: not twice
+      if (error.code === "timeout") this._report(error);
       for (const waiter of waiters) waiter.reject(error);
     } else {
       if (!this._rooms.has(roomId)) {

@@ -55,10 +55,20 @@ export function waitFor(predicate, timeoutMs = 10000, what = "condition") {
   });
 }
 
+// gateways still running when this process exits (a test that failed before its cleanup, an
+// uncaught error) are killed with it, never left behind
+const live = new Set();
+const dirs = new Set();
+process.once("exit", () => {
+  for (const child of live) child.kill("SIGKILL");
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
 /** One gateway process; `restart()` keeps its port and store. */
 export class Gateway {
   constructor(env = {}) {
     this.dir = mkdtempSync(join(tmpdir(), "gateway-js-client-"));
+    dirs.add(this.dir);
     this.env = {
       ...process.env,
       PYTHONPATH: GATEWAY_ROOT,
@@ -81,6 +91,8 @@ export class Gateway {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.process = child;
+    live.add(child);
+    child.once("exit", () => live.delete(child));
     child.stderr.setEncoding("utf8");
     child.stderr.on("data", (chunk) => {
       this.stderr = (this.stderr + chunk).slice(-20000);

@@ -180,7 +180,20 @@ describe("against one gateway", { concurrency: true }, () => {
       assert.ok(response.ok, `POST /disconnect answered ${response.status}`);
       await waitFor(() => client.state === "closed", 10000, "state closed");
       assert.equal(client.stateDetail.reason, "revoked");
-      assert.ok(record.errors.some((e) => e.code === "revoked"));
+      assert.deepEqual(record.errors.map((e) => e.code), ["revoked"]);
+      // and with the user's tokens revoked, a new handshake is refused: closed again
+      const revoke = await fetch(`${gateway.url}/revoke`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${gateway.env.BROADCAST_TOKEN}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ sub: user, until: Math.floor(Date.now() / 1000) + 600 }),
+      });
+      assert.ok(revoke.ok, `POST /revoke answered ${revoke.status}`);
+      const connects = client.stats.connects;
+      client.connect();
+      await waitFor(() => record.errors.length === 2, 10000, "the refused handshake");
+      assert.equal(record.errors[1].code, "revoked");
+      assert.equal(client.state, "closed");
+      assert.equal(client.stats.connects, connects);
     } finally {
       client.close();
     }

@@ -120,12 +120,17 @@ def require_service_token(request: web.Request) -> None:
         raise GatewayError("unauthenticated", "a valid bearer token is required")
 
 
-async def broadcast(request: web.Request) -> web.Response:
-    """Push a service's event to rooms and users."""
+async def service_body(request: web.Request) -> Any:
+    """A service's call: its bearer token checked, then its JSON body."""
     require_service_token(request)
     if request.content_type != "application/json":
         raise GatewayError("unsupported_media_type")
-    body = json_body(await request.read(), request.charset)
+    return json_body(await request.read(), request.charset)
+
+
+async def broadcast(request: web.Request) -> web.Response:
+    """Push a service's event to rooms and users."""
+    body = await service_body(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX and key.isprintable()):
         raise GatewayError(
@@ -133,6 +138,18 @@ async def broadcast(request: web.Request) -> web.Response:
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters",
         )
     result = await request.app[GATEWAY].broadcaster.broadcast(body, key)
+    return web.json_response(result, status=202)
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    """Cut users' and sockets' connections, on every instance."""
+    result = await request.app[GATEWAY].revoker.disconnect(await service_body(request))
+    return web.json_response(result, status=202)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """Refuse a token (jti) or a user's tokens (sub) until a time, on every instance."""
+    result = await request.app[GATEWAY].revoker.revoke(await service_body(request))
     return web.json_response(result, status=202)
 
 
@@ -165,6 +182,8 @@ async def metrics(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application, cors_origins: tuple[str, ...]) -> None:
     routes = [
         app.router.add_post("/broadcast", broadcast),
+        app.router.add_post("/disconnect", disconnect),
+        app.router.add_post("/revoke", revoke),
         app.router.add_get("/health", health_check),
         app.router.add_get("/ready", ready),
         app.router.add_get("/status", status),

@@ -2,6 +2,9 @@
 and every instance (itself included) hands what it hears to its emitter, which delivers in id
 order and fills holes from the log. Redis only makes delivery fast; the log is the truth.
 
+Operators' orders (`POST /disconnect`, `POST /revoke`) travel on the same channel as control
+messages: the instance that took the order acts at once, the others as they hear it.
+
 Each instance also hears its own heartbeat on the channel. Not hearing it means the
 subscription is broken (Redis down, a reconnect under way, or a listener that died without an
 error: python-socketio issue 1581), so `/ready` says so, the subscription is opened again, and
@@ -39,12 +42,14 @@ class EventBus:
         on_events: Callable[[list[StoredEvent]], None],
         on_heard_again: Callable[[], None],
         heartbeat_s: float = HEARTBEAT_S,
+        on_control: Callable[[dict], None] | None = None,
     ):
         self._url = url
         self.channel: str | None = None  # set by `start(log_identity)`
         self.instance_id = instance_id
         self._on_events = on_events
         self._on_heard_again = on_heard_again
+        self._on_control = on_control
         self._heartbeat_s = heartbeat_s
         self._publisher = redis.asyncio.Redis.from_url(
             url, socket_connect_timeout=REDIS_TIMEOUT_S, socket_timeout=REDIS_TIMEOUT_S
@@ -92,6 +97,13 @@ class EventBus:
         }
         with contextlib.suppress(asyncio.QueueFull):  # full: Redis is behind, the log is not
             self._outbox.put_nowait(message)
+
+    def announce_control(self, control: dict) -> None:
+        """Tell the other instances of an operator's order (`{"control": kind, ...}`), as
+        `announce` does: never waits, never fails. Lost in a Redis outage: a revocation is
+        read again from the store by every instance, a disconnect is not repeated."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outbox.put_nowait({**control, "from": self.instance_id})
 
     async def _send_forever(self) -> None:
         while True:
@@ -171,7 +183,12 @@ class EventBus:
                     if was_deaf:
                         logger.info("bus heard again: catching up from the log")
                         self._on_heard_again()
-            elif not mine:  # this instance delivered its own events as it logged them
+            elif mine:  # this instance delivered its own events and obeyed its own orders
+                pass
+            elif "control" in message:
+                if self._on_control is not None:
+                    self._on_control(message)
+            else:
                 self._on_events(
                     [
                         StoredEvent(sequence, timestamp_ms, name, payload, tuple(rooms))

@@ -29,11 +29,19 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "token_expired": (401, "the token has expired"),
     "auth_timeout": (401, "not authenticated in time"),
     "identity_changed": (403, "a token for another user cannot replace the current one"),
+    "revoked": (401, "an operator revoked this token or cut this socket"),
     "unavailable": (503, "a dependency is unavailable"),
 }
 
 AUTH_CODES = frozenset(
-    {"missing_token", "invalid_token", "token_expired", "auth_timeout", "identity_changed"}
+    {
+        "missing_token",
+        "invalid_token",
+        "token_expired",
+        "auth_timeout",
+        "identity_changed",
+        "revoked",
+    }
 )
 
 

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
+import re
 import weakref
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
 
 from realtime import rooms
 from realtime.errors import GatewayError
@@ -199,3 +210,74 @@ class BroadcastSchema(Schema):
         load_default=list,
         validate=validate.Length(max=MAX_TARGETS),
     )
+
+
+# -- operators: POST /disconnect, POST /revoke ----------------------------------------------
+ID_MAX = 256  # a user id (`sub`) or a token id (`jti`) as operators name them
+SID_MAX = 64
+REASON_MAX = 200
+CUT_TARGETS_MAX = 100  # users or sids in one POST /disconnect
+UNTIL_MAX_S = 253_402_300_799  # 9999-12-31T23:59:59Z, as the latest `exp` accepted
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+class _Until(fields.Field):
+    """A moment as unix seconds (a number, as a token's `exp`) or an RFC 3339 time with its
+    offset (`2026-11-21T10:00:00Z`); loaded as unix seconds. A time before 1970 is simply
+    past (a lift); one after 9999 is the end of 9999."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValidationError("give unix seconds or an ISO 8601 time")
+        if not isinstance(value, str):
+            if not (math.isfinite(value) and 0 <= value <= UNTIL_MAX_S):
+                raise ValidationError(f"unix seconds from 0 to {UNTIL_MAX_S}")
+            return float(value)
+        text = value.upper()
+        match = _RFC3339.fullmatch(text) if len(text) <= 64 else None
+        if match is None:
+            raise ValidationError("not an ISO 8601 time with its offset (2026-11-21T10:00:00Z)")
+        if match.group(1) == "60":  # a leap second: Python's datetime has none
+            text = text[: match.start(1)] + "59" + text[match.end(1) :]
+        try:
+            seconds = dt.datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError):
+            raise ValidationError("not a valid time") from None
+        return min(max(seconds, 0.0), float(UNTIL_MAX_S))
+
+
+class DisconnectSchema(Schema):
+    """`POST /disconnect`: the users and sockets to cut, on every instance."""
+
+    users = fields.List(
+        fields.String(validate=validate.Length(min=1, max=ID_MAX)),
+        load_default=list,
+        validate=validate.Length(max=CUT_TARGETS_MAX),
+    )
+    sids = fields.List(
+        fields.String(validate=validate.Length(min=1, max=SID_MAX)),
+        load_default=list,
+        validate=validate.Length(max=CUT_TARGETS_MAX),
+    )
+    reason = fields.String(validate=validate.Length(min=1, max=REASON_MAX))
+
+    @validates_schema
+    def _a_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("users") and not data.get("sids"):
+            raise ValidationError("give at least one target in users or sids", "_schema")
+
+
+class RevokeSchema(Schema):
+    """`POST /revoke`: one token (`jti`) or every token of one user (`sub`), until a time."""
+
+    jti = fields.String(validate=validate.Length(min=1, max=ID_MAX))
+    sub = fields.String(validate=validate.Length(min=1, max=ID_MAX))
+    until = _Until(required=True)
+    reason = fields.String(validate=validate.Length(min=1, max=REASON_MAX))
+
+    @validates_schema
+    def _one_target(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("jti" in data) == ("sub" in data):
+            raise ValidationError("give exactly one of jti and sub", "_schema")

@@ -9,6 +9,7 @@ import time
 import socketio
 from aiohttp import web
 
+from realtime.auth import TokenVerifier
 from realtime.broadcast import Broadcaster
 from realtime.bus import EventBus
 from realtime.config import Settings
@@ -16,6 +17,7 @@ from realtime.emitter import Emitter
 from realtime.health import Probe
 from realtime.mapping import DocumentMapping
 from realtime.metrics import Metrics
+from realtime.revocations import Revoker
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
 from realtime.transport import TransportControl
@@ -32,11 +34,13 @@ class Gateway:
     transports: TransportControl
     emitter: Emitter
     sessions: Sessions
+    verifier: TokenVerifier
     mapping: DocumentMapping
     feed: ChangeFeed
     watcher: Watcher  # runs the feed while this instance holds the watcher lease
     bus: EventBus | None  # with REDIS_URL: events between instances
     broadcaster: Broadcaster
+    revoker: Revoker  # POST /disconnect and /revoke, and what the bus brings of them
     metrics: Metrics
     probes: tuple[Probe, ...]  # what /ready checks, in order
     tasks: TaskKeeper  # every background task but the feed's own

@@ -30,6 +30,17 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.sockets_cut = Counter(
+            "realtime_sockets_cut",
+            "Sockets cut by an operator (POST /disconnect, POST /revoke) on this instance",
+            registry=self.registry,
+        )
+        self.jwks_fetches = Counter(
+            "realtime_jwks_fetches",
+            "Fetches of the identity provider's JWKS (JWT_JWKS_URL), by outcome (ok, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.socket_errors = Counter(
             "realtime_socket_errors",
             "Socket.IO events answered with an error, by code",

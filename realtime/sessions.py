@@ -25,6 +25,7 @@ from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
+from realtime.revocations import Revocations
 from realtime.rooms import (
     ReservationParties,
     RoomPolicy,
@@ -67,6 +68,7 @@ class Sessions:
         transports: TransportControl,
         metrics: Metrics,
         tasks: TaskKeeper,
+        revocations: Revocations,
         clock: Callable[[], float] = time.time,
     ):
         self._sio = sio
@@ -77,7 +79,10 @@ class Sessions:
         self._transports = transports
         self._metrics = metrics
         self._tasks = tasks
+        self._revocations = revocations
         self._clock = clock
+        # a token accepted within the leeway past its `exp` binds until then, not at once
+        self._leeway_s = settings.jwt_leeway_s
         self._sessions: dict[str, SocketSession] = {}
         self._members: dict[str, set[str]] = {}  # room -> sids in it, on this instance
         self._open_transports: set[str] = set()
@@ -215,22 +220,28 @@ class Sessions:
         try:
             if last_event_id is not None:
                 events.last_event_sequence(last_event_id)  # refuse a malformed one up front
-            principal = self._verifier.verify(token)
+            principal = await self._verifier.verify(token)
             if current is not None and current.user_id != principal.user_id:
                 raise GatewayError(
                     "identity_changed",
                     "this socket is authenticated as another user; reconnect to switch",
                 )
+            # decided before anything changes: a refresh refused leaves the socket as it was
+            revoked = (
+                await self._disallowed_rooms(session, principal) if current is not None else []
+            )
+            self._still_open(session)  # it may have gone while the store was asked
+            # checked with no await before the principal is set: a revocation applied since
+            # either refuses it here or finds the socket authenticated and cuts it
+            self._revocations.check(principal)
         except GatewayError as error:
-            self._metrics.auth_failures.labels(error.code).inc()
+            if error.code != "unauthenticated":  # not a refusal: the socket went away
+                self._metrics.auth_failures.labels(error.code).inc()
             raise
-        # decided before anything changes: a refresh that fails here leaves the socket as it was
-        revoked = await self._disallowed_rooms(session, principal) if current is not None else []
-        self._still_open(session)  # it may have gone while the store was asked
         session.principal = principal
         # (the transport's auth deadline is left to pass: it finds an authenticated socket)
         # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
-        self._arm(session, principal.expires_at - self._clock(), self._token_expired)
+        self._arm(session, self._left_s(principal), self._token_expired)
         for room in revoked:
             await self._leave(session, room)
         session.replay_from = last_event_id
@@ -290,16 +301,20 @@ class Sessions:
                 disallowed.append(room)
         return disallowed
 
+    def _left_s(self, principal: Principal) -> float:
+        """Seconds until the socket's token no longer binds: its `exp` and the leeway."""
+        return principal.expires_at + self._leeway_s - self._clock()
+
     def _arm_expiry(self, session: SocketSession) -> None:
         assert session.principal is not None
-        left_s = session.principal.expires_at - self._clock()
+        left_s = self._left_s(session.principal)
         lead_s = self._settings.auth_expiring_lead_s
         self._arm(session, max(0.0, left_s - lead_s), self._auth_expiring)
 
     async def _auth_expiring(self, session: SocketSession) -> None:
         principal = session.principal
         assert principal is not None
-        left_s = max(0.0, principal.expires_at - self._clock())
+        left_s = max(0.0, self._left_s(principal))
         self._emitter.send_control(
             session.sid,
             events.AUTH_EXPIRING,
@@ -333,6 +348,35 @@ class Sessions:
         session.deadline = None
         if self._sessions.get(session.sid) is session:
             self._spawn_for(session, action(session), action.__name__)
+
+    # -- operators ---------------------------------------------------------------------------
+    async def cut(self, choose: Callable[[str, Principal | None], str | None]) -> int:
+        """Cut every socket of this instance for which `choose(sid, principal)` gives a
+        message: it gets `auth_error` `revoked` with that message, then a Socket.IO
+        disconnect (after which clients do not reconnect by themselves). Returns how many."""
+        chosen = []
+        for session in list(self._sessions.values()):
+            message = choose(session.sid, session.principal)
+            if message is not None:
+                chosen.append(session)
+                error = GatewayError("revoked", message).to_dict()
+                self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
+        for session in chosen:
+            session.cancel_deadline()
+            if self._sessions.get(session.sid) is session:
+                await self._sio.disconnect(session.sid)
+        if chosen:
+            self._metrics.sockets_cut.inc(len(chosen))
+            logger.info("sockets cut", extra={"sids": [s.sid for s in chosen][:20]})
+        return len(chosen)
+
+    def sockets_of(self, user_id: str) -> list[str]:
+        """The sids of this instance's sockets authenticated as this user."""
+        return [
+            s.sid
+            for s in self._sessions.values()
+            if s.principal is not None and s.principal.user_id == user_id
+        ]
 
     # -- rooms -------------------------------------------------------------------------------
     def principal_of(self, sid: str) -> Principal:

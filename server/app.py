@@ -20,6 +20,7 @@ from realtime.health import redis_probe, store_probe, watcher_probe
 from realtime.mapping import DocumentMapping, StoreReservations
 from realtime.metrics import Metrics
 from realtime.publisher import ChangePublisher
+from realtime.revocations import Revocations, Revoker
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
@@ -68,16 +69,22 @@ def create_app(
     publisher = ChangePublisher(mapping, emitter)
     feed = ChangeFeed(store, mapping.collections, publisher, on_history_lost=publisher.history_lost)
     metrics = Metrics()
+    verifier = TokenVerifier(
+        settings, on_jwks_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc()
+    )
+    revocations = Revocations()
     sessions = Sessions(
         sio,
         settings,
-        TokenVerifier(settings),
+        verifier,
         RoomPolicy(StoreReservations(store, mapping)),
         emitter,
         transports,
         metrics,
         tasks,
+        revocations,
     )
+    revoker = Revoker(store, revocations, sessions, tasks)
     transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
     emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
@@ -90,8 +97,10 @@ def create_app(
             instance_id,
             on_events=emitter.hear,
             on_heard_again=emitter.catch_up_soon,
+            on_control=revoker.heard,
         )
         emitter.announce_with(bus.announce)
+        revoker.announce_with(bus.announce_control)
     metrics.observe(
         connections=sessions.counts,
         emitted=lambda: emitter.emitted,
@@ -116,11 +125,13 @@ def create_app(
         transports=transports,
         emitter=emitter,
         sessions=sessions,
+        verifier=verifier,
         mapping=mapping,
         feed=feed,
         watcher=watcher,
         bus=bus,
         broadcaster=Broadcaster(settings, store, emitter),
+        revoker=revoker,
         metrics=metrics,
         probes=tuple(probes),
         tasks=tasks,
@@ -165,18 +176,25 @@ async def _delivery_lifetime(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     await gateway.emitter.start()
     try:
+        await gateway.revoker.start()  # revoked tokens are refused from the first connection
         if gateway.bus is not None:
             gateway.bus.start(await gateway.store.log_identity())
         await gateway.watcher.start()
     except BaseException:
         if gateway.bus is not None:
             await gateway.bus.stop()
+        await gateway.revoker.stop()
         await gateway.emitter.stop()
         raise
+    if gateway.verifier.jwks is not None:
+        # fetched ahead of the first token, without holding up start-up: a provider down is
+        # tried again when tokens come
+        gateway.tasks.spawn(gateway.verifier.jwks.prefetch(), name="jwks:prefetch")
     yield
     await gateway.watcher.stop()
     if gateway.bus is not None:
         await gateway.bus.stop()
+    await gateway.revoker.stop()
     await gateway.emitter.stop()
 
 

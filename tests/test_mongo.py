@@ -28,6 +28,7 @@ from storage.base import (
     Checkpoint,
     DocumentRejected,
     NewEvent,
+    Revocation,
     Store,
     StoreError,
 )
@@ -101,6 +102,8 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
             "acquire_lease": lambda: store.acquire_lease("watcher", "me", 10),
             "release_lease": lambda: store.release_lease("watcher", "me"),
             "read_lease": lambda: store.read_lease("watcher"),
+            "revoke": lambda: store.revoke(Revocation("jti", "t", 2**40)),
+            "revocations": lambda: store.revocations(),
             "event_bounds": lambda: store.event_bounds("user-c1"),
             "claim_request": lambda: store.claim_request("k", "fingerprint", 60),
             "complete_request": lambda: store.complete_request("k", "nonce", {}),

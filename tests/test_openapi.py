@@ -58,7 +58,7 @@ def gateway_url(tmp_path_factory):
 def test_the_api_answers_every_input_as_documented(case, gateway_url):
     headers = (
         {"Authorization": f"Bearer {SERVICE_TOKEN}"}
-        if case.path in ("/broadcast", "/status")
+        if case.path in ("/broadcast", "/status", "/disconnect", "/revoke")
         else {}
     )
     key = (case.headers or {}).get("Idempotency-Key")

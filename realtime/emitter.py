@@ -215,6 +215,10 @@ class Emitter:
         for listener in self._after_emit:
             await listener(event.name, event.payload)
 
+    def delivered_event_id(self) -> str | None:
+        """The id of the newest event delivered here (every older one is too), or None."""
+        return _event_id_or_none(self.delivered)
+
     def _trim_room_cursors(self) -> None:
         while len(self._room_cursors) > ROOM_CURSORS_MAX:  # the least recently used go
             del self._room_cursors[next(iter(self._room_cursors))]

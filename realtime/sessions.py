@@ -289,6 +289,9 @@ class Sessions:
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
             if self._sessions.get(sid) is not session:
                 return  # it went while its replay was sent
+        # A cursor for a client that has seen nothing yet: everything up to it that its user
+        # room was sent is already in its queue, ahead of this message.
+        payload = {**payload, "lastEventId": self._emitter.delivered_event_id()}
         self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
 

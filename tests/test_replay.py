@@ -237,3 +237,24 @@ async def test_an_id_behind_a_log_pruned_to_nothing_is_a_gap(gateway, connect):
     client = await connect(sub="c1")
     answer = await client.call("join_room", {"roomId": "user-c1", "lastEventId": old})
     assert answer["gap"] is True and answer["replayed"] == 0
+
+
+async def test_auth_success_gives_a_cursor_to_a_client_that_has_seen_nothing(
+    gateway, clients, connect, token, client_kind
+):
+    """A client that comes back with the cursor its first auth_success gave gets what its
+    user room was sent meanwhile, though it had no event to take a cursor from."""
+    await notify(gateway, "someone-else", "before")  # the log is not empty
+    first = await connect(client_kind, sub="c1")
+    cursor = first.log[-1][1]["lastEventId"]
+    assert cursor is not None and cursor == gateway.emitter.delivered_event_id()
+    await first.disconnect()
+    await first.wait_disconnected()
+    missed = await notify(gateway, "c1", "while away")
+
+    again = clients(client_kind)
+    await again.connect({"token": token("c1"), "lastEventId": cursor})
+    success = await again.next_event("auth_success")
+    assert success["replayed"] == 1 and success["gap"] is False
+    assert success["lastEventId"] == missed
+    assert [payload["eventId"] for _, payload in data_events(again)] == [missed]

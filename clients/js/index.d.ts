@@ -115,6 +115,9 @@ export interface AuthSuccess {
   role: "customer" | "staff" | "admin";
   rooms: string[];
   expiresAt: string;
+  /** The newest event id delivered when it was sent (null: none yet); the client's cursor
+   * while it has seen no event. */
+  lastEventId?: string | null;
   /** After a handshake with lastEventId: events replayed to the user's room. */
   replayed?: number;
   gap?: boolean;

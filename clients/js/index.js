@@ -461,6 +461,10 @@ export class GatewayClient {
 
   _onAuthSuccess(payload) {
     this.user = payload;
+    if (this.cursor == null && typeof payload?.lastEventId === "string") {
+      // a cursor before any event: a reconnection replays what the user's room missed
+      this.cursor = payload.lastEventId;
+    }
     const catchUp = this._catchUp;
     if (catchUp && catchUp.authPending) {
       catchUp.authPending = false;

@@ -110,6 +110,28 @@ describe("against one gateway", { concurrency: true }, () => {
     }
   });
 
+  test("a client that has seen no event still gets what its user's room missed", async () => {
+    const user = "fresh";
+    const { client, record } = await recordedClient(GatewayClient, gateway.url, {
+      token: () => tokenFor(user),
+    });
+    try {
+      client.connect();
+      await waitFor(() => client.lastCatchUp, 10000, "the first catch-up");
+      assert.equal(record.events.length, 0);
+      assert.equal(typeof client.cursor, "string", "auth_success gave a cursor");
+      client.close();
+      const missed = await gateway.broadcast({ data: { n: 1 }, users: [user] });
+      client.connect();
+      await waitFor(() => record.catchUps.length === 2, 10000, "the reconnection's catch-up");
+      assert.deepEqual(record.ids(), [missed.eventId]);
+      assert.equal(record.catchUps[1].handshakeReplayed, 1);
+      assert.equal(client.cursor, missed.eventId);
+    } finally {
+      client.close();
+    }
+  });
+
   test("a gap on rejoin is one onRefetch, and the cursor moves past it", async () => {
     const room = "availability-gap";
     const { client, record } = await recordedClient(GatewayClient, gateway.url, {

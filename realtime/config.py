@@ -8,10 +8,12 @@ naming the variable, which `__main__` prints as one line.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +69,7 @@ class Settings:
     jwt_jwks_cache_s: float = 300.0
     jwt_jwks_refetch_s: float = 30.0
     jwt_leeway_s: float = 0.0
+    revocation_reload_s: float = 5.0
     mongodb_url: str | None = None
     mongodb_db: str = "booking"
     mongodb_state_db: str | None = None
@@ -246,6 +249,13 @@ class SettingsSchema(Schema):
         "JWT_LEEWAY",
         "seconds of clock skew allowed when checking `exp`, `nbf` and `iat`",
         "0",
+    )
+    revocation_reload_s = _env(
+        fields.Float(validate=validate.Range(min=0.1, max=3600)),
+        "REVOCATION_RELOAD",
+        "seconds between each instance's re-reads of the revocations in the store (a safety "
+        "net: with REDIS_URL they reach every instance at once)",
+        "5",
     )
     mongodb_url = _env(
         fields.String(validate=validate.Regexp(r"^mongodb(\+srv)?://")),
@@ -483,10 +493,26 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.mongodb_state_database == settings.mongodb_db:
         # saving the gateway's state would be a change of the database it watches
         raise ConfigError("MONGODB_STATE_DB", "must differ from MONGODB_DB")
+    if settings.jwt_jwks_url is not None and not _trusted_url(settings.jwt_jwks_url):
+        # whoever can change the key set in transit can sign any identity
+        raise ConfigError("JWT_JWKS_URL", "must be https:// (http:// only to this machine)")
     if (settings.admin_ui_username is None) != (settings.admin_ui_password is None):
         missing = "ADMIN_UI_PASSWORD" if settings.admin_ui_password is None else "ADMIN_UI_USERNAME"
         raise ConfigError(missing, "ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD go together")
     return _complete_keys(settings)
+
+
+def _trusted_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _complete_keys(settings: Settings) -> Settings:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import mimetypes
 import os
+import urllib.parse
 
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate
@@ -50,29 +51,21 @@ class DevTokenSchema(Schema):
 
 
 class StaticFile:
-    """One file, read at its first request and kept, answered with its type and the page
-    headers."""
+    """One file, read once, answered with its type and the page headers."""
 
     def __init__(self, path: str, replace: dict[str, str] | None = None):
-        self._path = path
-        self._replace = replace or {}
-        self._body: bytes | None = None
+        with open(path, "rb") as handle:  # at start-up, not on the event loop's time
+            body = handle.read()
+        for marker, value in (replace or {}).items():
+            body = body.replace(marker.encode(), value.encode())
+        self._body = body
         content_type, _ = mimetypes.guess_type(path)
         if path.endswith((".js", ".mjs")):
             content_type = "text/javascript"
         self._content_type = content_type or "application/octet-stream"
 
-    def body(self) -> bytes:
-        if self._body is None:
-            with open(self._path, "rb") as handle:
-                body = handle.read()
-            for marker, value in self._replace.items():
-                body = body.replace(marker.encode(), value.encode())
-            self._body = body
-        return self._body
-
     async def answer(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self.body(), headers=_HEADERS)
+        response = web.Response(body=self._body, headers=_HEADERS)
         response.content_type = self._content_type
         if self._content_type.startswith("text/"):
             response.charset = "utf-8"
@@ -109,8 +102,10 @@ def _add_test_page(app: web.Application, settings: Settings) -> None:
 async def _dev_token(request: web.Request) -> web.Response:
     """A token signed with the embedded store's development secret, for the test page's
     "dev token" button: answered only to a browser on this machine."""
-    if not _from_loopback(request):
-        raise GatewayError("forbidden", "dev tokens are issued only to this machine")
+    if not _from_this_machine(request):
+        raise GatewayError("forbidden", "dev tokens are issued only to a browser on this machine")
+    if request.content_type != "application/json":
+        raise GatewayError("unsupported_media_type")
     body = json_body(await request.read(), request.charset)
     try:
         wanted = DevTokenSchema().load(body if isinstance(body, dict) else {"": body})
@@ -125,9 +120,22 @@ async def _dev_token(request: web.Request) -> web.Response:
     return web.json_response({"token": token, "expiresIn": DEV_TOKEN_TTL_S})
 
 
-def _from_loopback(request: web.Request) -> bool:
+def _from_this_machine(request: web.Request) -> bool:
+    """A loopback peer, not forwarded by a proxy (which would make anyone a loopback peer),
+    asking for a loopback host (a page of another site whose name was rebound to 127.0.0.1
+    asks with its own)."""
+    if any(header in request.headers for header in _FORWARDING_HEADERS):
+        return False
+    host = urllib.parse.urlsplit("//" + request.headers.get("Host", "")).hostname or ""
+    return _is_loopback(request.remote or "") and (host == "localhost" or _is_loopback(host))
+
+
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Real-IP")
+
+
+def _is_loopback(address: str) -> bool:
     try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
+        return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
 

@@ -453,7 +453,8 @@ class SettingsSchema(Schema):
     admin_ui_read_only = _env(
         _Boolean(),
         "ADMIN_UI_READ_ONLY",
-        "false lets the Admin UI disconnect sockets and move them between rooms",
+        "false gives the Admin UI its full powers: disconnect, join, leave and emit, around the "
+        "room policy and the event log (development only)",
         "true",
     )
 

@@ -45,6 +45,7 @@ import contextlib
 import dataclasses
 import datetime
 import hmac
+import itertools
 import json
 import logging
 import struct
@@ -261,19 +262,38 @@ class AdminReport:
         # process, to count packets and bytes; the gateway's sockets do not take those paths.
         for name, call in kept.items():
             setattr(patched, name, call)
-        self._report_refusals()
+        self._report_safely()
+        self._reporting = 0  # reports of delivered events under way
         sio.instrumented = True
 
-    def _report_refusals(self) -> None:
+    def _watching(self) -> bool:
+        """Whether an Admin UI is connected to this instance (what it does not watch is not
+        reported: a report is an emit per recipient)."""
+        return bool(self._sio.manager.rooms.get(ADMIN_NAMESPACE, {}).get(None))
+
+    def _report_safely(self) -> None:
         """The instrumentation reports a socket as connected before the namespace decides,
-        and keeps its connection time; for a refused socket (a bad token) nothing would ever
-        forget it, nor tell the UI it went."""
+        and keeps its connection time: for a refused socket (a bad token) nothing would ever
+        forget it, nor tell the UI it went. And it reports what clients send as it is: an
+        `authenticate` event's token, a handshake's Authorization header, would reach whoever
+        holds the Admin UI's password, who could then act as those users."""
         sio = self._sio
-        reporting = sio._trigger_event
+        reporting = sio._trigger_event  # the instrumentation's: it reports, then dispatches
+        dispatching = getattr(sio, "_InstrumentedAsyncServer__trigger_event")  # noqa: B009
 
         async def trigger_event(event: str, namespace: str, *args: Any) -> Any:
-            if event != "connect":
+            if event == "disconnect":
                 return await reporting(event, namespace, *args)
+            if event != "connect":
+                if namespace != ADMIN_NAMESPACE and self._watching():
+                    at = datetime.datetime.now(datetime.UTC).isoformat()
+                    received = (event, *_redacted(list(args[1:])))
+                    await sio.emit(
+                        "event_received",
+                        (namespace, args[0], received, at),
+                        namespace=ADMIN_NAMESPACE,
+                    )
+                return await dispatching(event, namespace, *args)
             try:
                 accepted = await reporting(event, namespace, *args)
             except socketio.exceptions.ConnectionRefusedError:
@@ -284,6 +304,16 @@ class AdminReport:
             return accepted
 
         sio._trigger_event = trigger_event
+        serialize = self._server.serialize_socket
+
+        def serialize_socket(sid: str, namespace: str, eio_sid: str | None = None) -> dict:
+            described = serialize(sid, namespace, eio_sid)
+            handshake = described["handshake"]
+            handshake["headers"] = _redacted(handshake["headers"])
+            handshake["query"] = _redacted(handshake["query"])
+            return described
+
+        self._server.serialize_socket = serialize_socket
 
     async def _refused(self, namespace: str, sid: str) -> None:
         self._sio.manager._timestamps.pop(sid, None)
@@ -292,16 +322,26 @@ class AdminReport:
             "socket_disconnected", (namespace, sid, "refused", at), namespace=ADMIN_NAMESPACE
         )
 
-    def sent(self, event: str, payload: Any, sids: list[str]) -> None:
+    def sent(self, event: str, recipients: Callable[[], Iterable[str]], payload: Any) -> None:
+        """Report a delivered event while an Admin UI watches: to its first
+        `ADMIN_REPORTED_RECIPIENTS` recipients, and not while `ADMIN_REPORTS_UNDER_WAY`
+        reports are still being sent (the UI shows a sample, the gateway stays fast)."""
+        if self._reporting >= ADMIN_REPORTS_UNDER_WAY or not self._watching():
+            return
+        sids = list(itertools.islice(recipients(), ADMIN_REPORTED_RECIPIENTS))
         if sids:
+            self._reporting += 1
             self._tasks.spawn(self._report_sent(event, payload, sids), name="admin: event sent")
 
     async def _report_sent(self, event: str, payload: Any, sids: list[str]) -> None:
-        at = datetime.datetime.now(datetime.UTC).isoformat()
-        for sid in sids:
-            await self._sio.emit(
-                "event_sent", (NAMESPACE, sid, [event, payload], at), namespace=ADMIN_NAMESPACE
-            )
+        try:
+            at = datetime.datetime.now(datetime.UTC).isoformat()
+            for sid in sids:
+                await self._sio.emit(
+                    "event_sent", (NAMESPACE, sid, [event, payload], at), namespace=ADMIN_NAMESPACE
+                )
+        finally:
+            self._reporting -= 1
 
     async def shutdown(self) -> None:
         # the library's own shutdown waits out the stats task's sleep (two seconds)
@@ -315,6 +355,30 @@ class AdminReport:
 
 # what `sio.instrument()` replaces on python-engineio's AsyncSocket class
 _ADMIN_PATCHED_SOCKET_CALLS = ("handle_post_request", "_websocket_handler", "_send_ping")
+ADMIN_REPORTED_RECIPIENTS = 50  # of one delivered event, reported to the Admin UI
+ADMIN_REPORTS_UNDER_WAY = 8  # past it, delivered events go unreported until some are sent
+# what never reaches the Admin UI (keys compared in lower case, without - and _)
+_SECRET_KEYS = frozenset(
+    {"token", "accesstoken", "refreshtoken", "password", "authorization", "cookie", "setcookie"}
+)
+REDACTED = "[redacted]"
+
+
+def _redacted(value: Any, depth: int = 0) -> Any:
+    """`value` with the values of secret-looking keys blanked, at any depth."""
+    if depth > 16:
+        return REDACTED
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if isinstance(key, str)
+            and key.lower().replace("_", "").replace("-", "") in _SECRET_KEYS
+            else _redacted(item, depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item, depth + 1) for item in value]
+    return value
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -803,7 +867,7 @@ class TransportControl:
         once, without a task or an await; returns how many sockets it went to."""
         if self.admin is not None:
             rooms = None if rooms is None else list(rooms)
-            self.admin.sent(event, payload, [sid for sid, _ in self._participants(rooms)])
+            self.admin.sent(event, lambda: (sid for sid, _ in self._participants(rooms)), payload)
         return self._hand_over(encode_event(event, payload), self._in_rooms(rooms))
 
     def deliver_to(self, sid: str, event: str, payload: Any) -> None:
@@ -811,7 +875,7 @@ class TransportControl:
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, NAMESPACE)
         if eio_sid is not None:
             if self.admin is not None:
-                self.admin.sent(event, payload, [sid])
+                self.admin.sent(event, lambda: [sid], payload)
             self._hand_over(encode_event(event, payload), (eio_sid,))
 
     def _in_rooms(self, rooms: Iterable[str] | None) -> Iterator[str]:

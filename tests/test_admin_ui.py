@@ -3,6 +3,8 @@ only by default; talked to here with the official socket.io-client, as the UI it
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.clients import Refused, make_client
@@ -105,6 +107,32 @@ async def test_a_refused_socket_is_reported_gone_and_forgotten(admin, clients, g
     assert (namespace, reason) == ("/", "refused")
     # the instrumentation keeps each socket's connection time: not the refused one's
     assert reported["id"] not in gateway.sio.manager._timestamps
+
+
+@WITH_ADMIN_UI
+async def test_no_token_reaches_the_admin_ui(admin, base_url, settings, token):
+    """Whoever holds the Admin UI's password must not learn users' tokens: not from the events
+    sockets send (`authenticate`), nor from their handshakes' query."""
+    ui = await admin()
+    await ui.next_event("all_sockets")
+    secret = token("c1")
+    customer = make_client("js-websocket", f"{base_url}/?token={secret}", settings.socketio_path)
+    try:
+        await customer.connect({})
+        assert (await customer.call("authenticate", {"token": secret}))["ok"] is True
+        while True:
+            reported, _at = await ui.next_event("socket_connected")
+            if reported["nsp"] == "/":
+                break
+        assert reported["handshake"]["query"]["token"] == "[redacted]"
+        while True:
+            _namespace, _sid, (event, *args), _at = await ui.next_event("event_received")
+            if event == "authenticate":
+                break
+        assert args == [{"token": "[redacted]"}]
+        assert secret not in json.dumps(ui.log)
+    finally:
+        await customer.close()
 
 
 @WITH_ADMIN_UI

@@ -132,6 +132,33 @@ async def test_a_bad_dev_token_request_is_refused_with_a_code(http, body):
         assert (await response.json())["error"]["code"] == "invalid_payload"
 
 
+@DEV_SECRET
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"Host": "rebound.example.com"},
+        {"Host": "rebound.example.com:8000"},
+    ],
+    ids=["through-a-proxy", "forwarded", "real-ip", "another-host", "another-host-port"],
+)
+async def test_dev_tokens_go_only_to_a_browser_on_this_machine(http, headers):
+    body = {"sub": "a", "role": "admin"}
+    async with http.post("/websocket-test/dev-token", json=body, headers=headers) as response:
+        assert response.status == 403
+        assert (await response.json())["error"]["code"] == "forbidden"
+    async with http.post("/websocket-test/dev-token", json=body) as response:
+        assert response.status == 200  # the same request, straight from this machine
+
+
+@DEV_SECRET
+async def test_a_dev_token_request_must_be_json(http):
+    async with http.post("/websocket-test/dev-token", data="sub=a&role=admin") as response:
+        assert response.status == 415
+
+
 async def test_no_dev_tokens_with_a_configured_secret(http):
     async with http.post("/websocket-test/dev-token", json={"sub": "a", "role": "admin"}) as r:
         assert r.status in (404, 405)

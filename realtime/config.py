@@ -99,6 +99,14 @@ class Settings:
     client_backlog_max_bytes: int = 2_000_000
     client_stall_timeout_s: float = 30.0
     watcher_lease_ttl_s: float = 10.0
+    rate_limit_events: float = 20.0
+    rate_limit_disconnect: int = 100
+    rate_limit_connections: float = 50.0
+    trusted_proxies: tuple[str, ...] = ()
+    max_connections_per_user: int = 20
+    max_rooms_per_socket: int = 100
+    reservation_cache_s: float = 2.0
+    status_rooms_max: int = 100
     test_page: bool | None = None  # None: on with the embedded store, off with MongoDB
     admin_ui_username: str | None = None
     admin_ui_password: str | None = None
@@ -432,6 +440,60 @@ class SettingsSchema(Schema):
         "10",
     )
 
+    rate_limit_events = _env(
+        fields.Float(validate=validate.Range(min=0.1)),
+        "RATE_LIMIT_EVENTS",
+        "events one socket may send per second, with bursts of twice as many; past it an "
+        "event is answered rate_limited",
+        "20",
+    )
+    rate_limit_disconnect = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=1)),
+        "RATE_LIMIT_DISCONNECT",
+        "events refused rate_limited in a row after which the socket is disconnected",
+        "100",
+    )
+    rate_limit_connections = _env(
+        fields.Float(validate=validate.Range(min=0.1)),
+        "RATE_LIMIT_CONNECTIONS",
+        "new connections one client IP may open per second, with bursts of twice as many; "
+        "past it the handshake is refused rate_limited",
+        "50",
+    )
+    trusted_proxies = _env(
+        _CommaList(),
+        "TRUSTED_PROXIES",
+        "comma-separated addresses or networks (CIDR) of proxies whose X-Forwarded-For "
+        "names the client's IP",
+        "none: the TCP peer is the client",
+    )
+    max_connections_per_user = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=1)),
+        "MAX_CONNECTIONS_PER_USER",
+        "live authenticated connections one user may hold on one instance; past it the "
+        "handshake or authenticate is refused rate_limited",
+        "20",
+    )
+    max_rooms_per_socket = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=1)),
+        "MAX_ROOMS_PER_SOCKET",
+        "rooms one socket may be in, its own user room included; past it join_room is "
+        "refused rate_limited",
+        "100",
+    )
+    reservation_cache_s = _env(
+        fields.Float(validate=validate.Range(min=0)),
+        "RESERVATION_CACHE",
+        "seconds a reservation's parties, looked up for join_room, are kept (0: not kept); "
+        "a change to the booking forgets them at once",
+        "2",
+    )
+    status_rooms_max = _env(
+        fields.Integer(strict=False, validate=validate.Range(min=0, max=10_000)),
+        "STATUS_ROOMS_MAX",
+        "largest rooms GET /status lists by name (it counts all of them)",
+        "100",
+    )
     test_page = _env(
         _Boolean(allow_none=True),
         "TEST_PAGE",
@@ -497,6 +559,11 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if settings.jwt_jwks_url is not None and not _trusted_url(settings.jwt_jwks_url):
         # whoever can change the key set in transit can sign any identity
         raise ConfigError("JWT_JWKS_URL", "must be https:// (http:// only to this machine)")
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError("TRUSTED_PROXIES", f"not an address or network: {proxy!r}") from None
     if (settings.admin_ui_username is None) != (settings.admin_ui_password is None):
         missing = "ADMIN_UI_PASSWORD" if settings.admin_ui_password is None else "ADMIN_UI_USERNAME"
         raise ConfigError(missing, "ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD go together")

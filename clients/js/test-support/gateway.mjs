@@ -199,3 +199,29 @@ export async function broadcastRetrying(gateway, request, timeoutMs = 20000) {
     }
   }
 }
+
+/** Holds a client's `join_room` emits while `hold()` is on (a test hook on the client's
+ * `_emitJoin`): a catch-up then stays open, or its rejoins come after live events, for as long
+ * as a test needs. `emitted` lists the joins sent, `held` those waiting. */
+export function gateJoins(client) {
+  const emitJoin = client._emitJoin.bind(client);
+  const joins = { emitted: [], held: [], holding: false };
+  const send = (roomId, lastEventId) => {
+    if (!client.socket.connected) return; // the next connection rejoins
+    joins.emitted.push({ roomId, lastEventId });
+    emitJoin(roomId, lastEventId);
+  };
+  client._emitJoin = (roomId, lastEventId) => {
+    if (joins.holding) joins.held.push([roomId, lastEventId]);
+    else send(roomId, lastEventId);
+  };
+  joins.hold = () => {
+    joins.holding = true;
+  };
+  joins.open = () => {
+    joins.holding = false;
+    for (const [roomId, lastEventId] of joins.held.splice(0)) send(roomId, lastEventId);
+  };
+  joins.count = (roomId) => joins.emitted.filter((join) => join.roomId === roomId).length;
+  return joins;
+}

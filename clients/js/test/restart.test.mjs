@@ -7,6 +7,7 @@ import {
   Gateway,
   assertIncreasing,
   broadcastRetrying,
+  gateJoins,
   recordedClient,
   token,
   waitFor,
@@ -14,7 +15,7 @@ import {
 
 const BEFORE_STOP = 10; // accepted events before the gateway is stopped (the stream goes on)
 const WHILE_AWAY = 10; // accepted by the restarted gateway before the client may reconnect
-const LIVE = 5; // posted after the client is back
+const LIVE = 5; // live events held by the reconnection's catch-up, and delivered after it
 
 /** A promise the test opens: held handshakes wait on it. */
 function gate() {
@@ -54,11 +55,23 @@ describe("gateway restart mid-stream", { concurrency: true }, () => {
           });
           accepted.push({ eventId: answer.eventId, i, restarted });
         };
+        // the reconnection's rejoin is sent only once live events are held by its catch-up,
+        // so they interleave with the replays: the room's replay (older ids) comes after the
+        // user room's live events (newer ids), and the client must hold and sort them
+        const joins = gateJoins(client);
+        let boundary = null; // the newest id accepted before the client may reconnect
+        const arrivals = []; // the reconnection's events as they came off the socket
+        client.socket.onAny((name, payload) => {
+          if (boundary == null || typeof payload?.eventId !== "string") return;
+          arrivals.push({ eventId: payload.eventId, held: client._buffer.has(payload.eventId) });
+        });
+        const heldLive = () => arrivals.filter((a) => a.held && a.eventId > boundary).length;
         try {
           client.connect();
           await waitFor(() => client.lastCatchUp, 10000, "the first catch-up");
           // the stream: one event after another, not waiting for their delivery, retried
-          // while the gateway is down (the same Idempotency-Key: a lost answer emits nothing twice)
+          // while the gateway is down (the same Idempotency-Key: a lost answer emits nothing
+          // twice), on through the reconnection and its catch-up
           const producer = (async () => {
             while (streaming) await post();
           })();
@@ -68,15 +81,29 @@ describe("gateway restart mid-stream", { concurrency: true }, () => {
           restarted = true;
           const target = accepted.length + WHILE_AWAY;
           await waitFor(() => accepted.length >= target, 10000, "events while the client is away");
+          assert.notEqual(client.state, "connected");
+          joins.hold();
+          boundary = accepted.at(-1).eventId;
+          hold.open(); // now it may reconnect: its catch-up replays what it missed
+          await waitFor(() => heldLive() >= LIVE, 10000, "live events held by the catch-up");
+          joins.open();
+          await waitFor(() => client.lastCatchUp?.reconnection, 20000, "the reconnection's catch-up");
+          const caughtUp = accepted.length;
+          await waitFor(() => accepted.length >= caughtUp + LIVE, 10000, "live events after the catch-up");
           streaming = false;
           await producer;
-          assert.notEqual(client.state, "connected");
-          hold.open(); // now it may reconnect: its catch-up replays what it missed
-          await waitFor(() => client.lastCatchUp?.reconnection, 20000, "the reconnection's catch-up");
-          for (let n = 0; n < LIVE; n++) await post();
           const last = accepted.at(-1).eventId;
           await waitFor(() => client.cursor === last, 10000, "the last event");
 
+          // the catch-up got events out of order (a replay older than a held live event)
+          assert.ok(
+            arrivals.some((a, k) => a.held && arrivals.slice(0, k).some((b) => b.eventId > a.eventId)),
+            JSON.stringify(arrivals),
+          );
+          // and live events after it
+          assert.ok(
+            record.events.filter((e) => !e.info.replay && e.payload.eventId > boundary).length >= LIVE,
+          );
           const ids = record.ids();
           assertIncreasing(assert, ids);
           assert.deepEqual(ids, accepted.map((a) => a.eventId));

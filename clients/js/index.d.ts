@@ -159,6 +159,8 @@ export interface CatchUpSummary {
   delivered: number;
   /** false for the first connection. */
   reconnection: boolean;
+  /** false: cut short (offline, or revoked): what it held stays held, undelivered, and the
+   * cursor where it was, until the next connection's catch-up delivers it in order. */
   complete: boolean;
   durationMs: number;
 }
@@ -240,7 +242,8 @@ export declare class GatewayClient {
   close(): void;
   setToken(token: TokenSource): void;
   /** Resolves with the ack; rejects with a GatewayError (and forgets the room) on
-   * `{ok: false}`; `timeout`/`closed` errors keep it. */
+   * `{ok: false}`; `timeout`/`closed` errors keep it. A room whose join is already on its
+   * way (a catch-up's rejoin, an earlier call) is not joined again: the call gets that ack. */
   join(roomId: string): Promise<JoinAnswer>;
   leave(roomId: string): Promise<LeaveAnswer>;
   on(eventName: string, handler: EventHandler): () => void;

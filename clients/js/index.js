@@ -104,7 +104,10 @@ export class GatewayClient {
     this._catchUp = null; // {from, authPending, rooms: Set, replayed, gaps, handshakeReplayed}
     this._buffer = new Map(); // eventId -> {name, payload}, held while catching up
     this._pendingRefetch = []; // resync payloads that came while catching up
-    this._lastAuthError = null;
+    // auth_error codes since the connection that no ack has claimed as its answer (a refused
+    // `authenticate`, after which the socket stays): the newest one explains the gateway's
+    // disconnect that follows it (token_expired, auth_timeout, revoked)
+    this._authErrors = [];
     this._retryTimer = null;
     this._retries = 0;
     this._closing = false;
@@ -172,18 +175,24 @@ export class GatewayClient {
    * `{ok: false}` answer, forgets the room.
    */
   join(roomId) {
+    // while connected, a room with waiters (or one this catch-up rejoins) has its join_room on
+    // the way: this call is answered with it, and the room is not joined twice
+    const inFlight = this._joinWaiters.has(roomId) || Boolean(this._catchUp?.rooms.has(roomId));
+    const kept = this._rooms.has(roomId);
     const promise = new Promise((resolve, reject) => {
       const waiters = this._joinWaiters.get(roomId) ?? [];
       waiters.push({ resolve, reject });
       this._joinWaiters.set(roomId, waiters);
     });
     this._rooms.add(roomId);
-    if (this.socket.connected && !this._catchUp) {
-      // a room joined while connected enters live: its history is not replayed
-      this._emitJoin(roomId, undefined);
-    } else if (this.socket.connected && this._catchUp) {
+    if (!this.socket.connected || inFlight) return promise; // else at the next connection
+    if (this._catchUp && !kept) {
+      // a new room during a catch-up: from the catch-up's cursor, and the catch-up waits for it
       this._catchUp.rooms.add(roomId);
       this._emitJoin(roomId, this._joinFrom(roomId, this._catchUp.from));
+    } else {
+      // a room joined while connected (or joined again) enters live: no history is replayed
+      this._emitJoin(roomId, undefined);
     }
     return promise;
   }
@@ -202,7 +211,7 @@ export class GatewayClient {
       this.socket.timeout(this._ackTimeout()).emit("leave_room", { roomId }, (err, answer) => {
         if (err) reject(new GatewayError("timeout", "leave_room was not answered", { roomId }));
         else if (answer?.ok) resolve(answer);
-        else reject(GatewayError.from(answer?.error, { roomId }));
+        else reject(this._refused(answer?.error, { roomId }));
       });
     });
   }
@@ -264,7 +273,7 @@ export class GatewayClient {
   _onConnect() {
     this._clearRetry();
     this._retries = 0;
-    this._lastAuthError = null;
+    this._authErrors = [];
     this.stats.connects += 1;
     if (this.stats.connects > 1) this.stats.reconnects += 1;
     const engine = this.socket.io.engine;
@@ -302,7 +311,8 @@ export class GatewayClient {
     if (this._closing || reason === "io client disconnect") return;
     if (reason === "io server disconnect") {
       // the gateway cut this socket: socket.io-client does not reconnect by itself
-      const code = this._lastAuthError;
+      const code = this._authErrors.at(-1) ?? null;
+      this._authErrors = [];
       if (code === "revoked") {
         this._finishCatchUp(true);
         this._setState("closed", { reason: "revoked" });
@@ -389,6 +399,16 @@ export class GatewayClient {
     }, delay);
   }
 
+  /** The GatewayError of an `{ok: false}` ack. The gateway sends a refusal with an auth code
+   * as an `auth_error` event just before the ack, and the socket stays: that auth_error is
+   * this request's answer, not the reason of a later disconnect, so it is forgotten here. */
+  _refused(payload, extra = {}) {
+    const error = GatewayError.from(payload, extra);
+    const at = this._authErrors.lastIndexOf(error.code);
+    if (at >= 0) this._authErrors.splice(at, 1);
+    return error;
+  }
+
   _clearRetry() {
     if (this._retryTimer) clearTimeout(this._retryTimer);
     this._retryTimer = null;
@@ -431,7 +451,8 @@ export class GatewayClient {
         this._onAuthSuccess(payload);
         break;
       case "auth_error":
-        this._lastAuthError = payload?.code ?? null;
+        this._authErrors.push(String(payload?.code ?? "internal"));
+        if (this._authErrors.length > 8) this._authErrors.shift();
         this._report(GatewayError.from(payload));
         break;
       case "auth_expiring":
@@ -490,7 +511,7 @@ export class GatewayClient {
           this.socket.timeout(this._ackTimeout()).emit("authenticate", { token }, (err, answer) => {
             if (err) reject(new GatewayError("timeout", "authenticate was not answered"));
             else if (answer?.ok) resolve(answer);
-            else reject(GatewayError.from(answer?.error));
+            else reject(this._refused(answer?.error));
           });
         });
       })
@@ -524,13 +545,14 @@ export class GatewayClient {
       } else if (answer?.ok) {
         this._joinAnswered(roomId, answer, null);
       } else {
-        this._joinAnswered(roomId, null, GatewayError.from(answer?.error, { roomId }));
+        this._joinAnswered(roomId, null, this._refused(answer?.error, { roomId }));
       }
     });
   }
 
   _joinAnswered(roomId, answer, error) {
-    const catchUp = this._catchUp;
+    // a join of this catch-up (not a live one of a room it has already rejoined)
+    const catchUp = this._catchUp?.rooms.has(roomId) ? this._catchUp : null;
     const waiters = this._joinWaiters.get(roomId) ?? [];
     this._joinWaiters.delete(roomId);
     if (error) {
@@ -564,7 +586,7 @@ export class GatewayClient {
           if (answer.lastEventId != null && !(catchUp.gapCursor >= answer.lastEventId))
             catchUp.gapCursor = answer.lastEventId;
         }
-      } else if (answer.gap) {
+      } else if (answer.gap && this._rooms.has(roomId)) {
         this._refetch("gap", [roomId]);
       }
       for (const waiter of waiters) waiter.resolve(answer);
@@ -586,19 +608,21 @@ export class GatewayClient {
     this._finishCatchUp(false);
   }
 
-  /** Delivers what was held, in eventId order; `aborted`: the catch-up did not complete (the
-   * client goes offline or closes), so the app gets what did arrive. */
+  /** Delivers what was held, in eventId order. `aborted`: the catch-up did not complete (the
+   * client goes offline or closes); what was held stays held, undelivered, and the cursor
+   * where it was: delivering it now would move the cursor past the replays that had not come
+   * in (another room's older ids), which would then come after it, or, with a cursor the app
+   * keeps, never. The next connection replays from the same starting cursor again and
+   * delivers them, in order, with the rest. */
   _finishCatchUp(aborted) {
     const catchUp = this._catchUp;
     if (catchUp?.timer) clearTimeout(catchUp.timer);
     this._catchUp = null;
-    const held = [...this._buffer.values()].sort(byEventId);
-    this._buffer.clear();
+    const held = aborted ? [] : [...this._buffer.values()].sort(byEventId);
+    if (!aborted) this._buffer.clear();
     for (const { name, payload } of held) {
       if (!this._seen.has(payload.eventId)) this._deliver(name, payload, true);
     }
-    // an aborted catch-up keeps its starting cursor: the next connection replays from there
-    // again (what was delivered meanwhile is deduped), so nothing of another room is skipped
     if (!aborted) this._resumeFrom = undefined;
     if (!catchUp) return;
     if (!aborted && catchUp.gapCursor != null && catchUp.gapCursor > (this.cursor ?? "")) {

@@ -88,4 +88,59 @@ describe("token refresh", { concurrency: true }, () => {
       client.close();
     }
   });
+  // A refresh the gateway refuses while the socket stays (answered in the authenticate ack,
+  // after an auth_error with the same code) does not explain a later, unrelated server-side
+  // disconnect: that one has no known cause, so the client goes offline without a code.
+  const refusals = {
+    identity_changed: () => token({ sub: "someone-else", expiresIn: 600 }),
+    invalid_token: () => "not.a.token",
+    token_expired: (user) => token({ sub: user, expiresIn: -3600 }),
+  };
+  for (const [code, refreshed] of Object.entries(refusals)) {
+    test(`a refresh refused with ${code} does not decide a later server disconnect`, async () => {
+      const user = `refused-${code}`;
+      const { client, record } = await recordedClient(GatewayClient, gateway.url, {
+        token: token({ sub: user, expiresIn: LIFETIME_S }),
+        refreshToken: async () => refreshed(user),
+      });
+      try {
+        client.connect();
+        await waitFor(() => client.lastCatchUp, 10000, "the first catch-up");
+        await waitFor(() => record.errors.some((e) => e.code === code), 10000, `the refusal (${code})`);
+        await waitFor(() => client._refreshing === null, 10000, "the authenticate ack");
+        assert.equal(client.state, "connected", "the socket stays after a refused refresh");
+        // the gateway's disconnect without auth_error (e.g. a step of the socket's life
+        // failed), as socket.io-client sees it: a DISCONNECT packet on "/"
+        client.socket.onpacket({ type: 1, nsp: "/" });
+        assert.equal(client.state, "offline");
+        assert.deepEqual(client.stateDetail, { reason: "server_disconnect", code: null });
+        assert.deepEqual(record.errors.map((e) => e.code), [code]);
+      } finally {
+        client.close();
+      }
+    });
+  }
+
+  test("after a refused refresh, token_expired at exp still reconnects with a fresh token", async () => {
+    const user = "refused-then-expired";
+    const room = "availability-refused-then-expired";
+    const { client, record } = await recordedClient(GatewayClient, gateway.url, {
+      token: token({ sub: user, expiresIn: LIFETIME_S }),
+      rooms: [room],
+      // auth_expiring: a token for someone else (refused); after token_expired: a good one
+      refreshToken: async (info) =>
+        info.reason ? token({ sub: user, expiresIn: 600 }) : token({ sub: "someone-else" }),
+    });
+    try {
+      client.connect();
+      await waitFor(() => client.lastCatchUp, 10000, "the first catch-up");
+      await waitFor(() => record.errors.some((e) => e.code === "identity_changed"), 10000, "the refusal");
+      await waitFor(() => record.catchUps.length === 2, 10000, "the reconnection after token_expired");
+      assert.equal(client.state, "connected");
+      assert.deepEqual(record.errors.map((e) => e.code), ["identity_changed", "token_expired"]);
+      assert.equal(record.auths.at(-1).userId, user);
+    } finally {
+      client.close();
+    }
+  });
 });

@@ -52,12 +52,15 @@ class Principal:
 class JwksKeys:
     """The identity provider's signing keys (`JWT_JWKS_URL`), by `kid`.
 
-    A fetched set is used for `cache_s`. A `kid` it lacks fetches it again (a key rotation
-    needs no restart), but at most once every `refetch_s`, so a flood of made-up kids costs
-    the provider one request per interval. PyJWKClient reads with urllib: fetches run on a
-    thread, one at a time, and concurrent verifications wait on the same fetch. A failed fetch
-    keeps the set fetched before (an outage of the provider does not refuse tokens of keys
-    already known) and is not tried again before `refetch_s` either.
+    A fetched set is fetched again after `cache_s`, in the background: meanwhile, and while
+    the provider is down, the kids it has are still verified with it at once. A `kid` it lacks
+    waits for a fetch (a key rotation needs no restart), but causes one at most once every
+    `refetch_s` (0: no bound, for tests), so a flood of made-up kids costs the provider one
+    request per interval. PyJWKClient reads with urllib: fetches run on a thread, one at a
+    time, and the verifications that wait share it. A failed fetch keeps the set fetched
+    before (an outage of the provider does not refuse tokens of keys already known) and is not
+    tried again before `refetch_s` either. Until a set has been fetched, every verification
+    waits for the fetch.
     """
 
     def __init__(
@@ -83,10 +86,16 @@ class JwksKeys:
     async def key(self, kid: str, algorithm: str) -> jwt.PyJWK:
         """The key of `kid` for `algorithm`, or `GatewayError` invalid_token (no such key
         after the fetches allowed) / unavailable (no key set could be fetched yet)."""
-        if self._fetching is not None or self._due():
-            await self._refresh()
-        if kid not in self._keys and self._may_fetch():
-            await self._refresh()  # perhaps published since the last fetch: a rotation
+        if kid in self._keys:
+            if self._fetching is None and self._due():
+                self._start_fetch()  # in the background: the stale set serves meanwhile
+        else:  # perhaps published since the last fetch (a rotation), or no set yet
+            if self._fetching is not None:
+                await self._wait_fetch()
+            if kid not in self._keys and self._fetching is None:
+                if self._due() or self._may_fetch():
+                    self._start_fetch()
+                    await self._wait_fetch()
         jwk = self._keys.get(kid)
         if jwk is None:
             if self._fetched_at is None:
@@ -98,7 +107,16 @@ class JwksKeys:
         return self._key_for(kid, jwk, algorithm)
 
     async def prefetch(self) -> None:
-        await self._refresh()
+        if self._fetching is None:
+            self._start_fetch()
+        await self._wait_fetch()
+
+    async def close(self) -> None:
+        """Stop a fetch under way (its thread ends by its timeout)."""
+        fetching = self._fetching
+        if fetching is not None:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
 
     def _due(self) -> bool:
         """The set is missing or older than `cache_s`, and no fetch failed just now."""
@@ -110,12 +128,17 @@ class JwksKeys:
     def _may_fetch(self) -> bool:
         return self._attempted_at is None or self._clock() - self._attempted_at >= self._refetch_s
 
-    async def _refresh(self) -> None:
-        if self._fetching is None:
-            self._attempted_at = self._clock()
-            self._fetching = asyncio.get_running_loop().create_task(self._fetch())
-        # shielded: a caller that gives up (a closed handshake) leaves the fetch to the others
-        await asyncio.shield(self._fetching)
+    def _start_fetch(self) -> None:
+        """The one fetch: referenced by `_fetching` until it ends (it clears it)."""
+        self._attempted_at = self._clock()
+        self._fetching = asyncio.get_running_loop().create_task(self._fetch(), name="jwks:fetch")
+
+    async def _wait_fetch(self) -> None:
+        fetching = self._fetching
+        if fetching is not None:
+            # shielded: a caller that gives up (a closed handshake) leaves the fetch to the
+            # others; `_fetch` never raises but when cancelled by `close`
+            await asyncio.shield(fetching)
 
     async def _fetch(self) -> None:
         try:

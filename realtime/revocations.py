@@ -4,8 +4,10 @@ every instance.
 A revocation is kept in the store (the truth, read at start), held in memory by each instance
 (an authentication checks it without asking the store), announced on the bus so that the
 other instances refuse it and cut their sockets at once, and read again from the store every
-`RELOAD_INTERVAL_S` in case a message was lost (a Redis outage; or no Redis, several
-processes on one embedded store). A cut socket first gets `auth_error` `revoked`, then a
+`REVOCATION_RELOAD` seconds in case a message was lost (a Redis outage; or no Redis, several
+processes on one embedded store). A store read that started before a revocation was applied
+here does not undo it: what was applied during the read is kept as held, the rest is taken
+from the store. A cut socket first gets `auth_error` `revoked`, then a
 Socket.IO disconnect, after which the official clients do not reconnect by themselves.
 """
 
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RELOAD_INTERVAL_S = 5.0
 DISCONNECTED = "an operator disconnected this socket"
 REVOKED = {"jti": "this token has been revoked", "sub": "this user's tokens have been revoked"}
 
@@ -43,6 +44,16 @@ class Revocations:
     def __init__(self, clock: Callable[[], float] = time.time):
         self._clock = clock
         self._until_ms: dict[tuple[str, str], int] = {}  # (kind, value) -> until, unix ms
+        self._version = 0  # counts the applies
+        # (kind, value) -> the version of its last apply (a lift too), while no store read
+        # that started after that apply has been held: the store read may not know of it
+        self._applied: dict[tuple[str, str], int] = {}
+        self._read_from = 0  # the version when the store read held last started
+
+    @property
+    def version(self) -> int:
+        """Read it before a store read, and hand it to `replace` with what was read."""
+        return self._version
 
     def __len__(self) -> int:
         return len(self._until_ms)
@@ -68,23 +79,42 @@ class Revocations:
         """Hold this revocation (replacing the one of the same kind and value); True when it
         is in force, False when its time has passed (then it is forgotten: a lift)."""
         key = (revocation.kind, revocation.value)
+        self._version += 1
+        self._applied[key] = self._version
         if revocation.until_ms <= self._clock() * 1000:
             self._until_ms.pop(key, None)
             return False
         self._until_ms[key] = revocation.until_ms
         return True
 
-    def replace(self, revocations: list[Revocation]) -> list[Revocation]:
-        """Hold exactly these (the store's); returns those that were not held, or held until
-        an earlier time: the ones whose sockets may not have been cut yet."""
+    def replace(
+        self, revocations: list[Revocation], read_from: int | None = None
+    ) -> list[Revocation]:
+        """Hold these (the store's, read from when `version` was `read_from`: now when not
+        given), except for what was applied since, which the read may not have seen: that
+        stays as held (a revocation, or its absence after a lift). A read older than the one
+        held already changes nothing. Returns the ones taken from the store that were not
+        held, or held until an earlier time: those whose sockets may not have been cut yet."""
+        if read_from is None:
+            read_from = self._version
+        if read_from < self._read_from:
+            return []
         now_ms = self._clock() * 1000
         held = self._until_ms
-        self._until_ms = {(r.kind, r.value): r.until_ms for r in revocations if r.until_ms > now_ms}
-        return [
-            r
-            for r in revocations
-            if r.until_ms > now_ms and held.get((r.kind, r.value), 0) < r.until_ms
-        ]
+        newer = {key for key, version in self._applied.items() if version > read_from}
+        until_ms = {key: held[key] for key in newer if key in held}
+        missed = []
+        for revocation in revocations:
+            key = (revocation.kind, revocation.value)
+            if key in newer or revocation.until_ms <= now_ms:
+                continue
+            until_ms[key] = revocation.until_ms
+            if held.get(key, 0) < revocation.until_ms:
+                missed.append(revocation)
+        self._until_ms = until_ms
+        self._applied = {key: self._applied[key] for key in newer}
+        self._read_from = read_from
+        return missed
 
 
 class Revoker:
@@ -96,7 +126,7 @@ class Revoker:
         revocations: Revocations,
         sessions: Sessions,
         tasks: TaskKeeper,
-        reload_interval_s: float = RELOAD_INTERVAL_S,
+        reload_interval_s: float,
     ):
         self._store = store
         self._revocations = revocations
@@ -112,7 +142,8 @@ class Revoker:
 
     async def start(self) -> None:
         """The store's revocations, before serving; then read again now and then."""
-        self._revocations.replace(await self._store.revocations())
+        read_from = self._revocations.version
+        self._revocations.replace(await self._store.revocations(), read_from)
         self._reloads = self._tasks.spawn(self._reload_forever(), name="revocations:reload")
 
     async def stop(self) -> None:
@@ -227,7 +258,8 @@ class Revoker:
     async def reload(self) -> int:
         """Hold the store's revocations; when some were not held before (a message that did
         not come), cut every socket they refuse. Returns how many sockets were cut."""
-        if not self._revocations.replace(await self._store.revocations()):
+        read_from = self._revocations.version  # before the read: what is applied during it stays
+        if not self._revocations.replace(await self._store.revocations(), read_from):
             return 0
         logger.info("revocations caught up from the store")
 

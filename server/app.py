@@ -84,7 +84,7 @@ def create_app(
         tasks,
         revocations,
     )
-    revoker = Revoker(store, revocations, sessions, tasks)
+    revoker = Revoker(store, revocations, sessions, tasks, settings.revocation_reload_s)
     transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
     emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
@@ -196,6 +196,8 @@ async def _delivery_lifetime(app: web.Application) -> AsyncIterator[None]:
         await gateway.bus.stop()
     await gateway.revoker.stop()
     await gateway.emitter.stop()
+    if gateway.verifier.jwks is not None:
+        await gateway.verifier.jwks.close()  # a background refresh under way
 
 
 async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:

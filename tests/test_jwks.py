@@ -15,6 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from realtime.auth import JwksKeys
 from realtime.config import load_settings
 from realtime.errors import GatewayError
 from server.app import create_app
@@ -260,9 +261,11 @@ async def test_a_provider_down_keeps_the_keys_it_gave_and_comes_back(clients, jw
     assert (await handshake(clients, RSA_KEY.token()))["userId"] == "u1"
     jwks.status = 503  # down; the set fetched before is stale at once (JWT_JWKS_CACHE)
     hits = jwks.hits
+    jwks.asked.clear()
     assert (await handshake(clients, RSA_KEY.token("known")))["userId"] == "known"
-    assert jwks.hits > hits  # it was asked, and failed
-    assert await refusal(gateway, NEXT_KEY.token()) == "invalid_token"
+    await asyncio.wait_for(jwks.asked.wait(), 10)  # it was asked (in the background) ...
+    assert jwks.hits > hits
+    assert await refusal(gateway, NEXT_KEY.token()) == "invalid_token"  # ... and failed
     metrics = gateway.metrics.exposition().decode()
     assert 'realtime_jwks_fetches_total{outcome="failed"}' in metrics
     jwks.status = 200  # back, with a new key
@@ -282,3 +285,75 @@ async def test_jku_and_x5u_headers_are_never_followed(clients, jwks, aiohttp_ser
     assert (await handshake(clients, embedded))["refused"] == "invalid_token"
     assert attacker.hits == 0
     assert (await handshake(clients, RSA_KEY.token(headers=headers)))["userId"] == "u1"
+
+
+async def test_a_stale_set_serves_known_kids_while_one_refresh_runs_in_the_background(jwks):
+    now = [1000.0]
+    fetches: list[str] = []
+    keys = JwksKeys(
+        jwks.url, cache_s=300, refetch_s=30, on_fetch=fetches.append, clock=lambda: now[0]
+    )
+    try:
+        await keys.prefetch()
+        assert jwks.hits == 1
+        jwks.gate = asyncio.Event()  # from now on the provider hangs
+        jwks.asked.clear()
+        jwks.keys = [*jwks.keys, NEXT_KEY.jwk]
+        now[0] += 301  # the set is stale (JWT_JWKS_CACHE)
+        # known kids are answered at once, from the stale set, while the refresh hangs
+        found = await asyncio.wait_for(
+            asyncio.gather(*(keys.key(k.kid, k.algorithm) for k in [RSA_KEY, EC_KEY] * 10)), 2
+        )
+        assert {key.key_id for key in found} == {RSA_KEY.kid, EC_KEY.kid}
+        await asyncio.wait_for(jwks.asked.wait(), 10)  # the refresh has reached the provider
+        now[0] += 301  # stale again: still the one refresh under way
+        await asyncio.wait_for(keys.key(RSA_KEY.kid, "RS256"), 2)
+        assert jwks.hits == 2 and fetches == ["ok"]
+        # an unknown kid waits for the refresh, which may bring it (it does)
+        unknown = asyncio.create_task(keys.key(NEXT_KEY.kid, "RS256"))
+        await asyncio.wait_for(keys.key(EC_KEY.kid, "ES256"), 2)  # meanwhile known ones pass
+        assert not unknown.done()
+        jwks.gate.set()
+        assert (await asyncio.wait_for(unknown, 10)).key_id == NEXT_KEY.kid
+        assert jwks.hits == 2 and fetches == ["ok", "ok"]
+        await keys.key(NEXT_KEY.kid, "RS256")  # fresh: no fetch
+        assert jwks.hits == 2
+    finally:
+        if jwks.gate is not None:
+            jwks.gate.set()
+        await keys.close()
+
+
+async def test_a_set_never_fetched_is_waited_for(jwks):
+    keys = JwksKeys(jwks.url, cache_s=300, refetch_s=30)
+    try:
+        jwks.gate = asyncio.Event()
+        first = asyncio.create_task(keys.key(RSA_KEY.kid, "RS256"))
+        await asyncio.wait_for(jwks.asked.wait(), 10)
+        second = asyncio.create_task(keys.key(EC_KEY.kid, "ES256"))
+        assert not first.done()  # nothing to verify with until the set comes
+        jwks.gate.set()
+        found = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert [key.key_id for key in found] == [RSA_KEY.kid, EC_KEY.kid]
+        assert jwks.hits == 1
+    finally:
+        jwks.gate.set()
+        await keys.close()
+
+
+@pytest.mark.env(JWT_JWKS_CACHE="0.001")
+async def test_handshakes_of_known_kids_do_not_wait_for_a_hanging_provider(clients, jwks):
+    assert (await handshake(clients, RSA_KEY.token()))["userId"] == "u1"
+    jwks.gate = asyncio.Event()  # the provider hangs; the set is stale at once
+    jwks.asked.clear()
+    try:
+        assert (await handshake(clients, EC_KEY.token("first")))["userId"] == "first"
+        await asyncio.wait_for(jwks.asked.wait(), 10)  # a refresh hangs now
+        hits = jwks.hits
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(handshake(clients, RSA_KEY.token(f"k{n}")) for n in range(10))), 4
+        )
+        assert sorted(a["userId"] for a in answers) == sorted(f"k{n}" for n in range(10))
+        assert jwks.hits == hits  # one refresh at a time
+    finally:
+        jwks.gate.set()

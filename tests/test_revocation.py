@@ -3,6 +3,7 @@ real clients, on one gateway, across a restart, and across two gateway processes
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from realtime.gateway import GATEWAY
 from realtime.revocations import Revocations
 from server.app import create_app
 from storage.base import Revocation
+from storage.sqlite.store import SqliteStore
 from tests.clients import Client, Refused, make_client
 from tests.conftest import SECRET
 from tests.gateways import SERVICE_TOKEN, GatewayProcess
@@ -202,6 +204,124 @@ async def test_an_instance_that_missed_the_message_catches_up_from_the_store(
         await client.close()
 
 
+@pytest.mark.env(REVOCATION_RELOAD="0.2")
+async def test_without_a_bus_the_periodic_reload_cuts_and_refuses_in_time(
+    aiohttp_server, settings, token
+):
+    # two gateways on one store without Redis: only REVOCATION_RELOAD's timer carries it
+    first, second = create_app(settings), create_app(settings)
+    await aiohttp_server(first)
+    other = await aiohttp_server(second)
+    url = str(other.make_url("")).rstrip("/")
+    client = make_client("py-websocket", url)
+    try:
+        await client.connect({"token": token("u1", jti="j")})
+        await client.next_event("auth_success")
+        await first[GATEWAY].revoker.revoke({"sub": "u1", "until": in_an_hour()})
+        await asyncio.wait_for(cut_off(client), 2)  # ten intervals, well before the default 5 s
+        refused = make_client("py-websocket", url)
+        with pytest.raises(Refused) as error:
+            await refused.connect({"token": token("u1", jti="k")})
+        assert error.value.data["code"] == "revoked"
+    finally:
+        await client.close()
+
+
+class HeldReads(SqliteStore):
+    """A real store whose `revocations()` read, once `hold` is set, takes its snapshot at once
+    and then waits for `hold` before answering: a read that started before a revocation was
+    applied and finishes after it."""
+
+    hold: asyncio.Event | None = None
+    reading: asyncio.Event
+
+    async def revocations(self) -> list[Revocation]:
+        rows = await super().revocations()
+        if self.hold is not None:
+            self.reading.set()
+            await self.hold.wait()
+        return rows
+
+    def held_read(self) -> asyncio.Event:
+        self.hold, self.reading = asyncio.Event(), asyncio.Event()
+        return self.hold
+
+
+@pytest.fixture
+async def held(aiohttp_client, settings) -> AsyncIterator[tuple]:
+    """(http client, gateway, store) of one gateway on a `HeldReads` store; its own timer
+    never reloads during a test."""
+    store = HeldReads(settings.store_path, poll_ms=settings.watcher_poll_ms)
+    app = create_app(settings.replace(revocation_reload_s=3600), store=store)
+    http = await aiohttp_client(app)
+    yield http, app[GATEWAY], store
+    if store.hold is not None:
+        store.hold.set()
+
+
+async def held_reload(gateway, store: HeldReads) -> tuple[asyncio.Task, asyncio.Event]:
+    """A reload under way, its store snapshot taken, its answer held."""
+    hold = store.held_read()
+    reload = asyncio.create_task(gateway.revoker.reload())
+    await asyncio.wait_for(store.reading.wait(), 10)
+    return reload, hold
+
+
+async def test_a_revocation_applied_during_a_reload_is_not_dropped(held, token):
+    http, gateway, store = held
+    base = str(http.make_url("")).rstrip("/")
+    client = make_client("py-websocket", base)
+    try:
+        await client.connect({"token": token("u1", jti="stolen")})
+        await client.next_event("auth_success")
+        reload, hold = await held_reload(gateway, store)  # its snapshot has no revocation
+        status, _ = await order(http, "/revoke", {"jti": "stolen", "until": in_an_hour()})
+        assert status == 202
+        await cut_off(client)
+        # and one heard on the bus meanwhile
+        gateway.revoker.heard(
+            {
+                "control": "revoke",
+                "kind": "sub",
+                "value": "u9",
+                "untilMs": in_an_hour() * 1000,
+                "message": "banned",
+            }
+        )
+        hold.set()
+        assert await asyncio.wait_for(reload, 10) == 0
+    finally:
+        await client.close()
+    for refused_token in (token("u1", jti="stolen"), token("u9")):
+        refused = make_client("py-websocket", base)
+        with pytest.raises(Refused) as error:
+            await refused.connect({"token": refused_token})
+        assert error.value.data["code"] == "revoked"
+    store.hold = None
+    assert await gateway.revoker.reload() == 0  # the next read has them, as held: none missed
+
+
+async def test_a_ban_lifted_during_a_reload_is_not_brought_back(held, token):
+    http, gateway, store = held
+    base = str(http.make_url("")).rstrip("/")
+    assert (await order(http, "/revoke", {"sub": "u1", "until": in_an_hour()}))[0] == 202
+    reload, hold = await held_reload(gateway, store)  # its snapshot still has the ban
+    assert (await order(http, "/revoke", {"sub": "u1", "until": 0}))[0] == 202
+    client = make_client("py-websocket", base)
+    try:
+        await client.connect({"token": token("u1")})  # lifted: accepted
+        await client.next_event("auth_success")
+        hold.set()
+        assert await asyncio.wait_for(reload, 10) == 0  # nothing "missed", nobody cut
+        await still_served(client)
+        again = make_client("py-websocket", base)
+        await again.connect({"token": token("u1")})
+        await again.next_event("auth_success")
+        await again.close()
+    finally:
+        await client.close()
+
+
 # -- bad calls --------------------------------------------------------------------------------
 
 
@@ -286,6 +406,26 @@ def test_revocations_refuse_their_jti_or_sub_until_their_time():
     assert len(revocations) == 2
 
 
+def test_a_store_read_older_than_an_apply_does_not_undo_it():
+    revocations = Revocations(clock=lambda: 1000.0)
+    revocations.apply(Revocation("sub", "banned", 2_000_000))
+    read_from = revocations.version  # a store read starts: it sees the ban, nothing else
+    snapshot = [Revocation("sub", "banned", 2_000_000)]
+    assert revocations.apply(Revocation("jti", "new", 2_000_000)) is True  # meanwhile
+    assert revocations.apply(Revocation("sub", "banned", 0)) is False  # and a lift
+    assert revocations.replace(snapshot, read_from) == []
+    assert revocations.revoked_by(principal("u1", "new")) == "jti"
+    assert revocations.revoked_by(principal("banned")) is None
+    # a read that started after both: the store's state wins again
+    assert revocations.replace([], revocations.version) == []
+    assert len(revocations) == 0
+    # a read older than the one held already changes nothing
+    revocations.apply(Revocation("jti", "x", 2_000_000))
+    newer = revocations.version
+    assert revocations.replace([Revocation("jti", "x", 2_000_000)], newer) == []
+    assert revocations.replace([], newer - 1) == [] and len(revocations) == 1
+
+
 # -- two gateway processes with Redis -------------------------------------------------------------
 
 
@@ -307,7 +447,8 @@ async def remote(token) -> AsyncIterator[Callable]:
 
 
 async def test_orders_given_to_one_instance_cut_sockets_on_another(gateways, remote, token):
-    a, b = await gateways(), await gateways()
+    # no reload within the test: what B cuts and refuses, only the bus can have told it
+    a, b = await gateways(REVOCATION_RELOAD="600"), await gateways(REVOCATION_RELOAD="600")
     by_user = await remote(b, "js-websocket", "u1")
     by_sid = await remote(b, "py-polling", "u2")
     bystander = await remote(b, "py-websocket", "u3")

@@ -43,6 +43,10 @@ class SqliteConnection:
     def __init__(self, path: str):
         self.path = path
         self._db: sqlite3.Connection | None = None
+        # why the last call failed, when SQLite itself refused (disk full, a read-only or
+        # unreadable file); cleared by the next call that writes: `SqliteStore.ping` then
+        # tries a write rather than a read, which the file may still allow
+        self.failure: str | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._upkeep: _Upkeep | None = None
 
@@ -72,10 +76,21 @@ class SqliteConnection:
             raise StoreError("the store is not open")
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._thread, retry_while_busy, function, *args
+                self._thread, self._call, function, *args
             )
         except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+                self.failure = str(exc)  # the file or its disk, not the statement
             raise StoreError(f"sqlite: {exc}") from exc
+
+    def _call(self, function: Callable[..., Result], *args: Any) -> Result:
+        """On the connection's thread: `function`, and whether it wrote (a write that got
+        through clears `failure`)."""
+        changes = _total_changes(self._db)
+        result = retry_while_busy(function, *args)
+        if _total_changes(self._db) != changes:
+            self.failure = None
+        return result
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -106,6 +121,14 @@ class SqliteConnection:
             self._db = None
         self._thread.shutdown(wait=True)
         self._thread = None
+
+
+def _total_changes(db: sqlite3.Connection | None) -> int | None:
+    """Rows written through `db` since it was opened (None: not open, or closed)."""
+    try:
+        return db.total_changes if db is not None else None
+    except sqlite3.ProgrammingError:  # closed
+        return None
 
 
 @contextlib.contextmanager

@@ -129,7 +129,12 @@ class SqliteStore(Store):
         await self._connection.close()
 
     async def ping(self) -> None:
-        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        """A read; after SQLite refused a call (disk full, a read-only file), a write, since
+        reads may still work while nothing can be logged."""
+        if self._connection.failure is None:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        else:
+            await self._run(_probe_write)
 
     async def _run(self, function, *args):
         """`function(db, *args)` on the store's connection thread."""
@@ -406,6 +411,15 @@ def _delete(db: sqlite3.Connection, collection: str, doc_id: str) -> bool:
         db.execute("DELETE FROM documents WHERE collection = ? AND id = ?", (collection, doc_id))
         changelog.record(db, collection, "delete", doc_id, before=before)
     return True
+
+
+def _probe_write(db: sqlite3.Connection) -> None:
+    with write_transaction(db):
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('probed_ms', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(int(time.time() * 1000)),),
+        )
 
 
 def _save_token(db: sqlite3.Connection, name: str, token: ResumeToken | None) -> None:

@@ -245,3 +245,44 @@ async def test_an_instance_deaf_to_its_own_heartbeat_is_not_ready_and_misses_not
     await redis_admin.execute_command("CLIENT", "UNPAUSE")
     await until(lambda: ready_says(other, 200))
     assert listener.pending("notification") == 0
+
+
+async def test_redis_killed_mid_stream_loses_and_repeats_nothing_on_either_instance(
+    gateways, people, redis_server
+):
+    # test_a_redis_outage_loses_nothing_and_ready_says_so stops Redis between two batches
+    # posted through one instance; here it dies while broadcasts are being posted through both,
+    # and both instances have listeners of both kinds over both transports
+    first, second = await gateways(), await gateways()
+    listeners = [
+        await staff_listening(people, first, "py-websocket"),
+        await staff_listening(people, first, "js-polling"),
+        await staff_listening(people, second, "py-polling"),
+        await staff_listening(people, second, "js-websocket"),
+    ]
+    total = 120
+    stages = {20: asyncio.Event(), 60: asyncio.Event()}  # posted so far: Redis killed, started
+
+    async def stream() -> None:
+        for n in range(total):
+            body = {"event": "notification", "data": {"n": n}, "rooms": ["shop-s1"]}
+            assert await post((first, second)[n % 2], body) == 202  # whatever Redis does
+            if n + 1 in stages:
+                stages[n + 1].set()
+
+    posting = asyncio.create_task(stream())
+    await asyncio.wait_for(stages[20].wait(), 20)
+    await redis_server.stop(kill=True)  # the stream goes on while it is down
+    await asyncio.wait_for(stages[60].wait(), 20)
+    await redis_server.start()
+    await posting
+    for listener in listeners:
+        notes = await received(listener, "notification", total)
+        assert [note["n"] for note in notes] == list(range(total)), listener.kind
+    await until(lambda: ready_says(first, 200))
+    await until(lambda: ready_says(second, 200))
+    marker = {"event": "notification", "data": {"n": total}, "rooms": ["shop-s1"]}
+    assert await post(first, marker) == 202
+    for listener in listeners:  # after the marker, nothing came twice before it
+        assert (await listener.next_event("notification"))["n"] == total
+        assert listener.pending("notification") == 0

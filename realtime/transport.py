@@ -707,12 +707,15 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     writes) nor a task per message received."""
 
     upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
+    ping_timer: asyncio.TimerHandle | None = None  # the next ping; cancelled when it closes
 
     def schedule_ping(self) -> None:
         # python-engineio: only when the previous ping was answered
         if self.last_ping:
             self.last_ping = None
-            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+            self.ping_timer = asyncio.get_running_loop().call_later(
+                self.server.ping_interval, self._ping
+            )
 
     def _ping(self) -> None:
         if not self.closing and not self.closed:
@@ -809,16 +812,36 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 except Exception:
                     logger.exception("receiving a packet failed", extra={"eio_sid": self.sid})
         finally:
+            # in a task of its own: aiohttp may cancel this handler when the client goes, and
+            # the socket must still be closed (or it would wait for the ping timeout)
+            ending = asyncio.ensure_future(self._end_websocket(outbox, response, transport))
+            _ENDING.add(ending)
+            ending.add_done_callback(_ENDING.discard)
+            await asyncio.shield(ending)
+
+    async def _end_websocket(
+        self, outbox: Outbox, response: web.WebSocketResponse, transport: asyncio.Transport
+    ) -> None:
+        try:
             await outbox.finish(response, transport)
-        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        finally:
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            if self.server.sockets.get(self.sid) is self:  # as python-engineio does after
+                del self.server.sockets[self.sid]
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         closing = not self.closed and not self.closing
         await super().close(wait=wait, abort=abort, reason=reason)
         if closing:
+            if self.ping_timer is not None:  # it holds the socket (and its outbox) until then
+                self.ping_timer.cancel()
+                self.ping_timer = None
             self.queue.end()  # on a WebSocket, it is closed once what waits is sent
             if self.upgrade_transport is not None:  # a WebSocket still upgrading: no use now
                 self.upgrade_transport.abort()
+
+
+_ENDING: set[asyncio.Task] = set()  # WebSockets being closed, kept until they are
 
 
 async def _received(response: web.WebSocketResponse) -> str | bytes:
@@ -848,6 +871,7 @@ class TransportControl:
         self.admin: AdminReport | None = None  # with ADMIN_UI_USERNAME
         self._install_driver()
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
+        self._eio._service_task = self._sweep
         self._install_lifecycle()
 
     def watch(self, opened: Callable[[str], None], closed: Callable[[str], None]) -> None:
@@ -1035,9 +1059,7 @@ class TransportControl:
             await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
             raise
         socket.connected = socket.upgraded = True
-        await socket.run_websocket(response, request.transport)
-        if eio.sockets.get(sid) is socket:
-            del eio.sockets[sid]
+        await socket.run_websocket(response, request.transport)  # which forgets the socket
         return response
 
     async def _websocket_response(
@@ -1051,6 +1073,33 @@ class TransportControl:
         await response.prepare(request)
         self._connections[socket] = request.transport
         return response
+
+    async def _sweep(self) -> None:
+        """python-engineio's service task: each socket's ping check and the closed sockets'
+        removal, spread over a ping timeout. Its loop holds a copy of every socket while it
+        sleeps (a closed one is kept up to 20 s: a storm of connections piles them up); this
+        one holds their ids."""
+        eio = self._eio
+        stop = eio.service_task_event = eio.create_event()
+        while not stop.is_set():
+            sids = list(eio.sockets)
+            interval = eio.ping_timeout / max(1, len(sids))
+            for sid in sids or [None]:
+                socket = eio.sockets.get(sid) if sid is not None else None
+                try:
+                    if socket is not None and socket.closed:
+                        if eio.sockets.get(sid) is socket:
+                            del eio.sockets[sid]
+                    elif socket is not None and not socket.closing:
+                        await socket.check_ping_timeout()
+                except Exception:
+                    logger.exception("ping check failed", extra={"eio_sid": sid})
+                socket = None  # not kept while this waits
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await stop.wait()
+                if stop.is_set():
+                    return
 
     # -- installing -------------------------------------------------------------------------
     def _install_driver(self) -> None:

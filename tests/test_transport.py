@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import os
+import weakref
 
 import aiohttp
 import engineio.async_drivers.aiohttp as engineio_aiohttp
@@ -608,3 +610,32 @@ async def test_room_cursors_stay_bounded(gateway, connect, monkeypatch):
     for n in range(20):
         assert (await client.call("join_room", {"roomId": f"availability-x{n}"}))["ok"]
     assert len(gateway.emitter._room_cursors) <= 5
+
+
+async def test_a_client_that_disconnects_is_forgotten_at_once(gateway, connect, client_kind):
+    """aiohttp cancels a WebSocket's handler when its client goes: the socket must still be
+    closed and forgotten then, not when its pings go unanswered (45 s later)."""
+    client = await connect(client_kind, sub="c1")
+    await client.disconnect()
+    await client.wait_disconnected()
+    counts = gateway.sessions.counts
+    await eventually(lambda: counts()["connections"] == counts()["transports"] == 0, within=5.0)
+    assert gateway.sessions.room_sizes() == {}
+    if client_kind.endswith("websocket"):
+        # (a closed long-polling socket is kept for one more poll, as python-engineio does,
+        # until its service task sweeps it)
+        await eventually(lambda: not gateway.sio.eio.sockets, within=5.0)
+
+
+@pytest.mark.parametrize("kind", ["py-websocket", "js-websocket", "py-upgrade"])
+async def test_nothing_keeps_a_closed_websocket_in_memory(gateway, connect, kind):
+    """Not its next ping's timer, nor a task: what a connection cost is given back when it
+    ends, not 25 s later (a storm of connections would pile them up)."""
+    client = await connect(kind, sub="c1")
+    await eventually(lambda: any(s.upgraded for s in gateway.sio.eio.sockets.values()))
+    (socket,) = gateway.sio.eio.sockets.values()
+    gone = weakref.ref(socket)
+    del socket
+    await client.disconnect()
+    await client.wait_disconnected()
+    await eventually(lambda: gc.collect() >= 0 and gone() is None, within=5.0)

@@ -48,6 +48,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
         sid, payload = args[0], args[1:]
         name = str(event)[:64]
         try:
+            self._sessions.admit_event(sid)
             if isinstance(event, RefusedEventName):
                 raise GatewayError(
                     "invalid_payload", event.reason, details={"known": sorted(events.CLIENT_EVENTS)}
@@ -79,6 +80,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         self._sessions.opened(sid)
         try:
+            self._sessions.admit_connection(environ)
             handshake = events.load(_HANDSHAKE, auth)
             if not handshake.get("token"):
                 return  # accepted unauthenticated: `authenticate` must follow in time
@@ -101,8 +103,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
     async def on_authenticate(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_AUTHENTICATE, data)
         payload = await self._sessions.authenticate(sid, body.get("token"))
-        await self._sessions.announce(sid, payload)
-        return {"ok": True, **payload}
+        return {"ok": True, **await self._sessions.announce(sid, payload)}
 
     async def on_join_room(self, sid: str, data: Any) -> dict[str, Any]:
         body = events.load(_JOIN, data)

@@ -6,9 +6,11 @@ spec's default names), because every platform's schema differs.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from realtime import events, rooms
@@ -340,14 +342,77 @@ def _placed(change: Change) -> str | None:
 
 
 class StoreReservations:
-    """`ReservationDirectory` over the store: who a reservation concerns, for room access."""
+    """`ReservationDirectory` over the store: who a reservation concerns, for room access.
 
-    def __init__(self, store: Store, mapping: DocumentMapping):
+    What the store answered is kept for `cache_s` seconds, and a lookup already under way is
+    shared, so that a storm of joins to one reservation is one read; a change to the booking
+    (its `reservation_update`, through `changed`) forgets it at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        mapping: DocumentMapping,
+        cache_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._store = store
         self._mapping = mapping
+        self._cache_s = cache_s
+        self._clock = clock
+        self._kept: dict[str, tuple[float, ReservationParties | None]] = {}  # id -> (until, …)
+        self._under_way: dict[str, asyncio.Future] = {}
+        self._stale: set[str] = set()  # changed while their lookup was under way: not kept
+        self.lookups = 0  # reads of the store, for tests and figures
 
     async def reservation_parties(self, reservation_id: str) -> ReservationParties | None:
+        if self._cache_s <= 0:
+            return await self._look_up(reservation_id)
+        kept = self._kept.get(reservation_id)
+        if kept is not None and kept[0] > self._clock():
+            return kept[1]
+        pending = self._under_way.get(reservation_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up_and_keep(reservation_id))
+            # a failure is every waiter's, and read even if all of them went away
+            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._under_way[reservation_id] = pending
+        return await asyncio.shield(pending)
+
+    async def _look_up_and_keep(self, reservation_id: str) -> ReservationParties | None:
+        try:
+            parties = await self._look_up(reservation_id)
+        finally:
+            del self._under_way[reservation_id]
+            changed = reservation_id in self._stale  # while the store was read
+            self._stale.discard(reservation_id)
+        if not changed:
+            if len(self._kept) >= RESERVATIONS_KEPT_MAX:
+                self._drop_expired()
+            self._kept[reservation_id] = (self._clock() + self._cache_s, parties)
+        return parties
+
+    async def _look_up(self, reservation_id: str) -> ReservationParties | None:
+        self.lookups += 1
         booking = await self._store.get_document(self._mapping.bookings_collection, reservation_id)
         if booking is None:
             return None
         return self._mapping.reservation_parties(booking)
+
+    async def changed(self, name: str, payload: dict[str, Any]) -> None:
+        """After an event is emitted: a booking change makes what was kept of it stale."""
+        if name == events.RESERVATION_UPDATE:
+            reservation_id = str(payload.get("reservationId"))
+            self._kept.pop(reservation_id, None)
+            if reservation_id in self._under_way:
+                self._stale.add(reservation_id)
+
+    def _drop_expired(self) -> None:
+        now = self._clock()
+        for key in [k for k, (until, _) in self._kept.items() if until <= now]:
+            del self._kept[key]
+        while len(self._kept) >= RESERVATIONS_KEPT_MAX:  # all fresh: the oldest go
+            del self._kept[next(iter(self._kept))]
+
+
+RESERVATIONS_KEPT_MAX = 10_000

@@ -41,6 +41,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "realtime_rate_limited",
+            "Refusals rate_limited, by limit (events, connections, user_connections, rooms)",
+            ["limit"],
+            registry=self.registry,
+        )
         self.socket_errors = Counter(
             "realtime_socket_errors",
             "Socket.IO events answered with an error, by code",

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import socketio
@@ -24,6 +24,7 @@ from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.errors import GatewayError
+from realtime.limits import KeyedBuckets, TokenBucket, client_address, trusted_networks
 from realtime.metrics import Metrics
 from realtime.revocations import Revocations
 from realtime.rooms import (
@@ -48,6 +49,8 @@ class SocketSession:
     rooms: set[str] = dataclasses.field(default_factory=set)
     deadline: asyncio.TimerHandle | None = None  # the token's next deadline
     replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
+    events: TokenBucket | None = None  # what it may still send (made at its first event)
+    refused_in_a_row: int = 0  # events refused rate_limited since it last kept to its rate
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
@@ -88,6 +91,10 @@ class Sessions:
         self._open_transports: set[str] = set()
         # transports without an authenticated socket, and when they are closed for it
         self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._users: dict[str, set[str]] = {}  # user id -> its authenticated sids here
+        self._trusted_proxies = trusted_networks(settings.trusted_proxies)
+        rate = settings.rate_limit_connections
+        self._connections = KeyedBuckets(rate, 2 * rate)  # new connections per address
 
     # -- transports --------------------------------------------------------------------------
     def transport_opened(self, eio_sid: str) -> None:
@@ -148,6 +155,8 @@ class Sessions:
         if session is None:
             return
         session.cancel_deadline()
+        if session.principal is not None:
+            self._forget_user_socket(session.principal.user_id, sid)
         for room in session.rooms:
             self._forget_member(room, sid)
         if session.principal is not None and session.eio_sid in self._open_transports:
@@ -155,6 +164,55 @@ class Sessions:
             # carry an authenticated socket again in time. (An unauthenticated socket's
             # transport still has its first deadline: connecting again does not move it.)
             self._arm_auth_deadline(session.eio_sid)
+
+    # -- limits ------------------------------------------------------------------------------
+    def admit_connection(self, environ: Mapping[str, str]) -> None:
+        """A new socket from this client's address, within `RATE_LIMIT_CONNECTIONS`."""
+        address = client_address(environ, self._trusted_proxies)
+        if not self._connections.take(address):
+            self._metrics.rate_limited.labels("connections").inc()
+            raise GatewayError(
+                "rate_limited", "too many new connections from this address: retry shortly"
+            )
+
+    def admit_event(self, sid: str) -> None:
+        """One more client event from this socket, within `RATE_LIMIT_EVENTS`; a socket that
+        goes on sending past `RATE_LIMIT_DISCONNECT` refusals is disconnected."""
+        session = self._sessions.get(sid)
+        if session is None:
+            return  # closing: the event is answered as for a socket that went
+        now = time.monotonic()
+        if session.events is None:
+            rate = self._settings.rate_limit_events
+            session.events = TokenBucket(rate, 2 * rate, now)
+        if session.events.take(now):
+            session.refused_in_a_row = 0
+            return
+        session.refused_in_a_row += 1
+        self._metrics.rate_limited.labels("events").inc()
+        if session.refused_in_a_row == self._settings.rate_limit_disconnect:
+            logger.info("socket disconnected: too many events", extra={"sid": sid})
+            # after this event's answer, which is already on its way
+            self._tasks.spawn(self._sio.disconnect(sid), name="disconnect a flooding socket")
+        raise GatewayError(
+            "rate_limited",
+            f"more than {self._settings.rate_limit_events:g} events a second: slow down",
+        )
+
+    def _admit_user_socket(self, user_id: str) -> None:
+        most = self._settings.max_connections_per_user
+        if len(self._users.get(user_id, ())) >= most:
+            self._metrics.rate_limited.labels("user_connections").inc()
+            raise GatewayError(
+                "rate_limited", f"this user has {most} connections already: close one first"
+            )
+
+    def _forget_user_socket(self, user_id: str, sid: str) -> None:
+        sids = self._users.get(user_id)
+        if sids is not None:
+            sids.discard(sid)
+            if not sids:
+                del self._users[user_id]
 
     def get(self, sid: str) -> SocketSession:
         session = self._sessions.get(sid)
@@ -234,11 +292,14 @@ class Sessions:
             # checked with no await before the principal is set: a revocation applied since
             # either refuses it here or finds the socket authenticated and cuts it
             self._revocations.check(principal)
+            if current is None:
+                self._admit_user_socket(principal.user_id)
         except GatewayError as error:
             if error.code != "unauthenticated":  # not a refusal: the socket went away
                 self._metrics.auth_failures.labels(error.code).inc()
             raise
         session.principal = principal
+        self._users.setdefault(principal.user_id, set()).add(sid)
         # (the transport's auth deadline is left to pass: it finds an authenticated socket)
         # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
         self._arm(session, self._left_s(principal), self._token_expired)
@@ -273,13 +334,13 @@ class Sessions:
         if session is not None:
             self._spawn_for(session, self.announce(sid, payload), "announce")
 
-    async def announce(self, sid: str, payload: dict[str, Any]) -> None:
+    async def announce(self, sid: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Replay what a handshake's lastEventId missed, send `auth_success`, then arm the
         `auth_expiring` warning (after, so a token that is already close to `exp` gets
-        `auth_expiring` after `auth_success`, not before)."""
+        `auth_expiring` after `auth_success`, not before). Returns what it sent."""
         session = self._sessions.get(sid)
         if session is None or session.principal is None:
-            return
+            return payload
         if session.replay_from is not None:
             room = user_room(session.principal.user_id)
             replay = await self._emitter.enter_with_replay(
@@ -288,12 +349,13 @@ class Sessions:
             session.replay_from = None
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
             if self._sessions.get(sid) is not session:
-                return  # it went while its replay was sent
+                return payload  # it went while its replay was sent
         # A cursor for a client that has seen nothing yet: everything up to it that its user
         # room was sent is already in its queue, ahead of this message.
         payload = {**payload, "lastEventId": self._emitter.delivered_event_id()}
         self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._arm_expiry(session)
+        return payload
 
     async def _disallowed_rooms(self, session: SocketSession, principal: Principal) -> list[str]:
         disallowed = []
@@ -395,8 +457,14 @@ class Sessions:
         returns the acknowledgement's fields."""
         principal = self.principal_of(sid)
         room = parse_room(room_id)
-        await self._policy.authorize(principal, room)
         session = self.get(sid)
+        most = self._settings.max_rooms_per_socket
+        if room.name not in session.rooms and len(session.rooms) >= most:
+            self._metrics.rate_limited.labels("rooms").inc()
+            raise GatewayError(
+                "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
+            )
+        await self._policy.authorize(principal, room)
 
         async def recheck() -> None:
             # decided again as the socket enters (with no event going out meanwhile): the

@@ -73,11 +73,12 @@ def create_app(
         settings, on_jwks_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc()
     )
     revocations = Revocations()
+    reservations = StoreReservations(store, mapping, settings.reservation_cache_s)
     sessions = Sessions(
         sio,
         settings,
         verifier,
-        RoomPolicy(StoreReservations(store, mapping)),
+        RoomPolicy(reservations),
         emitter,
         transports,
         metrics,
@@ -86,6 +87,7 @@ def create_app(
     )
     revoker = Revoker(store, revocations, sessions, tasks, settings.revocation_reload_s)
     transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
+    emitter.after_emit(reservations.changed)  # before the members are judged again
     emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
     instance_id = new_instance_id()

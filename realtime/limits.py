@@ -1,0 +1,108 @@
+"""What one client may cost: token buckets (events per socket, connections per address) and
+the client's address as a trusted proxy names it."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+BUCKETS_MAX = 100_000  # addresses remembered; past it, the idle ones are forgotten
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; each admitted thing takes one."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def idle(self, now: float) -> bool:
+        """Full again: forgetting it changes nothing."""
+        return self._tokens + (now - self._stamp) * self._rate >= self._burst
+
+
+class KeyedBuckets:
+    """A bucket per key (a client address), bounded in number: when `BUCKETS_MAX` are kept,
+    the full ones are forgotten (an address that waited a burst's time starts afresh)."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        most: int = BUCKETS_MAX,
+    ):
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._most = most
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str) -> bool:
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._most:
+                self._forget_idle(now)
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
+        return bucket.take(now)
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, bucket in self._buckets.items() if bucket.idle(now)]:
+            del self._buckets[key]
+        if len(self._buckets) >= self._most:  # all busy: the oldest go (a flood of addresses)
+            for key in list(self._buckets)[: len(self._buckets) - self._most + 1]:
+                del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(proxies: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in proxies)
+
+
+def client_address(environ: Mapping[str, str], trusted: tuple[Network, ...]) -> str:
+    """The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+    address in X-Forwarded-For that is not one (what a client writes there itself is only
+    believed behind proxies that are all trusted)."""
+    peer = environ.get("REMOTE_ADDR", "")
+    if not trusted or not _within(peer, trusted):
+        return peer
+    forwarded = [part.strip() for part in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    for address in reversed([part for part in forwarded if part]):
+        if not _within(address, trusted):
+            return address if _is_address(address) else peer
+    return peer
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,244 @@
+"""What one client may cost: events per socket, connections per address and per user, rooms
+per socket; each refused `rate_limited`, counted, and the connection kept (but for a socket
+that goes on flooding). And reservation lookups behind `join_room`, kept briefly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import socketio
+
+from tests.clients import WAIT_S, Refused
+
+SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
+
+
+async def until_ok(call, within: float = WAIT_S):
+    """Call again, bounded, until the answer is ok: a bucket refills with time, and there is
+    no event to wait on for it."""
+
+    async def again():
+        while True:
+            answer = await call()
+            if answer["ok"]:
+                return answer
+            assert answer["error"]["code"] == "rate_limited", answer
+            await asyncio.sleep(0.05)
+
+    return await asyncio.wait_for(again(), within)
+
+
+def rate_limited_count(metrics_text: str, limit: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith(f'realtime_rate_limited_total{{limit="{limit}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def metric(http, limit: str) -> float:
+    async with http.get("/metrics") as response:
+        return rate_limited_count(await response.text(), limit)
+
+
+# -- events per socket -------------------------------------------------------------------------
+@pytest.mark.env(RATE_LIMIT_EVENTS="5", RATE_LIMIT_DISCONNECT="1000")
+async def test_past_its_rate_a_socket_is_answered_rate_limited_and_stays(
+    connect, client_kind, http
+):
+    client = await connect(client_kind)
+    # one after the other (a long-polling client may not send 30 packets in one request)
+    answers = [await client.call("join_room", {"roomId": "availability-1"}) for _ in range(30)]
+    refused = [a for a in answers if not a["ok"]]
+    assert 10 <= len(answers) - len(refused) <= 15  # the burst: twice the rate, and a little
+    assert {a["error"]["code"] for a in refused} == {"rate_limited"}
+    # said as an `error` event too, naming the event
+    error = await client.next_event("error")
+    assert (error["code"], error["event"]) == ("rate_limited", "join_room")
+    assert await metric(http, "events") == len(refused)
+    # slowing down is enough: the socket is still there
+    answer = await until_ok(lambda: client.call("leave_room", {"roomId": "availability-1"}))
+    assert answer == {"ok": True, "roomId": "availability-1"}
+    assert not client.disconnected.is_set()
+
+
+@pytest.mark.env(RATE_LIMIT_EVENTS="1", RATE_LIMIT_DISCONNECT="5")
+async def test_a_socket_that_keeps_flooding_is_disconnected(connect, client_kind):
+    client = await connect(client_kind)
+    for _ in range(40):  # a few at a time (a long-polling client sends at most 16 per request)
+        if client.disconnected.is_set():
+            break
+        for _ in range(4):
+            await client.emit("leave_room", {"roomId": "availability-1"})
+        await error_or_gone(client)
+    assert await client.wait_disconnected() is not None
+    errors = [payload for name, payload in client.log if name == "error"]
+    assert errors and {e["code"] for e in errors} == {"rate_limited"}
+
+
+async def error_or_gone(client) -> None:
+    waits = {
+        asyncio.ensure_future(client.next_event("error")),
+        asyncio.ensure_future(client.disconnected.wait()),
+    }
+    done, pending = await asyncio.wait(waits, timeout=WAIT_S, return_when="FIRST_COMPLETED")
+    for wait in pending:
+        wait.cancel()
+    assert done, "neither an error nor a disconnect"
+
+
+# -- connections per address -------------------------------------------------------------------
+async def raw_connect(
+    base_url: str, token: str, transport: str, headers=None
+) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    refusal: list = []
+    client.on("connect_error", lambda data: refusal.append(data))
+    try:
+        await client.connect(
+            base_url,
+            transports=[transport],
+            auth={"token": token},
+            headers=headers or {},
+            wait_timeout=WAIT_S,
+        )
+    except socketio.exceptions.ConnectionError as exc:
+        data = refusal[0] if refusal else {}
+        raise Refused(
+            str(exc), data.get("data", data) if isinstance(data, dict) else data
+        ) from None
+    return client
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="2")
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_new_connections_per_address_are_limited(base_url, token, http, transport):
+    connected, refusals = [], []
+    for _ in range(8):
+        try:
+            connected.append(await raw_connect(base_url, token("u1"), transport))
+        except Refused as refused:
+            refusals.append(refused)
+    try:
+        assert 4 <= len(connected) <= 5  # the burst (and what refilled meanwhile)
+        assert refusals
+        assert {r.data["code"] for r in refusals} == {"rate_limited"}
+        assert await metric(http, "connections") == len(refusals)
+    finally:
+        for client in connected:
+            await client.disconnect()
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="2", TRUSTED_PROXIES="127.0.0.0/8")
+async def test_behind_a_trusted_proxy_each_forwarded_address_has_its_own_limit(base_url, token):
+    connected = []
+    try:
+        for n in range(10):
+            headers = {"X-Forwarded-For": f"203.0.113.{n}, 127.0.0.1"}
+            connected.append(await raw_connect(base_url, token("u1"), "websocket", headers))
+        # ...but one address is still one address
+        with pytest.raises(Refused) as refused:
+            for _ in range(6):
+                connected.append(
+                    await raw_connect(
+                        base_url, token("u1"), "websocket", {"X-Forwarded-For": "203.0.113.1"}
+                    )
+                )
+        assert refused.value.data["code"] == "rate_limited"
+    finally:
+        for client in connected:
+            await client.disconnect()
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="2")
+async def test_a_forwarded_address_from_an_untrusted_peer_is_not_believed(base_url, token):
+    connected = []
+    with pytest.raises(Refused) as refused:
+        for n in range(10):
+            headers = {"X-Forwarded-For": f"203.0.113.{n}"}
+            connected.append(await raw_connect(base_url, token("u1"), "websocket", headers))
+    assert refused.value.data["code"] == "rate_limited"
+    for client in connected:
+        await client.disconnect()
+
+
+# -- connections per user ----------------------------------------------------------------------
+@pytest.mark.env(MAX_CONNECTIONS_PER_USER="2")
+async def test_a_user_may_hold_so_many_connections(connect, clients, token, http):
+    first = await connect("py-websocket", sub="c1")
+    await connect("js-polling", sub="c1")
+    third = clients("py-websocket")
+    with pytest.raises(Refused) as refused:
+        await third.connect({"token": token("c1")})
+    assert refused.value.data["code"] == "rate_limited"
+    # through `authenticate` as well
+    late = clients("js-websocket")
+    await late.connect({})
+    answer = await late.call("authenticate", {"token": token("c1")})
+    assert answer["error"]["code"] == "rate_limited"
+    # another user is not affected, and a connection closed makes room
+    await connect("py-websocket", sub="c2")
+    await first.disconnect()
+    await first.wait_disconnected()
+    answer = await until_ok(lambda: late.call("authenticate", {"token": token("c1")}))
+    assert answer["userId"] == "c1"
+    assert await metric(http, "user_connections") >= 2
+
+
+# -- rooms per socket --------------------------------------------------------------------------
+@pytest.mark.env(MAX_ROOMS_PER_SOCKET="3")
+async def test_a_socket_may_be_in_so_many_rooms(connect, client_kind):
+    client = await connect(client_kind, sub="c1")  # in user-c1
+    for shop in ("1", "2"):
+        assert (await client.call("join_room", {"roomId": f"availability-{shop}"}))["ok"]
+    refused = await client.call("join_room", {"roomId": "availability-3"})
+    assert refused["error"]["code"] == "rate_limited"
+    # joining a room it is in is no new room; leaving one makes room
+    assert (await client.call("join_room", {"roomId": "availability-2"}))["ok"]
+    assert (await client.call("leave_room", {"roomId": "availability-1"}))["ok"]
+    assert (await client.call("join_room", {"roomId": "availability-3"}))["ok"]
+
+
+# -- reservation lookups -----------------------------------------------------------------------
+@pytest.mark.env(RESERVATION_CACHE="60", RATE_LIMIT_EVENTS="1000")
+async def test_a_join_storm_on_one_reservation_reads_the_store_once(gateway, connect):
+    admin = await connect(sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    booking = await gateway.store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    await admin.next_event("reservation_update")  # its creation: emitted before the storm
+    reads = []
+    read = gateway.store.get_document
+
+    async def counted(collection, document_id):
+        reads.append(document_id)
+        return await read(collection, document_id)
+
+    gateway.store.get_document = counted
+    staff = [await connect(sub=f"st{n}", role="staff", shops=["s1"]) for n in range(5)]
+    answers = await asyncio.gather(
+        *(s.call("join_room", {"roomId": f"reservation-{booking}"}) for s in staff for _ in (1, 2))
+    )
+    assert all(a["ok"] for a in answers)
+    assert reads == [booking]
+
+
+@pytest.mark.env(RESERVATION_CACHE="60")
+async def test_a_booking_change_forgets_what_was_kept_of_it(gateway, connect):
+    booking = await gateway.store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    admin = await connect(sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    customer = await connect(sub="c1")
+    assert (await customer.call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]
+    assert (await customer.call("leave_room", {"roomId": f"reservation-{booking}"}))["ok"]
+    # the booking moves to another customer: the old one may not join any more, at once
+    await gateway.store.update_document("bookings", booking, {"customerId": "c2"})
+    while (await admin.next_event("reservation_update"))["userId"] != "c2":
+        pass  # the booking's creation, first
+    refused = await customer.call("join_room", {"roomId": f"reservation-{booking}"})
+    assert refused["error"]["code"] == "forbidden"
+    newcomer = await connect(sub="c2")
+    assert (await newcomer.call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]

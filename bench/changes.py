@@ -38,6 +38,7 @@ from bson import ObjectId
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import UNLIMITED  # noqa: E402
 from bench.rawclient import RawClient  # noqa: E402
 from storage.sqlite.store import SqliteStore  # noqa: E402
 
@@ -222,6 +223,7 @@ async def bench_gateway(args, people, deliveries) -> dict:
             "PYTHONPATH": ROOT,
             "AUTH_TIMEOUT": "60",
             "WATCHER_POLL_MS": str(args.poll_ms),
+            **UNLIMITED,
         },
     )
     url = f"http://127.0.0.1:{port}"

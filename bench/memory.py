@@ -49,6 +49,9 @@ from aiohttp import web
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench import UNLIMITED  # noqa: E402
+
 THIS_FILE = os.path.abspath(__file__)
 
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
@@ -90,6 +93,7 @@ async def _serve(store_path: str, loop_name: str) -> None:
         "LOG_LEVEL": "warning",
         "HOST": "127.0.0.1",
         "PORT": "0",
+        **UNLIMITED,
     }
     settings = load_settings(env)
     configure_logging(settings.log_level)

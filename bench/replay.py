@@ -24,6 +24,7 @@ import socketio
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import UNLIMITED  # noqa: E402
 from bench.changes import SECRET, free_port, pinned, rss_kb, start, token  # noqa: E402
 from storage.base import NewEvent  # noqa: E402
 from storage.sqlite.store import SqliteStore  # noqa: E402
@@ -76,6 +77,7 @@ async def main() -> None:
             "LOG_LEVEL": "warning",
             "PYTHONPATH": ROOT,
             "REPLAY_MAX_EVENTS": str(args.missed),
+            **UNLIMITED,
         },
     )
     try:

@@ -30,6 +30,7 @@ import aiohttp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import UNLIMITED  # noqa: E402
 from bench.changes import SECRET, Deliveries, free_port, pinned, start, token  # noqa: E402
 from bench.rawclient import RawClient  # noqa: E402
 from tests.gateways import Nginx, RedisServer  # noqa: E402
@@ -46,6 +47,7 @@ async def run_setup(processes: int, args, redis_url: str) -> dict:
         "BROADCAST_TOKEN": SERVICE_TOKEN,
         "REDIS_URL": redis_url,
         "LOG_LEVEL": "warning",
+        **UNLIMITED,
         "PYTHONPATH": ROOT,
         "AUTH_TIMEOUT": "60",
     }

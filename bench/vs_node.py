@@ -47,6 +47,10 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench import UNLIMITED  # noqa: E402
+
 LOADGEN = os.path.join(ROOT, "bench", "node", "loadgen.mjs")
 NODE_SERVER = os.path.join(ROOT, "bench", "node", "server.mjs")
 BARE_SERVER = os.path.join(ROOT, "bench", "bare_socketio.py")
@@ -233,6 +237,7 @@ def gateway_env(args: argparse.Namespace) -> dict[str, str]:
         "BROADCAST_TOKEN": BROADCAST_TOKEN,
         "LOG_LEVEL": "warning",
         "PYTHONPATH": args.gateway_root,
+        **UNLIMITED,
     }
     for item in args.gateway_env:
         key, _, value = item.partition("=")

@@ -435,6 +435,46 @@ async def test_a_websocket_from_another_origin_is_refused(base_url, origin, acce
             assert (await ws.receive_str()).startswith("0{")
 
 
+@pytest.mark.env(CORS_ORIGINS="https://app.example,https://admin.example")
+@pytest.mark.parametrize(
+    "origin, accepted",
+    [
+        ("https://app.example", True),
+        ("https://admin.example", True),
+        ("https://evil.example", False),
+        ("https://app.example.evil.example", False),
+        ("http://app.example", False),  # another scheme is another origin
+        ("null", False),  # a sandboxed frame, a file: page
+    ],
+)
+async def test_with_cors_origins_a_websocket_from_another_origin_is_refused(
+    base_url, origin, accepted
+):
+    """Cross-site WebSocket hijacking: a page elsewhere opening a WebSocket with its visitor's
+    cookies. Refused at the handshake, opened directly or as an upgrade of a session."""
+    headers = {"Origin": origin}
+    async with aiohttp.ClientSession() as session:
+        direct = f"{base_url}/socket.io/?EIO=4&transport=websocket"
+        polling = await session.get(
+            f"{base_url}/socket.io/?EIO=4&transport=polling",
+            headers={"Origin": "https://app.example"},
+        )
+        sid = json.loads((await polling.text())[1:])["sid"]
+        upgrade = f"{direct}&sid={sid}"
+        for url in (direct, upgrade):
+            if accepted:
+                async with session.ws_connect(url, headers=headers) as ws:
+                    if url == direct:
+                        assert (await ws.receive_str()).startswith("0{")
+                    else:
+                        await ws.send_str("2probe")
+                        assert await ws.receive_str() == "3probe"
+            else:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(url, headers=headers)
+                assert refused.value.status == 400, url
+
+
 @pytest.mark.env(CORS_ORIGINS="https://app.example")
 async def test_polls_answer_as_python_engineio_answers(http):
     app = {"Origin": "https://app.example"}

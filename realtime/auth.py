@@ -223,6 +223,8 @@ class TokenVerifier:
             raise GatewayError("missing_token")
         if not isinstance(token, str):
             raise GatewayError("invalid_token", "the token must be a string")
+        if not token.isascii():  # a JWT is; PyJWT would fail encoding a lone surrogate
+            raise GatewayError("invalid_token", "the token cannot be decoded")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

@@ -51,6 +51,8 @@ class SocketSession:
     replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
     events: TokenBucket | None = None  # what it may still send (made at its first event)
     refused_in_a_row: int = 0  # events refused rate_limited since it last kept to its rate
+    # (for a whole burst: a socket sending steadily past its rate gets some through, and is
+    # still disconnected)
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
@@ -186,7 +188,8 @@ class Sessions:
             rate = self._settings.rate_limit_events
             session.events = TokenBucket(rate, 2 * rate, now)
         if session.events.take(now):
-            session.refused_in_a_row = 0
+            if session.events.idle(now):  # it kept to its rate for a whole burst: forgiven
+                session.refused_in_a_row = 0
             return
         session.refused_in_a_row += 1
         self._metrics.rate_limited.labels("events").inc()

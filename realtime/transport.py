@@ -806,7 +806,9 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                     pass
                 except engineio.exceptions.SocketIsClosedError:
                     break
-                except ValueError:  # not a packet (python-engineio's loop ends there too)
+                except (ValueError, IndexError, RecursionError):
+                    # not a packet (python-engineio's loop ends there too): an unknown type, or
+                    # JSON nested past what the decoder reads
                     logger.info("malformed packet: connection closed", extra={"eio_sid": self.sid})
                     break
                 except Exception:
@@ -1255,9 +1257,10 @@ def connect_environ(request: web.Request) -> dict[str, str]:
         "REMOTE_ADDR": request.remote or "",
     }
     for header in ("Origin", "User-Agent", "X-Forwarded-For"):
-        value = request.headers.get(header)
-        if value is not None:
-            environ["HTTP_" + header.upper().replace("-", "_")] = value
+        values = request.headers.getall(header, None)
+        if values:
+            # every line: a proxy may add its own X-Forwarded-For beside the client's
+            environ["HTTP_" + header.upper().replace("-", "_")] = ",".join(values)
     return environ
 
 

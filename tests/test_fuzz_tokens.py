@@ -284,13 +284,6 @@ async def test_kid_and_jku_headers_are_ignored_and_never_fetched(
     assert hits == []  # nothing was ever fetched from where a token pointed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: realtime/auth.py TokenVerifier.verify hands the token to PyJWT, which "
-    "encodes it as UTF-8: a lone surrogate (JSON carries it as an escape) raises "
-    "UnicodeEncodeError, answered `internal` (handshake and authenticate). A JWT is ASCII: "
-    "`if not token.isascii(): raise GatewayError('invalid_token', ...)` before decoding",
-)
 async def test_a_token_with_a_lone_surrogate_is_an_invalid_token(base_url, settings, gateway):
     cases = {"lone surrogate": ("\ud800" + jwt.encode(claims(), SECRET), "invalid_token")}
     wrong = await refusals_through_both_routes(base_url, settings.socketio_path, cases, gateway)

@@ -31,6 +31,11 @@
   WebSocket handshakes, upgrades and long-polls itself (python-engineio's checks, packets and
   answers, a short stack per connection) and leaves everything else to python-engineio.
 - Long-polling clients that close are answered at once (see `_install_lifecycle`).
+- Long-polling POSTs: up to `PACKETS_PER_POST` packets each (python-engineio reads at most 16
+  and drops the rest: a JS client that emits a burst sends more); one it refuses is answered
+  at once (the library waited for a poll to take the CLOSE) and a payload that is not packets
+  closes the session as on WebSocket (the library logged it as its own error). A client that
+  leaves its last namespace is closed (`GatewayServer._handle_eio_message`).
 - Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
   and catch up by replay.
 
@@ -112,7 +117,21 @@ class GatewayServer(socketio.AsyncServer):
         if isinstance(data, str) and data[:1] in _BINARY_PACKETS:
             await self._refuse_binary(eio_sid, data)
             return
+        if data[:1] != "1":
+            await super()._handle_eio_message(eio_sid, data)
+            return
+        # DISCONNECT: a client that leaves its last namespace has no more use for the
+        # connection (the JS and python clients close it then); one that kept it would hold
+        # it with no session, outside the per-user limit
+        connected = self._in_a_namespace(eio_sid)
         await super()._handle_eio_message(eio_sid, data)
+        socket = self.eio.sockets.get(eio_sid)
+        if connected and not self._in_a_namespace(eio_sid) and socket is not None:
+            if not (socket.closing or socket.closed):
+                await self.eio.disconnect(eio_sid)
+
+    def _in_a_namespace(self, eio_sid: str) -> bool:
+        return any(self.manager.sid_from_eio_sid(eio_sid, n) for n in self.manager.rooms)
 
     async def _refuse_binary(self, eio_sid: str, data: str) -> None:
         try:
@@ -435,6 +454,12 @@ CLOSE_TIMEOUT_S = 10.0
 LAST_POLL_WAIT_S = 5.0
 # what python-engineio clients accept in one long-polling payload
 PACKETS_PER_POLL = engineio.payload.Payload.max_decode_packets
+# what one long-polling POST may carry (within MAX_PAYLOAD_BYTES)
+PACKETS_PER_POST = 1000
+
+
+class _ClientPayload(engineio.payload.Payload):
+    max_decode_packets = PACKETS_PER_POST
 
 
 class Outbox:
@@ -587,11 +612,14 @@ class Outbox:
     def end(self) -> None:
         """The socket closed: on a WebSocket, close it once what waits is sent, and cut the
         connection if that has not happened within `CLOSE_TIMEOUT_S` (a client that does not
-        read keeps the drain waiting, and nothing reads a closed socket's connection)."""
+        read keeps the drain waiting, and nothing reads a closed socket's connection); on
+        long-polling, a poll that waits for nothing more returns."""
         if self._ws is not None:
             transport = self._transport
             self.put_nowait(None)
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, _cut_if_open, transport)
+        elif self._getters and not self._items:
+            self.put_nowait(None)  # a long-poll still waiting returns
 
     async def finish(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         """The WebSocket's read side ended: close it once what waits is sent, or cut the
@@ -698,6 +726,7 @@ def _weight(item: Any) -> int:
 
 _PING = engineio.packet.Packet(engineio.packet.PING)
 _NOOP = engineio.packet.Packet(engineio.packet.NOOP)
+_CLOSE = engineio.packet.Packet(engineio.packet.CLOSE)
 
 
 class GatewaySocket(engineio.async_socket.AsyncSocket):
@@ -708,6 +737,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
 
     upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
     ping_timer: asyncio.TimerHandle | None = None  # the next ping; cancelled when it closes
+    last_poll_timer: asyncio.TimerHandle | None = None  # closed by then if no poll came
 
     def schedule_ping(self) -> None:
         # python-engineio: only when the previous ping was answered
@@ -745,7 +775,38 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 outbox.put_nowait(None)  # the end: for the next poll
                 break
             packets.append(packet)
+        if self.closing and not self.closed and outbox.empty():
+            self._closed()  # its last poll: the CLOSE is on its way
         return packets
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        """python-engineio's, but up to `PACKETS_PER_POST` packets in one POST (the library
+        refuses more than 16, which a JS client sends when it emits faster than a round trip:
+        all of them were lost), read a batch at a time so that other clients go on; a payload
+        that holds something other than packets is refused (400) and its session closed, as
+        the WebSocket loop closes on such a frame (the library logged it as its own error and
+        went on)."""
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise engineio.exceptions.ContentTooLongError()
+        body = await environ["wsgi.input"].read(length)
+        try:
+            packets = _ClientPayload(encoded_payload=body.decode()).packets
+            for count, pkt in enumerate(packets, 1):
+                await self.receive(pkt)
+                if count % 64 == 0:
+                    await asyncio.sleep(0)
+        except (ValueError, IndexError, RecursionError):
+            logger.info("malformed packet: connection closed", extra={"eio_sid": self.sid})
+            raise engineio.exceptions.UnknownPacketError() from None
+
+    async def receive(self, pkt: engineio.packet.Packet) -> None:
+        if pkt.packet_type == engineio.packet.MESSAGE:
+            # python-socketio's handler, called here as on WebSocket, so that what it cannot
+            # read reaches `handle_post_request` (the library would log it as an error)
+            await self.server.handlers["message"](self.sid, pkt.data)
+        else:
+            await super().receive(pkt)
 
     async def _websocket_handler(self, ws: Any) -> None:
         """python-engineio's WebSocket loop, for the upgrades that reach the library's own
@@ -772,7 +833,9 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
             async with asyncio.timeout(self.server.ping_timeout):
                 upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
             # the session may have closed meanwhile (its auth deadline, say)
-            return upgrade.packet_type == engineio.packet.UPGRADE and not self.closed
+            return upgrade.packet_type == engineio.packet.UPGRADE and not (
+                self.closed or self.closing
+            )
         except (OSError, ValueError, TimeoutError):
             return False
         finally:
@@ -832,15 +895,40 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 del self.server.sockets[self.sid]
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        closing = not self.closed and not self.closing
-        await super().close(wait=wait, abort=abort, reason=reason)
-        if closing:
-            if self.ping_timer is not None:  # it holds the socket (and its outbox) until then
-                self.ping_timer.cancel()
-                self.ping_timer = None
-            self.queue.end()  # on a WebSocket, it is closed once what waits is sent
-            if self.upgrade_transport is not None:  # a WebSocket still upgrading: no use now
-                self.upgrade_transport.abort()
+        if self.closed or self.closing:
+            return
+        if wait and not abort and not self.upgraded:
+            await self._close_after_last_poll(reason)
+            return
+        await super().close(wait=False, abort=abort, reason=reason)
+        self._closed()
+        if wait:  # a WebSocket: its CLOSE is written (or the connection cut) within the bound
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.queue.join()
+
+    async def _close_after_last_poll(self, reason: Any) -> None:
+        """python-engineio's `close(wait=True)` on long-polling writes CLOSE, marks the
+        socket closed and waits for its outbox to be drained, which no poll can do any more
+        (a closed socket's polls are refused): the request that closes it (a refused POST,
+        say) would wait for ever. Here the socket stays open to polls, for `LAST_POLL_WAIT_S`
+        at most, until one takes what waits and the CLOSE; nobody waits for that."""
+        self.closing = True
+        await self.server._trigger_event(
+            "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
+        )
+        self.queue.put_nowait(_CLOSE)
+        self.last_poll_timer = asyncio.get_running_loop().call_later(LAST_POLL_WAIT_S, self._closed)
+
+    def _closed(self) -> None:
+        self.closed = True
+        for timer in (self.ping_timer, self.last_poll_timer):
+            if timer is not None:  # they hold the socket (and its outbox) until they run
+                timer.cancel()
+        self.ping_timer = self.last_poll_timer = None
+        self.queue.end()  # on a WebSocket, it is closed once what waits is sent
+        if self.upgrade_transport is not None:  # a WebSocket still upgrading: no use now
+            self.upgrade_transport.abort()
 
 
 _ENDING: set[asyncio.Task] = set()  # WebSockets being closed, kept until they are
@@ -874,6 +962,8 @@ class TransportControl:
         self._install_driver()
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._eio._service_task = self._sweep
+        self._forget = self._eio.disconnect
+        self._eio.disconnect = self._disconnect
         self._install_lifecycle()
 
     def watch(self, opened: Callable[[str], None], closed: Callable[[str], None]) -> None:
@@ -932,7 +1022,7 @@ class TransportControl:
         `handle_request` on all three methods): GET through `route`."""
         path = "/" + path.strip("/") + "/"
         app.router.add_get(path, self.route)
-        app.router.add_post(path, self._eio.handle_request)
+        app.router.add_post(path, self._post)
         app.router.add_route("OPTIONS", path, self._eio.handle_request)
 
     async def route(self, request: web.Request) -> web.StreamResponse:
@@ -989,6 +1079,15 @@ class TransportControl:
             if socket.closed and eio.sockets.get(sid) is socket:
                 del eio.sockets[sid]
         return response
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        """A POST, to python-engineio; to a session that has closed, refused (400) as a poll
+        is (the library's lookup would raise there: a 500)."""
+        sid = request.query.get("sid")
+        socket = self._eio.sockets.get(sid) if sid is not None else None
+        if socket is not None and socket.closed:
+            del self._eio.sockets[sid]
+        return await self._eio.handle_request(request)
 
     async def _poll(self, request: web.Request, socket: GatewaySocket) -> web.Response:
         """python-engineio's answer to a long-poll (`handle_request`, `handle_get_request`,
@@ -1102,6 +1201,16 @@ class TransportControl:
                         await stop.wait()
                 if stop.is_set():
                     return
+
+    async def _disconnect(self, sid: str | None = None) -> None:
+        """python-engineio's `disconnect`, which closes a socket and forgets it at once: a
+        long-polling one is kept for its last poll (`GatewaySocket._close_after_last_poll`),
+        and forgotten by the sweep or that poll."""
+        socket = self._eio.sockets.get(sid) if sid is not None else None
+        if type(socket) is GatewaySocket and not socket.upgraded:
+            await socket.close(reason=self._eio.reason.SERVER_DISCONNECT)
+        else:
+            await self._forget(sid)
 
     # -- installing -------------------------------------------------------------------------
     def _install_driver(self) -> None:

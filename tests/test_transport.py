@@ -157,6 +157,19 @@ async def test_a_poll_carries_no_more_packets_than_python_clients_accept(setting
     assert len(engineio.payload.Payload(encoded_payload=encoded).packets) == limit  # decodes
 
 
+@pytest.mark.env(RATE_LIMIT_EVENTS="1000")
+@pytest.mark.parametrize("kind", ["js-polling", "py-polling"])
+async def test_a_burst_of_events_over_long_polling_is_answered_in_full(connect, kind):
+    """A JS client sends what it emitted during one POST's round trip in the next POST: a
+    burst of emits makes a payload of more than the 16 packets python-engineio reads (it
+    dropped the whole payload)."""
+    client = await connect(kind)
+    rooms = [f"availability-burst-{n}" for n in range(60)]
+    answers = await asyncio.gather(*(client.call("join_room", {"roomId": r}) for r in rooms))
+    assert [answer["roomId"] for answer in answers] == rooms
+    assert all(answer["ok"] is True for answer in answers)
+
+
 @pytest.mark.env(CLIENT_BACKLOG_MAX_BYTES="300000", MAX_PAYLOAD_BYTES="200000")
 async def test_a_stalled_client_is_cut_off_by_bytes_long_before_its_packet_bound(
     base_url, gateway, connect, token

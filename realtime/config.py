@@ -456,8 +456,9 @@ class SettingsSchema(Schema):
     rate_limit_connections = _env(
         fields.Float(validate=validate.Range(min=0.1)),
         "RATE_LIMIT_CONNECTIONS",
-        "new connections one client IP may open per second, with bursts of twice as many; "
-        "past it the handshake is refused rate_limited",
+        "new connections (Engine.IO handshakes) one client address, an IPv6 one by its /64, "
+        "may open per second, with bursts of twice as many; past it the Socket.IO handshake "
+        "is refused rate_limited, and past twice that the connection is answered 429",
         "50",
     )
     trusted_proxies = _env(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -87,15 +86,17 @@ def status(gateway: Gateway) -> dict[str, Any]:
     """The figures of /status: small at any scale (rooms are counted, and only the largest
     `STATUS_ROOMS_MAX` are named)."""
     feed = gateway.feed
-    sizes = gateway.sessions.room_sizes()
+    room_count, room_members, largest = gateway.sessions.room_figures(
+        gateway.settings.status_rooms_max
+    )
     return {
         "version": version(),
         "uptimeSeconds": round(time.time() - gateway.started_at, 3),
         "store": gateway.store.describe(),
         **gateway.sessions.counts(),
-        "roomCount": len(sizes),
-        "roomMembers": sum(sizes.values()),
-        "rooms": largest_rooms(sizes, gateway.settings.status_rooms_max),
+        "roomCount": room_count,
+        "roomMembers": room_members,
+        "rooms": largest,
         # every task of the event loop, this one included: back to its baseline once what
         # came and went (connections, joins, requests) is gone
         "tasks": len(asyncio.all_tasks()),
@@ -111,12 +112,6 @@ def status(gateway: Gateway) -> dict[str, Any]:
         },
         "eventsEmitted": dict(sorted(gateway.emitter.emitted.items())),
     }
-
-
-def largest_rooms(sizes: dict[str, int], limit: int) -> dict[str, int]:
-    """The `limit` largest rooms, largest first (ties by name), in O(rooms log limit)."""
-    largest = heapq.nsmallest(limit, sizes.items(), key=lambda room: (-room[1], room[0]))
-    return dict(largest)
 
 
 def _lease(lease: Lease | None, instance_id: str) -> dict[str, Any]:

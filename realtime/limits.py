@@ -3,6 +3,8 @@ the client's address as a trusted proxy names it."""
 
 from __future__ import annotations
 
+import collections
+import enum
 import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +38,8 @@ class TokenBucket:
 
 class KeyedBuckets:
     """A bucket per key (a client address), bounded in number: when `BUCKETS_MAX` are kept,
-    the full ones are forgotten (an address that waited a burst's time starts afresh)."""
+    the full ones are forgotten (an address that waited a burst's time starts afresh), and if
+    none is, the least recently used (a flood of addresses does not reset a busy one)."""
 
     def __init__(
         self,
@@ -49,7 +52,7 @@ class KeyedBuckets:
         self._burst = burst
         self._clock = clock
         self._most = most
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
 
     def take(self, key: str) -> bool:
         now = self._clock()
@@ -58,17 +61,26 @@ class KeyedBuckets:
             if len(self._buckets) >= self._most:
                 self._forget_idle(now)
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
+        else:
+            self._buckets.move_to_end(key)
         return bucket.take(now)
 
     def _forget_idle(self, now: float) -> None:
         for key in [k for k, bucket in self._buckets.items() if bucket.idle(now)]:
             del self._buckets[key]
-        if len(self._buckets) >= self._most:  # all busy: the oldest go (a flood of addresses)
-            for key in list(self._buckets)[: len(self._buckets) - self._most + 1]:
-                del self._buckets[key]
+        while len(self._buckets) >= self._most:  # all busy: the least recently used go
+            self._buckets.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class Admission(enum.Enum):
+    """What becomes of a new connection, by its address's rate."""
+
+    ADMITTED = "admitted"
+    REFUSED = "refused"  # it opens, and its Socket.IO handshake is refused `rate_limited`
+    TURNED_AWAY = "turned away"  # refused before it opens (HTTP 429)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -91,6 +103,15 @@ def client_address(environ: Mapping[str, str], trusted: tuple[Network, ...]) -> 
             parsed = _parsed(address)
             return str(parsed) if parsed is not None else peer
     return peer
+
+
+def address_key(address: str) -> str:
+    """What an address's limits are kept by: an IPv6 address by its /64 (one host is given a
+    whole /64, and could take a new address per connection), an IPv4 address by itself."""
+    parsed = _parsed(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed) if parsed is not None else address
 
 
 def _parsed(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -16,6 +16,7 @@ from typing import Any
 from realtime import events, rooms
 from realtime.config import ConfigError, Settings
 from realtime.rooms import ReservationParties
+from realtime.tasks import TaskKeeper
 from realtime.wire import id_string, json_safe, time_string
 from storage.base import Change, Store
 from storage.paths import value_at
@@ -353,11 +354,13 @@ class StoreReservations:
         self,
         store: Store,
         mapping: DocumentMapping,
+        tasks: TaskKeeper,
         cache_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._store = store
         self._mapping = mapping
+        self._tasks = tasks
         self._cache_s = cache_s
         self._clock = clock
         self._kept: dict[str, tuple[float, ReservationParties | None]] = {}  # id -> (until, …)
@@ -373,9 +376,10 @@ class StoreReservations:
             return kept[1]
         pending = self._under_way.get(reservation_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._look_up_and_keep(reservation_id))
-            # a failure is every waiter's, and read even if all of them went away
-            pending.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # a failure is every waiter's (through `shield`), not logged as the task's own
+            pending = self._tasks.spawn(
+                self._look_up_and_keep(reservation_id), name="reservation lookup", on_error=_nothing
+            )
             self._under_way[reservation_id] = pending
         return await asyncio.shield(pending)
 
@@ -416,3 +420,7 @@ class StoreReservations:
 
 
 RESERVATIONS_KEPT_MAX = 10_000
+
+
+def _nothing(error: BaseException) -> None:
+    pass

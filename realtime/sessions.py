@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -24,7 +25,14 @@ from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.errors import GatewayError
-from realtime.limits import KeyedBuckets, TokenBucket, client_address, trusted_networks
+from realtime.limits import (
+    Admission,
+    KeyedBuckets,
+    TokenBucket,
+    address_key,
+    client_address,
+    trusted_networks,
+)
 from realtime.metrics import Metrics
 from realtime.revocations import Revocations
 from realtime.rooms import (
@@ -36,7 +44,7 @@ from realtime.rooms import (
     user_room,
 )
 from realtime.tasks import TaskKeeper
-from realtime.transport import ADMIN_NAMESPACE, TransportControl
+from realtime.transport import ADMIN_NAMESPACE, RATE_LIMITED, TransportControl
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +104,9 @@ class Sessions:
         self._users: dict[str, set[str]] = {}  # user id -> its authenticated sids here
         self._trusted_proxies = trusted_networks(settings.trusted_proxies)
         rate = settings.rate_limit_connections
-        self._connections = KeyedBuckets(rate, 2 * rate)  # new connections per address
+        burst = max(1.0, 2 * rate)  # bursts of twice the rate, and at least one
+        self._connections = KeyedBuckets(rate, burst)  # new connections per address
+        self._refusals = KeyedBuckets(rate, burst)  # and those refused past it
 
     # -- transports --------------------------------------------------------------------------
     def transport_opened(self, eio_sid: str) -> None:
@@ -168,11 +178,21 @@ class Sessions:
             self._arm_auth_deadline(session.eio_sid)
 
     # -- limits ------------------------------------------------------------------------------
+    def admit_transport(self, environ: Mapping[str, str]) -> Admission:
+        """A new Engine.IO connection from this client's address (an IPv6 one by its /64),
+        before it opens: within `RATE_LIMIT_CONNECTIONS`, admitted. Past it, it opens and its
+        Socket.IO handshake is refused `rate_limited` (which clients show); past it twice
+        over, it is turned away before it opens, so that a client that ignores the refusals
+        holds nothing here."""
+        address = address_key(client_address(environ, self._trusted_proxies))
+        if self._connections.take(address):
+            return Admission.ADMITTED
+        self._metrics.rate_limited.labels("connections").inc()
+        return Admission.REFUSED if self._refusals.take(address) else Admission.TURNED_AWAY
+
     def admit_connection(self, environ: Mapping[str, str]) -> None:
-        """A new socket from this client's address, within `RATE_LIMIT_CONNECTIONS`."""
-        address = client_address(environ, self._trusted_proxies)
-        if not self._connections.take(address):
-            self._metrics.rate_limited.labels("connections").inc()
+        """The Socket.IO handshake of a connection `admit_transport` refused is refused."""
+        if environ.get(RATE_LIMITED) is not None:
             raise GatewayError(
                 "rate_limited", "too many new connections from this address: retry shortly"
             )
@@ -186,7 +206,7 @@ class Sessions:
         now = time.monotonic()
         if session.events is None:
             rate = self._settings.rate_limit_events
-            session.events = TokenBucket(rate, 2 * rate, now)
+            session.events = TokenBucket(rate, max(1.0, 2 * rate), now)
         if session.events.take(now):
             if session.events.idle(now):  # it kept to its rate for a whole burst: forgiven
                 session.refused_in_a_row = 0
@@ -298,7 +318,9 @@ class Sessions:
             if current is None:
                 self._admit_user_socket(principal.user_id)
         except GatewayError as error:
-            if error.code != "unauthenticated":  # not a refusal: the socket went away
+            # `unauthenticated` is no refusal (the socket went away); a user past its
+            # connections is counted as rate-limited, not as a failed authentication
+            if error.code not in ("unauthenticated", "rate_limited"):
                 self._metrics.auth_failures.labels(error.code).inc()
             raise
         session.principal = principal
@@ -552,3 +574,11 @@ class Sessions:
 
     def room_sizes(self) -> dict[str, int]:
         return {room: len(members) for room, members in self._members.items()}
+
+    def room_figures(self, limit: int) -> tuple[int, int, dict[str, int]]:
+        """How many rooms have members here, how many memberships there are, and the `limit`
+        largest rooms (largest first, ties by name): read in place, not copied (there may be
+        a hundred thousand rooms), in O(rooms log limit)."""
+        members = self._members
+        largest = heapq.nsmallest(limit, members.items(), key=lambda room: (-len(room[1]), room[0]))
+        return len(members), sum(map(len, members.values())), {r: len(m) for r, m in largest}

@@ -56,7 +56,7 @@ import logging
 import struct
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import engineio
@@ -70,12 +70,17 @@ import socketio
 from aiohttp import web
 
 from realtime.config import Settings
+from realtime.errors import GatewayError
+from realtime.limits import Admission
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
 ADMIN_NAMESPACE = "/admin"  # the Socket.IO Admin UI's, when ADMIN_UI_USERNAME is set
+# in a connection's environ when it opened past its address's rate (`TransportControl.watch`)
+RATE_LIMITED = "gateway.rate_limited"
+_PAST_ITS_RATE = web.RequestKey("past_its_rate", bool)
 
 # Event names the Socket.IO libraries (server, python and JS clients) give a meaning of their own.
 RESERVED_EVENTS = frozenset(
@@ -957,6 +962,7 @@ class TransportControl:
         self.slow_clients_closed = 0
         self._opened: Callable[[str], None] = _nothing
         self._closed: Callable[[str], None] = _nothing
+        self._admit: Callable[[Mapping[str, str]], Admission] = _admitted
         self._compression = compression
         self.admin: AdminReport | None = None  # with ADMIN_UI_USERNAME
         self._install_driver()
@@ -966,10 +972,18 @@ class TransportControl:
         self._eio.disconnect = self._disconnect
         self._install_lifecycle()
 
-    def watch(self, opened: Callable[[str], None], closed: Callable[[str], None]) -> None:
+    def watch(
+        self,
+        opened: Callable[[str], None],
+        closed: Callable[[str], None],
+        admit: Callable[[Mapping[str, str]], Admission] | None = None,
+    ) -> None:
         """Call `opened(eio_sid)` when a client's Engine.IO connection opens (before any
-        namespace connects) and `closed(eio_sid)` when it ends, whatever the cause."""
+        namespace connects) and `closed(eio_sid)` when it ends, whatever the cause; and
+        `admit(environ)` before one opens: one `REFUSED` opens with `RATE_LIMITED` in its
+        environ, one `TURNED_AWAY` is answered 429."""
         self._opened, self._closed = opened, closed
+        self._admit = admit or _admitted
 
     def report_to(self, admin: AdminReport) -> None:
         """Report to the Admin UI; `sio.instrument()` has put its own handlers of Engine.IO's
@@ -1036,6 +1050,12 @@ class TransportControl:
         query = request.query
         if request.method != "GET":  # HEAD: the library's answer (a poll's body would be lost)
             return await eio.handle_request(request)
+        if "sid" not in query:  # a new connection
+            admission = self._admit(connect_environ(request))
+            if admission is Admission.TURNED_AWAY:
+                return self._turned_away(request)
+            if admission is Admission.REFUSED:
+                request[_PAST_ITS_RATE] = True
         if query.get("transport", "polling") == "polling" and "sid" in query:
             socket = eio.sockets.get(query["sid"])
             if (
@@ -1079,6 +1099,15 @@ class TransportControl:
             if socket.closed and eio.sockets.get(sid) is socket:
                 del eio.sockets[sid]
         return response
+
+    def _turned_away(self, request: web.Request) -> web.Response:
+        error = GatewayError(
+            "rate_limited", "too many new connections from this address: retry shortly"
+        )
+        cors = dict(self._eio._cors_headers(_cors_environ(request)))
+        return web.json_response(
+            {"error": error.to_dict()}, status=429, headers={"Retry-After": "1", **cors}
+        )
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
         """A POST, to python-engineio; to a session that has closed, refused (400) as a poll
@@ -1370,8 +1399,14 @@ def connect_environ(request: web.Request) -> dict[str, str]:
         if values:
             # every line: a proxy may add its own X-Forwarded-For beside the client's
             environ["HTTP_" + header.upper().replace("-", "_")] = ",".join(values)
+    if request.get(_PAST_ITS_RATE):
+        environ[RATE_LIMITED] = "1"
     return environ
 
 
 def _nothing(eio_sid: str) -> None:
     pass
+
+
+def _admitted(environ: Mapping[str, str]) -> Admission:
+    return Admission.ADMITTED

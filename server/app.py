@@ -73,7 +73,7 @@ def create_app(
         settings, on_jwks_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc()
     )
     revocations = Revocations()
-    reservations = StoreReservations(store, mapping, settings.reservation_cache_s)
+    reservations = StoreReservations(store, mapping, tasks, settings.reservation_cache_s)
     sessions = Sessions(
         sio,
         settings,
@@ -86,7 +86,11 @@ def create_app(
         revocations,
     )
     revoker = Revoker(store, revocations, sessions, tasks, settings.revocation_reload_s)
-    transports.watch(opened=sessions.transport_opened, closed=sessions.transport_closed)
+    transports.watch(
+        opened=sessions.transport_opened,
+        closed=sessions.transport_closed,
+        admit=sessions.admit_transport,
+    )
     emitter.after_emit(reservations.changed)  # before the members are judged again
     emitter.after_emit(sessions.recheck_reservation)
     sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))

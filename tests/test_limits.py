@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 import socketio
 
+from realtime.limits import KeyedBuckets, address_key
 from tests.clients import WAIT_S, Refused
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
@@ -162,6 +164,75 @@ async def test_a_forwarded_address_from_an_untrusted_peer_is_not_believed(base_u
         await client.disconnect()
 
 
+async def bare_opens(http, count: int, headers=None) -> list[int]:
+    """Engine.IO handshakes (long-polling) that go no further: their statuses."""
+    statuses = []
+    for _ in range(count):
+        async with http.get("/socket.io/?EIO=4&transport=polling", headers=headers) as answer:
+            statuses.append(answer.status)
+    return statuses
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1")
+async def test_bare_engineio_opens_count_against_the_address(http, clients, token, client_kind):
+    """A connection is counted when its Engine.IO handshake comes, not only when it connects
+    the namespace: opening transports that never authenticate spends the address's budget,
+    and the next client is refused `rate_limited` with a reason it shows."""
+    assert await bare_opens(http, 1) == [200]  # the burst (one at this rate), spent
+    client = clients(client_kind)
+    with pytest.raises(Refused) as refused:
+        await client.connect({"token": token("u1")})
+    assert refused.value.data["code"] == "rate_limited"
+    assert await metric(http, "connections") == 1
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1")
+async def test_past_twice_its_rate_a_connection_is_turned_away_before_it_opens(
+    http, gateway, base_url
+):
+    """A client that ignores its refusals holds nothing: past the refused ones' own burst,
+    the handshake is answered 429 before any socket is made, over both transports."""
+    assert await bare_opens(http, 2) == [200, 200]  # one admitted, one refused in the handshake
+    sockets = len(gateway.sio.eio.sockets)
+    async with http.get("/socket.io/?EIO=4&transport=polling") as answer:
+        assert answer.status == 429
+        assert answer.headers["Retry-After"] == "1"
+        assert (await answer.json())["error"]["code"] == "rate_limited"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect("/socket.io/?EIO=4&transport=websocket")
+    assert refused.value.status == 429
+    assert len(gateway.sio.eio.sockets) == sockets
+    assert await metric(http, "connections") == 3
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1", TRUSTED_PROXIES="127.0.0.0/8")
+async def test_an_ipv6_client_is_limited_by_its_64(http):
+    """One host is given a whole /64: a new address per connection is the same client."""
+    for n in (1, 2):  # one admitted, one refused in the handshake
+        assert await bare_opens(http, 1, {"X-Forwarded-For": f"2001:db8:1:2::{n}"}) == [200]
+    assert await bare_opens(http, 1, {"X-Forwarded-For": "2001:db8:1:2:ffff::1"}) == [429]
+    assert await bare_opens(http, 1, {"X-Forwarded-For": "2001:db8:1:3::1"}) == [200]
+    assert await bare_opens(http, 1, {"X-Forwarded-For": "[2001:db8:1:2::99]:443"}) == [429]
+
+
+def test_a_flood_of_new_addresses_does_not_reset_a_busy_one():
+    now = [0.0]
+    buckets = KeyedBuckets(rate=1, burst=2, clock=lambda: now[0], most=3)
+    assert buckets.take("busy") and buckets.take("busy")
+    for n in range(100):  # each new one is kept in place of the least recently used
+        assert buckets.take(f"new-{n}")
+        assert not buckets.take("busy")  # still spent: it was used last
+        now[0] += 0.01
+    assert len(buckets) == 3
+
+
+def test_address_keys():
+    assert address_key("203.0.113.7") == "203.0.113.7"
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff:1") == "2001:db8::/64"
+    assert address_key("::ffff:203.0.113.7") == "203.0.113.7"
+    assert address_key("not an address") == "not an address"
+
+
 # -- connections per user ----------------------------------------------------------------------
 @pytest.mark.env(MAX_CONNECTIONS_PER_USER="2")
 async def test_a_user_may_hold_so_many_connections(connect, clients, token, http):
@@ -183,6 +254,8 @@ async def test_a_user_may_hold_so_many_connections(connect, clients, token, http
     answer = await until_ok(lambda: late.call("authenticate", {"token": token("c1")}))
     assert answer["userId"] == "c1"
     assert await metric(http, "user_connections") >= 2
+    async with http.get("/metrics") as response:  # counted once: not as a failed authentication
+        assert 'realtime_auth_failures_total{code="rate_limited"}' not in await response.text()
 
 
 # -- rooms per socket --------------------------------------------------------------------------
@@ -242,3 +315,39 @@ async def test_a_booking_change_forgets_what_was_kept_of_it(gateway, connect):
     assert refused["error"]["code"] == "forbidden"
     newcomer = await connect(sub="c2")
     assert (await newcomer.call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]
+
+
+@pytest.mark.env(RESERVATION_CACHE="60")
+async def test_a_booking_changed_while_it_is_read_is_not_kept_as_it_was(gateway, connect):
+    """A lookup that read the booking just before it changed is not kept: the join's own
+    recheck as the socket enters (after the change's recheck of the room has run) reads
+    the booking again, and refuses."""
+    booking = await gateway.store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    admin = await connect(sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": "admin-reservations"}))["ok"]
+    read, reads = gateway.store.get_document, []
+    first_read_done, release = asyncio.Event(), asyncio.Event()
+
+    async def held_after_the_first_read(collection, document_id):
+        document = await read(collection, document_id)
+        reads.append(document["customerId"])
+        if len(reads) == 1:
+            first_read_done.set()
+            await release.wait()
+        return document
+
+    gateway.store.get_document = held_after_the_first_read
+    customer = await connect(sub="c1")
+    joining = asyncio.create_task(customer.call("join_room", {"roomId": f"reservation-{booking}"}))
+    await asyncio.wait_for(first_read_done.wait(), WAIT_S)
+    await gateway.store.update_document("bookings", booking, {"customerId": "c2"})
+    while (await admin.next_event("reservation_update"))["userId"] != "c2":
+        pass  # the booking's creation, first
+    release.set()
+    assert (await joining)["error"]["code"] == "forbidden"
+    assert reads == ["c1", "c2"]
+    newcomer = await connect(sub="c2")
+    assert (await newcomer.call("join_room", {"roomId": f"reservation-{booking}"}))["ok"]
+    assert reads == ["c1", "c2"]  # the recheck's read was kept

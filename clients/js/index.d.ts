@@ -242,7 +242,8 @@ export declare class GatewayClient {
   close(): void;
   setToken(token: TokenSource): void;
   /** Resolves with the ack; rejects with a GatewayError (and forgets the room) on
-   * `{ok: false}`; `timeout`/`closed` errors keep it. A room whose join is already on its
+   * `{ok: false}` (after up to 8 attempts with backoff for `rate_limited`, `unavailable`,
+   * `internal`); `timeout`/`closed` errors keep it. A room whose join is already on its
    * way (a catch-up's rejoin, an earlier call) is not joined again: the call gets that ack. */
   join(roomId: string): Promise<JoinAnswer>;
   leave(roomId: string): Promise<LeaveAnswer>;

@@ -24,6 +24,7 @@ const RESERVED = new Set(["connect", "connect_error", "disconnect", "disconnecti
 
 /** Codes after which trying again later may succeed. */
 const TRANSIENT_CODES = new Set(["unavailable", "internal", "rate_limited"]);
+const JOIN_ATTEMPTS = 8; // a join refused with a transient code is sent this many times at most
 
 /** An error of the gateway's catalogue (`code`, `message`, `details`), or of this library
  * (`timeout`, `closed`, `token_unavailable`, `refresh_failed`, `rooms_revoked`,
@@ -99,6 +100,7 @@ export class GatewayClient {
     this._seen = new BoundedSet(options.dedupeSize ?? 10000);
     this._listeners = new Map();
     this._joinWaiters = new Map(); // roomId -> [{resolve, reject}]
+    this._joinRetries = new Map(); // roomId -> {timer, attempts}: joins refused for a while
     this._emptyRooms = new Set(); // rooms whose join said "no events yet" while cursor was null
     this._resumeFrom = undefined; // the cursor a catch-up started from, until it completes
     this._catchUp = null; // {from, authPending, rooms: Set, replayed, gaps, handshakeReplayed}
@@ -157,6 +159,7 @@ export class GatewayClient {
   close() {
     this._closing = true;
     this._clearRetry();
+    this._clearJoinRetries();
     this.socket.disconnect();
     this._finishCatchUp(true);
     this._rejectAllWaiters(new GatewayError("closed", "the client was closed"));
@@ -201,6 +204,7 @@ export class GatewayClient {
   leave(roomId) {
     this._rooms.delete(roomId);
     this._emptyRooms.delete(roomId);
+    this._clearJoinRetry(roomId);
     const waiters = this._joinWaiters.get(roomId);
     this._joinWaiters.delete(roomId);
     for (const waiter of waiters ?? [])
@@ -307,6 +311,7 @@ export class GatewayClient {
 
   _onDisconnect(reason) {
     if (this._catchUp?.timer) clearTimeout(this._catchUp.timer);
+    this._clearJoinRetries(); // the next connection joins every room again
     this._catchUp = null; // held events stay held: the next catch-up replays from the same cursor
     if (this._closing || reason === "io client disconnect") return;
     if (reason === "io server disconnect") {
@@ -543,11 +548,43 @@ export class GatewayClient {
         if (!socket.connected) return; // disconnected: the next connection rejoins
         this._joinAnswered(roomId, null, new GatewayError("timeout", "join_room was not answered", { roomId }));
       } else if (answer?.ok) {
+        this._clearJoinRetry(roomId);
         this._joinAnswered(roomId, answer, null);
       } else {
-        this._joinAnswered(roomId, null, this._refused(answer?.error, { roomId }));
+        const error = this._refused(answer?.error, { roomId });
+        if (!this._joinAgainLater(roomId, lastEventId, error, socket)) this._joinAnswered(roomId, null, error);
       }
     });
+  }
+
+  /** A join refused for a while (rate_limited: a reconnection rejoining more rooms than the
+   * gateway's event burst; unavailable; internal) is sent again after a backoff, its waiters
+   * and the catch-up still waiting, up to JOIN_ATTEMPTS times. */
+  _joinAgainLater(roomId, lastEventId, error, socket) {
+    if (!TRANSIENT_CODES.has(error.code) || !this._rooms.has(roomId) || !socket.connected) return false;
+    const retry = this._joinRetries.get(roomId) ?? { timer: null, attempts: 0 };
+    if (retry.attempts + 1 >= JOIN_ATTEMPTS) {
+      this._joinRetries.delete(roomId);
+      return false;
+    }
+    retry.attempts += 1;
+    const delay = Math.min(5000, 250 * 2 ** (retry.attempts - 1)) * (0.5 + Math.random() / 2);
+    retry.timer = setTimeout(() => {
+      retry.timer = null;
+      if (this._rooms.has(roomId) && this.socket === socket && socket.connected) this._emitJoin(roomId, lastEventId);
+    }, delay);
+    this._joinRetries.set(roomId, retry);
+    return true;
+  }
+
+  _clearJoinRetry(roomId) {
+    const retry = this._joinRetries.get(roomId);
+    if (retry?.timer) clearTimeout(retry.timer);
+    this._joinRetries.delete(roomId);
+  }
+
+  _clearJoinRetries() {
+    for (const roomId of [...this._joinRetries.keys()]) this._clearJoinRetry(roomId);
   }
 
   _joinAnswered(roomId, answer, error) {

@@ -222,6 +222,38 @@ describe("against one gateway", { concurrency: true }, () => {
   });
 });
 
+describe("against a gateway with a tight event rate", { concurrency: true }, () => {
+  let gateway;
+  before(async () => {
+    // bursts of 4 events: a client in 12 rooms rejoins past the burst on every connection
+    gateway = await new Gateway({ RATE_LIMIT_EVENTS: "2", RATE_LIMIT_DISCONNECT: "1000" }).start();
+  });
+  after(() => gateway.cleanup());
+
+  for (const transport of ["websocket", "polling"]) {
+    test(`joins refused rate_limited are sent again, and no room is lost (${transport})`, async () => {
+      const rooms = Array.from({ length: 12 }, (_, n) => `availability-tight-${transport}-${n}`);
+      const { client, record } = await recordedClient(GatewayClient, gateway.url, {
+        token: () => tokenFor("tight-" + transport),
+        transports: [transport],
+        rooms,
+      });
+      try {
+        client.connect();
+        await waitFor(() => client.lastCatchUp, 30000, "the first catch-up");
+        assert.deepEqual([...client.rooms].sort(), [...rooms].sort());
+        assert.ok(record.errors.some((e) => e.code === "rate_limited"), "the burst was passed");
+        const last = await gateway.broadcast({ data: { n: 1 }, rooms: [rooms.at(-1)] });
+        await waitFor(() => client.cursor === last.eventId, 10000, "an event of the last room");
+        const answers = await Promise.all(rooms.slice(0, 8).map((room) => client.join(room)));
+        assert.ok(answers.every((answer) => answer.ok === true));
+      } finally {
+        client.close();
+      }
+    });
+  }
+});
+
 function tokenFor(sub) {
   return token({ sub });
 }

@@ -122,7 +122,7 @@ class GatewayServer(socketio.AsyncServer):
         if isinstance(data, str) and data[:1] in _BINARY_PACKETS:
             await self._refuse_binary(eio_sid, data)
             return
-        if data[:1] != "1":
+        if not isinstance(data, str) or data[:1] != "1":
             await super()._handle_eio_message(eio_sid, data)
             return
         # DISCONNECT: a client that leaves its last namespace has no more use for the
@@ -799,6 +799,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
             packets = _ClientPayload(encoded_payload=body.decode()).packets
             for count, pkt in enumerate(packets, 1):
                 await self.receive(pkt)
+                if self.closing or self.closed:
+                    break  # what follows would be dropped (and the session may be forgotten)
                 if count % 64 == 0:
                     await asyncio.sleep(0)
         except (ValueError, IndexError, RecursionError):
@@ -809,6 +811,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         if pkt.packet_type == engineio.packet.MESSAGE:
             # python-socketio's handler, called here as on WebSocket, so that what it cannot
             # read reaches `handle_post_request` (the library would log it as an error)
+            if not isinstance(pkt.data, (str, bytes)):  # `4{}`: JSON, no Socket.IO packet
+                raise ValueError("not a Socket.IO packet")
             await self.server.handlers["message"](self.sid, pkt.data)
         else:
             await super().receive(pkt)
@@ -919,11 +923,12 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         say) would wait for ever. Here the socket stays open to polls, for `LAST_POLL_WAIT_S`
         at most, until one takes what waits and the CLOSE; nobody waits for that."""
         self.closing = True
+        # queued first: a poll that empties the outbox from now on has taken it
+        self.queue.put_nowait(_CLOSE)
+        self.last_poll_timer = asyncio.get_running_loop().call_later(LAST_POLL_WAIT_S, self._closed)
         await self.server._trigger_event(
             "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT, run_async=False
         )
-        self.queue.put_nowait(_CLOSE)
-        self.last_poll_timer = asyncio.get_running_loop().call_later(LAST_POLL_WAIT_S, self._closed)
 
     def _closed(self) -> None:
         self.closed = True
@@ -1050,7 +1055,8 @@ class TransportControl:
         query = request.query
         if request.method != "GET":  # HEAD: the library's answer (a poll's body would be lost)
             return await eio.handle_request(request)
-        if "sid" not in query:  # a new connection
+        # a new connection, as python-engineio reads the query (it drops empty values)
+        if not any(query.getall("sid", ())):
             admission = self._admit(connect_environ(request))
             if admission is Admission.TURNED_AWAY:
                 return self._turned_away(request)

@@ -268,6 +268,7 @@ POLLING_CASES = {
     "unknown Socket.IO type": (['47["join_room",{}]'], "closed"),
     "integer of 200 digits": ([BIG_INT], "closed"),
     "a good packet, then a bad one": (['42["nope"]\x1e42{bad'], "closed"),
+    "JSON where a Socket.IO packet belongs": (["4{}", "4null"], "closed"),
     "empty packets between separators": (["\x1e\x1e4\x1e"], "closed"),  # "" is no packet
     "seventeen packets in one payload": (["\x1e".join(['42["nope"]'] * 17)], "open"),
     "a thousand packets in one payload": (["\x1e".join(["3"] * 1000)], "open"),

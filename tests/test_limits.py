@@ -205,6 +205,18 @@ async def test_past_twice_its_rate_a_connection_is_turned_away_before_it_opens(
     assert await metric(http, "connections") == 3
 
 
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1")
+@pytest.mark.parametrize("query", ["&sid=", "&sid", "&sid=&sid="])
+async def test_an_empty_sid_is_a_new_connection_and_counted(http, query):
+    """python-engineio reads an empty `sid` as none (a new connection): so does the limit."""
+    assert await bare_opens(http, 2) == [200, 200]  # one admitted, one refused in the handshake
+    async with http.get("/socket.io/?EIO=4&transport=polling" + query) as answer:
+        assert answer.status == 429
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect("/socket.io/?EIO=4&transport=websocket" + query)
+    assert refused.value.status == 429
+
+
 @pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1", TRUSTED_PROXIES="127.0.0.0/8")
 async def test_an_ipv6_client_is_limited_by_its_64(http):
     """One host is given a whole /64: a new address per connection is the same client."""

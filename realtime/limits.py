@@ -75,6 +75,10 @@ class KeyedBuckets:
         return len(self._buckets)
 
 
+# the answer to a connection past its address's rate, in its handshake or its 429
+TOO_MANY_CONNECTIONS = "too many new connections from this address: retry shortly"
+
+
 class Admission(enum.Enum):
     """What becomes of a new connection, by its address's rate."""
 

@@ -26,6 +26,7 @@ from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.errors import GatewayError
 from realtime.limits import (
+    TOO_MANY_CONNECTIONS,
     Admission,
     KeyedBuckets,
     TokenBucket,
@@ -193,9 +194,7 @@ class Sessions:
     def admit_connection(self, environ: Mapping[str, str]) -> None:
         """The Socket.IO handshake of a connection `admit_transport` refused is refused."""
         if environ.get(RATE_LIMITED) is not None:
-            raise GatewayError(
-                "rate_limited", "too many new connections from this address: retry shortly"
-            )
+            raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
 
     def admit_event(self, sid: str) -> None:
         """One more client event from this socket, within `RATE_LIMIT_EVENTS`; a socket that

@@ -71,7 +71,7 @@ from aiohttp import web
 
 from realtime.config import Settings
 from realtime.errors import GatewayError
-from realtime.limits import Admission
+from realtime.limits import TOO_MANY_CONNECTIONS, Admission
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
@@ -1107,9 +1107,7 @@ class TransportControl:
         return response
 
     def _turned_away(self, request: web.Request) -> web.Response:
-        error = GatewayError(
-            "rate_limited", "too many new connections from this address: retry shortly"
-        )
+        error = GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
         cors = dict(self._eio._cors_headers(_cors_environ(request)))
         return web.json_response(
             {"error": error.to_dict()}, status=429, headers={"Retry-After": "1", **cors}

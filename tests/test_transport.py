@@ -209,7 +209,15 @@ async def test_the_library_calls_we_adjust_are_still_there(settings):
     # GatewaySocket reads MESSAGE packets into python-socketio's handler itself
     assert sio.eio.handlers["message"] == sio._handle_eio_message
     # what GatewaySocket replaces, and what its loop and the route call in python-engineio
-    for name in ("_websocket_handler", "schedule_ping", "poll", "close", "receive", "send"):
+    for name in (
+        "_websocket_handler",
+        "schedule_ping",
+        "poll",
+        "close",
+        "receive",
+        "send",
+        "handle_post_request",
+    ):
         assert name in vars(engineio.async_socket.AsyncSocket), name
     for name in ("_service_task", "_trigger_event", "_make_response", "disconnect"):
         assert name in vars(engineio.AsyncServer), name

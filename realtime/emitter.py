@@ -230,11 +230,14 @@ class Emitter:
         last_event_id: str | None,
         enter: Callable[[], Awaitable[None]],
         recheck: Callable[[], Awaitable[None]] | None = None,
+        visible: Callable[[StoredEvent], bool] | None = None,
     ) -> Replay:
         """Send the socket the room's events after `last_event_id`, oldest first, then
         `enter()` the room: replayed and live events arrive in order, none twice, none missed.
         `recheck()`, if given, decides again just before entering, with no event going out
-        meanwhile (it may refuse by raising).
+        meanwhile (it may refuse by raising). `visible(event)`, if given, is asked of each
+        event in order: those it refuses (the socket was not allowed them when they were
+        sent) are passed over.
 
         Most of the replay runs while events keep flowing to others; only the last catch-up
         and the entering hold the publish lock. `enter()` must not suspend (python-socketio's
@@ -252,14 +255,14 @@ class Emitter:
         # with everything pruned, the log starts after the newest id it gave
         oldest = bounds.oldest if bounds.oldest is not None else bounds.newest + 1
         gap = cursor < oldest - 1
-        replayed = 0
+        replayed = read = 0  # events sent, and read (those not visible included)
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
         # read and sent in slices: what waits for this client stays within its backlog's
         # bounds, in packets and in bytes, with room left for live events
         limits = self._transports.bounds
         slice_events = max(1, min(REPLAY_BATCH, limits.packets // 4))
         slice_bytes = max(1, limits.bytes // 4)
-        while replayed < self._replay_max:
+        while read < self._replay_max:
             try:  # at the client's pace
                 await asyncio.wait_for(
                     self._transports.wait_for_room(eio_sid, slice_events, slice_bytes),
@@ -270,19 +273,20 @@ class Emitter:
                 raise GatewayError(
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
-            batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
+            batch = await self._replay_slice(room, cursor, read, slice_events, slice_bytes)
             if not batch:
                 break
-            cursor, replayed = self._send(sid, batch, cursor, replayed)
+            cursor, replayed = self._send(sid, batch, cursor, replayed, visible)
+            read += len(batch)
         async with self._lock:
             if self.delivered is not None and cursor > self.delivered:
                 # the client saw events this instance has not delivered yet (it came from an
                 # instance ahead of this one): catch up first, or they would come again
                 await self._fill_from_log()
             # what was delivered since the last slice, then the room: nothing slips in between
-            if replayed < self._replay_max:
-                batch = await self._replay_slice(room, cursor, replayed, slice_events, slice_bytes)
-                cursor, replayed = self._send(sid, batch, cursor, replayed)
+            if read < self._replay_max:
+                batch = await self._replay_slice(room, cursor, read, slice_events, slice_bytes)
+                cursor, replayed = self._send(sid, batch, cursor, replayed, visible)
             # more than can be replayed: the client must refetch
             gap = gap or bool(await self._store.room_events(room, cursor, 1, until=self.delivered))
             if recheck is not None:
@@ -292,14 +296,14 @@ class Emitter:
         return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
 
     async def _replay_slice(
-        self, room: str, cursor: int, replayed: int, slice_events: int, slice_bytes: int
+        self, room: str, cursor: int, read: int, slice_events: int, slice_bytes: int
     ) -> list[StoredEvent]:
         """The room's next logged events after `cursor`, up to what this instance delivered
         (what comes later reaches the socket live) and within the replay's bounds."""
         return await self._store.room_events(
             room,
             cursor,
-            min(slice_events, self._replay_max - replayed),
+            min(slice_events, self._replay_max - read),
             slice_bytes,
             until=self.delivered,
         )
@@ -326,13 +330,29 @@ class Emitter:
         return Replay(0, _event_id_or_none(bounds.room_newest), gap)
 
     def _send(
-        self, sid: str, batch: list[StoredEvent], cursor: int, replayed: int
+        self,
+        sid: str,
+        batch: list[StoredEvent],
+        cursor: int,
+        replayed: int,
+        visible: Callable[[StoredEvent], bool] | None,
     ) -> tuple[int, int]:
         for event in batch:
-            self._transports.deliver_to(sid, event.name, wire_payload(event))
+            if visible is None or visible(event):
+                self._transports.deliver_to(sid, event.name, wire_payload(event))
+                replayed += 1
         if batch:
             cursor = batch[-1].sequence
-        return cursor, replayed + len(batch)
+        return cursor, replayed
+
+    async def newest_room_event(
+        self, room: str, name: str, until: int | None = None
+    ) -> StoredEvent | None:
+        """The newest event called `name` logged for `room`, up to `until` and to what this
+        instance delivered."""
+        if self.delivered is not None and (until is None or until > self.delivered):
+            until = self.delivered
+        return await self._store.newest_room_event(room, name, until)
 
     def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
         """A control event (auth_*, error, rooms_revoked) to one socket of this instance,

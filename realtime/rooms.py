@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from realtime.auth import Principal
 from realtime.errors import GatewayError
@@ -87,6 +88,46 @@ class ReservationParties:
     customer_id: str | None
     shop_id: str | None
     therapist_id: str | None = None
+
+
+def parties_in(payload: Mapping[str, Any]) -> ReservationParties | None:
+    """Whom an event about a reservation (`reservation_update`, `payment_update`) says it
+    concerns, or None when it names nobody (a delete without its pre-image, a broadcast)."""
+    customer, shop = payload.get("userId"), payload.get("shopId")
+    if customer is None and shop is None:
+        return None
+    return ReservationParties(customer, shop, payload.get("therapistId"))
+
+
+class ReservationHistory:
+    """Whom a reservation concerned when each event of its room was sent, read in the log's
+    order, so that a replay gives a socket only what it was allowed to see then: a booking
+    moved to another customer or shop does not hand its history over.
+
+    The reservation's `reservation_update`s say whom it concerns from then on; one that moves
+    it is seen by both sides (the old parties had it live in the room, the new ones in their
+    own rooms). Before the first one logged, an event is judged by whom it names itself, and
+    one that names nobody is shown only if the log holds no `reservation_update` of the room
+    at all (then it has concerned its present parties, who may join, all along)."""
+
+    def __init__(self, principal: Principal, parties: ReservationParties | None, logged: bool):
+        self._principal = principal
+        self._parties = parties  # as of the replay's cursor, if a reservation_update says
+        self._logged = logged  # whether any reservation_update of the room is logged
+
+    def allows(self, named: ReservationParties | None, update: bool) -> bool:
+        """Whether the next event, which names `named` (None: nobody) and is a
+        `reservation_update` if `update`, was the principal's to see."""
+        allows = RoomPolicy.allows_reservation
+        principal, before = self._principal, self._parties
+        if update and named is not None:
+            self._parties = named
+            return allows(principal, named) or (before is not None and allows(principal, before))
+        if before is not None:
+            return allows(principal, before)
+        if named is not None:
+            return allows(principal, named)
+        return not self._logged
 
 
 class ReservationDirectory(Protocol):

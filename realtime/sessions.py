@@ -37,15 +37,17 @@ from realtime.limits import (
 from realtime.metrics import Metrics
 from realtime.revocations import Revocations
 from realtime.rooms import (
-    ReservationParties,
+    ReservationHistory,
     RoomPolicy,
     home_rooms,
     parse_room,
+    parties_in,
     reservation_room,
     user_room,
 )
 from realtime.tasks import TaskKeeper
 from realtime.transport import ADMIN_NAMESPACE, RATE_LIMITED, TransportControl
+from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -495,12 +497,16 @@ class Sessions:
             # booking may have moved to someone else while its replay was being sent
             await self._policy.authorize(principal, room)
 
+        visible = None
+        if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
+            visible = await self._reservation_history(principal, room.name, last_event_id)
         replay = await self._emitter.enter_with_replay(
             sid,
             room.name,
             last_event_id,
             lambda: self._enter(session, room.name),
             recheck if room.kind == "reservation" else None,
+            visible,
         )
         logger.info(
             "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
@@ -513,6 +519,22 @@ class Sessions:
         if last_event_id is not None:
             answer["gap"] = replay.gap
         return answer
+
+    async def _reservation_history(
+        self, principal: Principal, room: str, last_event_id: str
+    ) -> Callable[[StoredEvent], bool]:
+        """Which of a reservation room's events, replayed after `last_event_id`, this
+        principal was allowed to see when they were sent (`ReservationHistory`)."""
+        cursor = events.last_event_sequence(last_event_id)
+        update = events.RESERVATION_UPDATE
+        before = await self._emitter.newest_room_event(room, update, cursor)
+        logged = (
+            before is not None or await self._emitter.newest_room_event(room, update) is not None
+        )
+        history = ReservationHistory(
+            principal, parties_in(before.payload) if before is not None else None, logged
+        )
+        return lambda event: history.allows(parties_in(event.payload), event.name == update)
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)
@@ -529,8 +551,8 @@ class Sessions:
         room = reservation_room(str(payload.get("reservationId")))
         if not self._members.get(room) or payload.get("updateType") == "deleted":
             return
-        parties = ReservationParties(payload.get("userId"), payload.get("shopId"))
-        if parties.customer_id is None and parties.shop_id is None:
+        parties = parties_in(payload)
+        if parties is None:
             return  # the change does not say whom the booking concerns: nothing to judge by
         for sid in list(self._members[room]):
             session = self._sessions.get(sid)

@@ -291,6 +291,13 @@ class Store(abc.ABC):
         that much (the first is always returned)."""
 
     @abc.abstractmethod
+    async def newest_room_event(
+        self, room: str, name: str, until: int | None = None
+    ) -> StoredEvent | None:
+        """The newest logged event called `name` addressed to `room` (up to `until`), or
+        None."""
+
+    @abc.abstractmethod
     async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
         """Every logged event after this sequence, whatever its rooms, oldest first."""
 

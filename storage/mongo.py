@@ -596,6 +596,16 @@ class MongoStore(Store):
         return found
 
     @store_errors
+    async def newest_room_event(
+        self, room: str, name: str, until: int | None = None
+    ) -> StoredEvent | None:
+        query: dict[str, Any] = {"rooms": room, "name": name}
+        if until is not None:
+            query["_id"] = {"$lte": until}
+        doc = await self.state[EVENTS].find_one(query, sort=[("_id", DESCENDING)])
+        return self._stored(doc) if doc is not None else None
+
+    @store_errors
     async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
         """Read with read concern "majority": an event found here (not heard of from its
         writer, who waited for a majority) is delivered only once a failover cannot take it

@@ -97,6 +97,7 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
             ),
             "find_event": lambda: store.find_event("broadcast:k"),
             "room_events": lambda: store.room_events("user-c1", 0, 10),
+            "newest_room_event": lambda: store.newest_room_event("user-c1", "notification"),
             "events_after": lambda: store.events_after(0, 10),
             "log_identity": lambda: store.log_identity(),
             "acquire_lease": lambda: store.acquire_lease("watcher", "me", 10),

@@ -258,3 +258,117 @@ async def test_auth_success_gives_a_cursor_to_a_client_that_has_seen_nothing(
     assert success["replayed"] == 1 and success["gap"] is False
     assert success["lastEventId"] == missed
     assert [payload["eventId"] for _, payload in data_events(again)] == [missed]
+
+
+# -- a replay gives a socket only what it was allowed to see ------------------------------------
+async def broadcast_to(gateway, room: str, title: str) -> str:
+    answer = await gateway.broadcaster.broadcast(
+        {"event": "notification", "data": {"title": title}, "rooms": [room]}, None
+    )
+    return answer["eventId"]
+
+
+def replayed_names(client, after: int = 0) -> list[str]:
+    return [
+        payload.get("updateType") or payload.get("status") or payload.get("title")
+        for _, payload in data_events(client)[after:]
+    ]
+
+
+async def test_a_moved_booking_does_not_hand_its_history_over(gateway, connect, client_kind):
+    """c1's booking at s1, paid, talked about, then moved to c2 at s2: c2 and s2's staff
+    replaying its room get what happened from the move on, not c1's payment; c1, once it is
+    theirs again, gets its own era and the moves, not c2's."""
+    admin = await connect(sub="a1", role="admin")
+    store = gateway.store
+    booking = await store.insert_document(
+        "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+    )
+    room = f"reservation-{booking}"
+    assert (await admin.call("join_room", {"roomId": room, "lastEventId": "0"}))["ok"]
+    await store.insert_document(
+        "payments",
+        {
+            "bookingId": booking,
+            "customerId": "c1",
+            "shopId": "s1",
+            "status": "succeeded",
+            "amount": 120,
+            "currency": "EUR",
+        },
+    )
+    await admin.next_event("payment_update")  # logged (broadcasts are logged at once)
+    await broadcast_to(gateway, room, "c1 era")
+    await store.update_document("bookings", booking, {"customerId": "c2", "shopId": "s2"})
+    while (await admin.next_event("reservation_update"))["userId"] != "c2":
+        pass
+    await broadcast_to(gateway, room, "c2 era")
+    await store.update_document("bookings", booking, {"status": "confirmed"})
+    # every one of them is delivered (the admin's room sees them all, in order)
+    while replayed_names(admin)[-1:] != ["confirmed"]:
+        await admin.next_event("reservation_update")
+
+    for sub, role, shops in [("c2", "customer", ()), ("st2", "staff", ("s2",))]:
+        newcomer = await connect(client_kind, sub=sub, role=role, shops=shops)
+        before = len(data_events(newcomer))
+        answer = await newcomer.call("join_room", {"roomId": room, "lastEventId": "0"})
+        assert answer["ok"] and answer["replayed"] == 3, (sub, answer)
+        assert replayed_names(newcomer, before) == ["modified", "c2 era", "confirmed"], sub
+        assert not [name for name, _ in newcomer.log if name == "payment_update"], sub
+    admin_replay = await connect(client_kind, sub="a2", role="admin")
+    answer = await admin_replay.call("join_room", {"roomId": room, "lastEventId": "0"})
+    assert answer["replayed"] == 6  # an admin sees everything
+
+    await store.update_document("bookings", booking, {"customerId": "c1", "shopId": "s1"})
+    while replayed_names(admin)[-1:] != ["modified"]:
+        await admin.next_event("reservation_update")
+    owner = await connect(client_kind, sub="c1")
+    before = len(data_events(owner))
+    answer = await owner.call("join_room", {"roomId": room, "lastEventId": "0"})
+    assert replayed_names(owner, before) == [
+        "created",
+        "succeeded",
+        "c1 era",
+        "modified",  # the move away: c1 had it live
+        "modified",  # and back
+    ]
+    assert answer["replayed"] == 5
+
+
+@pytest.fixture
+async def booked_before_the_gateway(settings) -> str:
+    """A booking of c1 at s1 written to the store before the gateway first ran: the event
+    log holds nothing of its creation."""
+    from storage.sqlite.store import SqliteStore
+
+    store = SqliteStore(settings.store_path)
+    await store.open()
+    try:
+        return await store.insert_document(
+            "bookings", {"customerId": "c1", "shopId": "s1", "status": "pending", **SLOT}
+        )
+    finally:
+        await store.close()
+
+
+async def test_history_older_than_the_log_s_record_of_a_booking_is_judged_safely(
+    booked_before_the_gateway, gateway, connect
+):
+    """Events of a booking's room with no `reservation_update` before them in the log: while
+    the log holds none of the booking at all, its parties are today's (they may replay them);
+    once it records a move, what came before the move is nobody's to replay but an admin's."""
+    booking = booked_before_the_gateway
+    room = f"reservation-{booking}"
+    admin = await connect(sub="a1", role="admin")
+    assert (await admin.call("join_room", {"roomId": room}))["ok"]
+    await broadcast_to(gateway, room, "before any change")
+    await admin.next_event("notification")
+    owner = await connect(sub="c1")
+    answer = await owner.call("join_room", {"roomId": room, "lastEventId": "0"})
+    assert answer["replayed"] == 1 and replayed_names(owner) == ["before any change"]
+
+    await gateway.store.update_document("bookings", booking, {"customerId": "c2"})
+    await admin.next_event("reservation_update")
+    newcomer = await connect(sub="c2")
+    answer = await newcomer.call("join_room", {"roomId": room, "lastEventId": "0"})
+    assert answer["replayed"] == 1 and replayed_names(newcomer) == ["modified"]

@@ -307,6 +307,26 @@ async def test_events_are_read_back_by_room_in_order(store):
     assert (await store.event_bounds("user-nobody")).room_newest is None
 
 
+async def test_the_newest_event_of_a_name_in_a_room_is_found(store):
+    """How a replay learns whom a reservation concerned before its cursor."""
+    room = "reservation-r1"
+    names = ["reservation_update", "payment_update", "reservation_update", "notification"]
+    logged = await store.append_events(
+        [
+            NewEvent(name, {"n": n}, (room, "admin-general"), f"newest:{n}")
+            for n, name in enumerate(names)
+        ]
+    )
+    sequences = [e.sequence for e in logged]
+    newest = await store.newest_room_event(room, "reservation_update")
+    assert newest is not None and (newest.sequence, newest.payload) == (sequences[2], {"n": 2})
+    earlier = await store.newest_room_event(room, "reservation_update", until=sequences[1])
+    assert earlier is not None and earlier.sequence == sequences[0]
+    assert await store.newest_room_event(room, "reservation_update", sequences[0] - 1) is None
+    assert await store.newest_room_event("reservation-r2", "reservation_update") is None
+    assert (await store.newest_room_event(room, "notification")).sequence == sequences[3]
+
+
 async def test_room_events_can_be_read_in_slices_bounded_in_bytes(store):
     big = "x" * 1000
     logged = await store.append_events(

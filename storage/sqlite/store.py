@@ -273,6 +273,19 @@ class SqliteStore(Store):
     ) -> list[StoredEvent]:
         return await self._run(_room_events, room, after_sequence, limit, max_bytes, until)
 
+    async def newest_room_event(
+        self, room: str, name: str, until: int | None = None
+    ) -> StoredEvent | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT e.seq, e.created_ms, e.name, e.payload, e.rooms FROM event_rooms r"
+                " JOIN events e ON e.seq = r.seq WHERE r.room = ? AND r.seq <= ? AND e.name = ?"
+                " ORDER BY r.seq DESC LIMIT 1",
+                (room, until if until is not None else 2**63 - 1, name),
+            ).fetchone()
+        )
+        return _stored(*row) if row is not None else None
+
     async def events_after(self, sequence: int, limit: int) -> list[StoredEvent]:
         rows = await self._run(
             lambda db: db.execute(

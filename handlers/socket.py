@@ -80,7 +80,7 @@ class GatewayNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         self._sessions.opened(sid)
         try:
-            self._sessions.admit_connection(environ)
+            self._sessions.admit_connection(sid, environ)
             handshake = events.load(_HANDSHAKE, auth)
             if not handshake.get("token"):
                 return  # accepted unauthenticated: `authenticate` must follow in time

@@ -443,14 +443,15 @@ class SettingsSchema(Schema):
     rate_limit_events = _env(
         fields.Float(validate=validate.Range(min=0.1)),
         "RATE_LIMIT_EVENTS",
-        "events one socket may send per second, with bursts of twice as many; past it an "
+        "events one connection may send per second, with bursts of twice as many; past it an "
         "event is answered rate_limited",
         "20",
     )
     rate_limit_disconnect = _env(
         fields.Integer(strict=False, validate=validate.Range(min=1)),
         "RATE_LIMIT_DISCONNECT",
-        "events refused rate_limited in a row after which the socket is disconnected",
+        "events refused rate_limited in a row after which the socket is disconnected and its "
+        "connection closed",
         "100",
     )
     rate_limit_connections = _env(

@@ -60,15 +60,24 @@ class SocketSession:
     rooms: set[str] = dataclasses.field(default_factory=set)
     deadline: asyncio.TimerHandle | None = None  # the token's next deadline
     replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
-    events: TokenBucket | None = None  # what it may still send (made at its first event)
-    refused_in_a_row: int = 0  # events refused rate_limited since it last kept to its rate
-    # (for a whole burst: a socket sending steadily past its rate gets some through, and is
-    # still disconnected)
 
     def cancel_deadline(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+
+@dataclasses.dataclass(slots=True)  # one per Engine.IO connection: kept small
+class TransportUse:
+    """What one Engine.IO connection has used of its limits. Kept by the connection, not by
+    the socket it carries: a socket disconnected for flooding that connects the namespace
+    again on the same connection gets no fresh allowance."""
+
+    events: TokenBucket | None = None  # what it may still send (made at its first event)
+    refused_in_a_row: int = 0  # events refused rate_limited since it last kept to its rate
+    # (for a whole burst: a client sending steadily past its rate gets some through, and is
+    # still disconnected)
+    sockets: int = 0  # namespace connections it has carried
 
 
 class Sessions:
@@ -101,7 +110,7 @@ class Sessions:
         self._leeway_s = settings.jwt_leeway_s
         self._sessions: dict[str, SocketSession] = {}
         self._members: dict[str, set[str]] = {}  # room -> sids in it, on this instance
-        self._open_transports: set[str] = set()
+        self._open_transports: dict[str, TransportUse] = {}
         # transports without an authenticated socket, and when they are closed for it
         self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
         self._users: dict[str, set[str]] = {}  # user id -> its authenticated sids here
@@ -113,11 +122,11 @@ class Sessions:
 
     # -- transports --------------------------------------------------------------------------
     def transport_opened(self, eio_sid: str) -> None:
-        self._open_transports.add(eio_sid)
+        self._open_transports[eio_sid] = TransportUse()
         self._arm_auth_deadline(eio_sid)
 
     def transport_closed(self, eio_sid: str) -> None:
-        self._open_transports.discard(eio_sid)
+        self._open_transports.pop(eio_sid, None)
         self._cancel_auth_deadline(eio_sid)
 
     def _arm_auth_deadline(self, eio_sid: str) -> None:
@@ -163,6 +172,9 @@ class Sessions:
     def opened(self, sid: str) -> SocketSession:
         session = SocketSession(sid=sid, eio_sid=self._sio.manager.eio_sid_from_sid(sid, "/"))
         self._sessions[sid] = session
+        use = self._open_transports.get(session.eio_sid)
+        if use is not None:
+            use.sockets += 1
         return session
 
     def closed(self, sid: str) -> None:
@@ -193,31 +205,42 @@ class Sessions:
         self._metrics.rate_limited.labels("connections").inc()
         return Admission.REFUSED if self._refusals.take(address) else Admission.TURNED_AWAY
 
-    def admit_connection(self, environ: Mapping[str, str]) -> None:
-        """The Socket.IO handshake of a connection `admit_transport` refused is refused."""
+    def admit_connection(self, sid: str, environ: Mapping[str, str]) -> None:
+        """The Socket.IO handshake of a connection `admit_transport` refused is refused; so
+        is one past its address's rate on a connection that carried a socket before (a new
+        socket on an old connection is a new connection: one disconnected for flooding
+        would otherwise come back at once, free)."""
         if environ.get(RATE_LIMITED) is not None:
             raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
+        session = self._sessions.get(sid)
+        use = self._open_transports.get(session.eio_sid) if session is not None else None
+        if use is not None and use.sockets > 1:
+            if self.admit_transport(environ) is not Admission.ADMITTED:
+                raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
 
     def admit_event(self, sid: str) -> None:
         """One more client event from this socket, within `RATE_LIMIT_EVENTS`; a socket that
         goes on sending past `RATE_LIMIT_DISCONNECT` refusals is disconnected."""
         session = self._sessions.get(sid)
-        if session is None:
+        use = self._open_transports.get(session.eio_sid) if session is not None else None
+        if use is None:
             return  # closing: the event is answered as for a socket that went
         now = time.monotonic()
-        if session.events is None:
+        if use.events is None:
             rate = self._settings.rate_limit_events
-            session.events = TokenBucket(rate, max(1.0, 2 * rate), now)
-        if session.events.take(now):
-            if session.events.idle(now):  # it kept to its rate for a whole burst: forgiven
-                session.refused_in_a_row = 0
+            use.events = TokenBucket(rate, max(1.0, 2 * rate), now)
+        if use.events.take(now):
+            if use.events.idle(now):  # it kept to its rate for a whole burst: forgiven
+                use.refused_in_a_row = 0
             return
-        session.refused_in_a_row += 1
+        use.refused_in_a_row += 1
         self._metrics.rate_limited.labels("events").inc()
-        if session.refused_in_a_row == self._settings.rate_limit_disconnect:
+        if use.refused_in_a_row == self._settings.rate_limit_disconnect:
             logger.info("socket disconnected: too many events", extra={"sid": sid})
-            # after this event's answer, which is already on its way
-            self._tasks.spawn(self._sio.disconnect(sid), name="disconnect a flooding socket")
+            # after this event's answer, which is already on its way; its connection too
+            self._tasks.spawn(
+                self._close(session.eio_sid, sid), name="disconnect a flooding socket"
+            )
         raise GatewayError(
             "rate_limited",
             f"more than {self._settings.rate_limit_events:g} events a second: slow down",

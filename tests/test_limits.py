@@ -5,6 +5,7 @@ that goes on flooding). And reservation lookups behind `join_room`, kept briefly
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
@@ -12,6 +13,9 @@ import socketio
 
 from realtime.limits import KeyedBuckets, address_key
 from tests.clients import WAIT_S, Refused
+from tests.raw import RawPolling, RawSocket
+
+SERVICE = "limits-tests-service-token"
 
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
 
@@ -87,6 +91,76 @@ async def error_or_gone(client) -> None:
     for wait in pending:
         wait.cancel()
     assert done, "neither an error nor a disconnect"
+
+
+@pytest.mark.env(RATE_LIMIT_EVENTS="1", RATE_LIMIT_DISCONNECT="5")
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_flooding_socket_cannot_come_back_on_its_connection(base_url, token, transport):
+    """Its connection ends with it: sending `40{token}` again on it (a new socket, a full
+    burst) is no longer possible."""
+    flood = '42["leave_room",{"roomId":"availability-1"}]'
+    if transport == "websocket":
+        raw = await RawSocket(base_url).open()
+        try:
+            assert (await raw.connect({"token": token("flood")})).startswith("40{")
+            for _ in range(20):
+                await raw.send(flood)
+            await raw.next_frame(lambda frame: frame == "41")  # disconnected
+            await raw.wait_closed()  # and its connection closed
+        finally:
+            await raw.close()
+        return
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40" + json.dumps({"token": token("flood")})) == 200
+        assert await raw.post(*[flood] * 12) == 200
+        await raw.poll_until(lambda packet: packet == "41")
+        assert await raw.post("40" + json.dumps({"token": token("flood")})) == 400
+        assert await raw.poll_until_closed() == 400
+    finally:
+        await raw.close()
+
+
+@pytest.mark.env(RATE_LIMIT_EVENTS="0.1", RATE_LIMIT_DISCONNECT="1000", BROADCAST_TOKEN=SERVICE)
+async def test_a_new_socket_on_an_old_connection_gets_no_fresh_allowance(base_url, token, http):
+    """A socket disconnected by the server (here an operator's cut) whose client connects
+    the namespace again on the same Engine.IO connection keeps what that connection used."""
+    raw = await RawSocket(base_url).open()
+    try:
+        answer = json.loads((await raw.connect({"token": token("again")}))[2:])
+        assert (await raw.call(1, "join_room", {"roomId": "availability-1"}))["ok"] is True
+        spent = await raw.call(2, "join_room", {"roomId": "availability-1"})
+        assert spent["error"]["code"] == "rate_limited"
+        cut = await http.post(
+            "/disconnect",
+            json={"sids": [answer["sid"]]},
+            headers={"Authorization": f"Bearer {SERVICE}"},
+        )
+        assert cut.status == 202
+        await raw.next_frame(lambda frame: frame == "41")
+        assert (await raw.connect({"token": token("again")})).startswith("40{")
+        again = await raw.call(3, "join_room", {"roomId": "availability-1"})
+        assert again["error"]["code"] == "rate_limited"
+    finally:
+        await raw.close()
+
+
+@pytest.mark.env(RATE_LIMIT_CONNECTIONS="0.1", BROADCAST_TOKEN=SERVICE)
+async def test_a_new_socket_on_an_old_connection_counts_as_a_new_connection(base_url, token, http):
+    raw = await RawSocket(base_url).open()  # its address's one connection for a while
+    try:
+        answer = json.loads((await raw.connect({"token": token("again")}))[2:])
+        await http.post(
+            "/disconnect",
+            json={"sids": [answer["sid"]]},
+            headers={"Authorization": f"Bearer {SERVICE}"},
+        )
+        await raw.next_frame(lambda frame: frame == "41")
+        refused = await raw.connect({"token": token("again")})
+        assert refused.startswith("44")
+        assert json.loads(refused[2:])["data"]["code"] == "rate_limited"
+    finally:
+        await raw.close()
 
 
 # -- connections per address -------------------------------------------------------------------

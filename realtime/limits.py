@@ -1,5 +1,5 @@
-"""What one client may cost: token buckets (events per socket, connections per address) and
-the client's address as a trusted proxy names it."""
+"""What one client may cost: token buckets (events per connection, connections per address,
+failed logins) and the client's address as a trusted proxy names it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 BUCKETS_MAX = 100_000  # addresses remembered; past it, the idle ones are forgotten
+# failed Admin UI logins: from one client address, and from all of them together
+LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE = 5
+LOGIN_FAILURES_PER_ADDRESS_BURST = 10
+LOGIN_FAILURES_PER_MINUTE = 30
+LOGIN_FAILURES_BURST = 60
 
 
 class TokenBucket:
@@ -34,6 +39,10 @@ class TokenBucket:
     def idle(self, now: float) -> bool:
         """Full again: forgetting it changes nothing."""
         return self._tokens + (now - self._stamp) * self._rate >= self._burst
+
+    def has_one(self, now: float) -> bool:
+        """Whether `take` would admit one now (nothing is taken)."""
+        return self._tokens + (now - self._stamp) * self._rate >= 1.0
 
 
 class KeyedBuckets:
@@ -65,6 +74,11 @@ class KeyedBuckets:
             self._buckets.move_to_end(key)
         return bucket.take(now)
 
+    def has_one(self, key: str) -> bool:
+        """Whether `take(key)` would admit one now (nothing is taken, nothing kept)."""
+        bucket = self._buckets.get(key)
+        return bucket is None or bucket.has_one(self._clock())
+
     def _forget_idle(self, now: float) -> None:
         for key in [k for k, bucket in self._buckets.items() if bucket.idle(now)]:
             del self._buckets[key]
@@ -73,6 +87,38 @@ class KeyedBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class LoginGuard:
+    """Failed logins (the Admin UI's), counted per client address and over all addresses:
+    while either has had its fill, every login is refused before its credentials are even
+    compared, so that guessing costs the same from one connection, many connections or many
+    addresses. Someone who fails on purpose can keep the door shut for a while; nobody can
+    guess through it."""
+
+    def __init__(self, trusted: tuple[Network, ...], clock: Callable[[], float] = time.monotonic):
+        self._trusted = trusted
+        self._clock = clock
+        self._addresses = KeyedBuckets(
+            LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE / 60,
+            LOGIN_FAILURES_PER_ADDRESS_BURST,
+            clock=clock,
+        )
+        self._overall = TokenBucket(LOGIN_FAILURES_PER_MINUTE / 60, LOGIN_FAILURES_BURST, clock())
+
+    def address(self, environ: Mapping[str, str]) -> str:
+        return address_key(client_address(environ, self._trusted))
+
+    def admits(self, environ: Mapping[str, str]) -> bool:
+        """Whether a login from this client may be tried now."""
+        return self._overall.has_one(self._clock()) and self._addresses.has_one(
+            self.address(environ)
+        )
+
+    def failed(self, environ: Mapping[str, str]) -> None:
+        """A login from this client was refused: one less may be tried."""
+        self._overall.take(self._clock())
+        self._addresses.take(self.address(environ))
 
 
 # the answer to a connection past its address's rate, in its handshake or its 429

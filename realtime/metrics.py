@@ -47,6 +47,12 @@ class Metrics:
             ["limit"],
             registry=self.registry,
         )
+        self.admin_logins_refused = Counter(
+            "realtime_admin_logins_refused",
+            "Admin UI logins refused, by reason (credentials, rate_limited)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.socket_errors = Counter(
             "realtime_socket_errors",
             "Socket.IO events answered with an error, by code",

@@ -31,11 +31,17 @@
   WebSocket handshakes, upgrades and long-polls itself (python-engineio's checks, packets and
   answers, a short stack per connection) and leaves everything else to python-engineio.
 - Long-polling clients that close are answered at once (see `_install_lifecycle`).
-- Long-polling POSTs: up to `PACKETS_PER_POST` packets each (python-engineio reads at most 16
-  and drops the rest: a JS client that emits a burst sends more); one it refuses is answered
-  at once (the library waited for a poll to take the CLOSE) and a payload that is not packets
-  closes the session as on WebSocket (the library logged it as its own error). A client that
-  leaves its last namespace is closed (`GatewayServer._handle_eio_message`).
+- Long-polling POSTs (`TransportControl._post`): the body read to its length (the library
+  read what had arrived), one POST of a session at a time and none once it upgraded (its
+  events one at a time), up to `PACKETS_PER_POST` packets each (python-engineio reads at
+  most 16 and drops the rest: a JS client that emits a burst sends more); one it refuses is
+  answered at once (the library waited for a poll to take the CLOSE) and a payload that is
+  not packets closes the session as on WebSocket (the library logged it as its own error). A
+  client that leaves its last namespace is closed (`GatewayServer._handle_eio_message`).
+- One upgrade per session: another WebSocket for a session upgrading, upgraded or closing is
+  refused (python-engineio upgraded each, and the extra ones outlived the session).
+- The Admin UI (`AdminReport`): shown what an allow-list chooses (never a session id or a
+  token), its logins bounded, a connection whose login was refused takes no other.
 - Closing a transport (`close`) is not a Socket.IO disconnect: clients reconnect by themselves
   and catch up by replay.
 
@@ -53,10 +59,11 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import struct
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import engineio
@@ -68,10 +75,11 @@ import engineio.payload
 import orjson
 import socketio
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from realtime.config import Settings
 from realtime.errors import GatewayError
-from realtime.limits import TOO_MANY_CONNECTIONS, Admission
+from realtime.limits import TOO_MANY_CONNECTIONS, Admission, LoginGuard
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
@@ -110,6 +118,30 @@ _BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY
 class GatewayServer(socketio.AsyncServer):
     # with the Admin UI, client events take the library's path, where it reports them
     instrumented = False
+    # Engine.IO connections that may connect no namespace again (a refused Admin UI login:
+    # another try takes another connection), and how one that tries is ended
+    _refused_for_good: set[str] | None = None
+    end_connection: Callable[[str], None] | None = None
+
+    def refuse_connects(self, eio_sid: str) -> None:
+        """From now on, a namespace CONNECT on this connection ends it, unanswered. (The
+        official clients close a connection whose only namespace was refused themselves: it
+        is not closed under them, which would fail the CLOSE they send.)"""
+        if self._refused_for_good is None:
+            self._refused_for_good = set()
+        self._refused_for_good.add(eio_sid)
+
+    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+        if self._refused_for_good and eio_sid in self._refused_for_good:
+            if self.end_connection is not None:
+                self.end_connection(eio_sid)
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        if self._refused_for_good:
+            self._refused_for_good.discard(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         # The protocol has no binary events, and python-socketio would hold every attachment
@@ -210,10 +242,24 @@ class GatewayPacket(socketio.packet.Packet):
     json = FastJson
 
 
+@dataclasses.dataclass(frozen=True)
+class AdminView:
+    """What the Admin UI is shown of the sockets' traffic and how its logins are bounded
+    (the gateway's policies, handed to the engine): `received(event, args)` gives a client
+    event as shown (`[name, *args]`), `sent(event, payload)` an event sent; `logins` bounds
+    failed logins; `refused(reason, address)` is told of each refused login."""
+
+    received: Callable[[Any, list[Any]], list[Any]]
+    sent: Callable[[str, Any], Any]
+    logins: LoginGuard
+    refused: Callable[[str, str], None]
+
+
 def create_socketio_server(
-    settings: Settings, tasks: TaskKeeper
+    settings: Settings, tasks: TaskKeeper, admin_view: AdminView | None = None
 ) -> tuple[socketio.AsyncServer, TransportControl]:
-    """The Socket.IO server, with the adjustments of this module installed."""
+    """The Socket.IO server, with the adjustments of this module installed; the Admin UI's
+    namespace too when settings turn it on (`admin_view`: what it is shown)."""
     client_manager = None
     if settings.redis_url:
         client_manager = socketio.AsyncRedisManager(settings.redis_url)
@@ -237,12 +283,15 @@ def create_socketio_server(
         tasks,
     )
     if settings.admin_ui_username is not None and settings.admin_ui_password is not None:
+        if admin_view is None:
+            raise ValueError("the Admin UI needs a view of the gateway's events")
         admin = AdminReport(
             sio,
             settings.admin_ui_username,
             settings.admin_ui_password,
             settings.admin_ui_read_only,
             tasks,
+            admin_view,
         )
         transports.report_to(admin)
     return sio, transports
@@ -250,8 +299,10 @@ def create_socketio_server(
 
 class AdminReport:
     """The Socket.IO Admin UI (`sio.instrument()`), on namespace `/admin`, for the right
-    username and password only. The library sees connections, rooms and received events
-    itself; what the gateway delivers without `sio.emit` is reported here."""
+    username and password only, at a bounded rate of failed logins. The library sees
+    connections, rooms and received events itself; what the gateway delivers without
+    `sio.emit` is reported here. What the UI is shown is chosen field by field: nothing that
+    acts as a user (a session id, a token wherever a client put it)."""
 
     def __init__(
         self,
@@ -260,9 +311,14 @@ class AdminReport:
         password: str,
         read_only: bool,
         tasks: TaskKeeper,
+        view: AdminView,
     ):
         self._sio = sio
         self._tasks = tasks
+        self._view = view
+        # a client's Engine.IO id is its session's credential (a long-polling client's whole
+        # one): the UI gets a keyed digest of it, which groups a client's sockets and no more
+        self._client_key = os.urandom(32)
         expected = (username.encode(), password.encode())
 
         def authorised(auth: Any) -> bool:
@@ -295,13 +351,20 @@ class AdminReport:
         reported: a report is an emit per recipient)."""
         return bool(self._sio.manager.rooms.get(ADMIN_NAMESPACE, {}).get(None))
 
+    def client_id(self, eio_sid: str) -> str:
+        """What the UI is shown for a client's Engine.IO id: the same for all its sockets,
+        useless as a session id."""
+        return hmac.new(self._client_key, eio_sid.encode(), "sha256").hexdigest()[:20]
+
     def _report_safely(self) -> None:
         """The instrumentation reports a socket as connected before the namespace decides,
         and keeps its connection time: for a refused socket (a bad token) nothing would ever
-        forget it, nor tell the UI it went. And it reports what clients send as it is: an
-        `authenticate` event's token, a handshake's Authorization header, would reach whoever
-        holds the Admin UI's password, who could then act as those users."""
+        forget it, nor tell the UI it went. It reports what clients send as it is, and each
+        socket's handshake (headers, query) and Engine.IO id: whoever holds the Admin UI's
+        password could take a long-polling client's session, or read a token. And it lets a
+        refused login try again at once, on the same connection, for ever."""
         sio = self._sio
+        view = self._view
         reporting = sio._trigger_event  # the instrumentation's: it reports, then dispatches
         dispatching = getattr(sio, "_InstrumentedAsyncServer__trigger_event")  # noqa: B009
 
@@ -311,13 +374,15 @@ class AdminReport:
             if event != "connect":
                 if namespace != ADMIN_NAMESPACE and self._watching():
                     at = datetime.datetime.now(datetime.UTC).isoformat()
-                    received = (event, *_redacted(list(args[1:])))
+                    received = view.received(event, list(args[1:]))
                     await sio.emit(
                         "event_received",
                         (namespace, args[0], received, at),
                         namespace=ADMIN_NAMESPACE,
                     )
                 return await dispatching(event, namespace, *args)
+            if namespace == ADMIN_NAMESPACE:
+                return await self._login(reporting, *args)
             try:
                 accepted = await reporting(event, namespace, *args)
             except socketio.exceptions.ConnectionRefusedError:
@@ -333,11 +398,53 @@ class AdminReport:
         def serialize_socket(sid: str, namespace: str, eio_sid: str | None = None) -> dict:
             described = serialize(sid, namespace, eio_sid)
             handshake = described["handshake"]
-            handshake["headers"] = _redacted(handshake["headers"])
-            handshake["query"] = _redacted(handshake["query"])
-            return described
+            return {
+                "id": described["id"],
+                "clientId": self.client_id(described["clientId"]),
+                "transport": described["transport"],
+                "nsp": described["nsp"],
+                "data": {},
+                "handshake": {
+                    "address": handshake["address"],
+                    "headers": _shown(handshake["headers"], _SHOWN_HEADERS),
+                    "query": _shown(handshake["query"], _SHOWN_QUERY),
+                    "secure": handshake["secure"],
+                    "url": handshake["url"],
+                    "issued": handshake["issued"],
+                    "time": handshake["time"],
+                },
+                "rooms": described["rooms"],
+            }
 
         self._server.serialize_socket = serialize_socket
+
+    async def _login(self, reporting: Callable[..., Awaitable[Any]], sid: str, *args: Any) -> Any:
+        """The Admin UI's namespace connecting: credentials compared only while failed logins
+        are within their bounds; a refused login is logged and counted, and its connection
+        takes no other (another try takes another connection, within its address's rate)."""
+        environ = args[0] if args and isinstance(args[0], Mapping) else {}
+        eio_sid = self._sio.manager.eio_sid_from_sid(sid, ADMIN_NAMESPACE)
+        logins = self._view.logins
+        if not logins.admits(environ):
+            self._login_refused("rate_limited", environ, eio_sid)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "too many failed logins: retry later", {"code": "rate_limited"}
+            )
+        try:
+            accepted = await reporting("connect", ADMIN_NAMESPACE, sid, *args)
+        except socketio.exceptions.ConnectionRefusedError:
+            logins.failed(environ)
+            self._login_refused("credentials", environ, eio_sid)
+            await self._refused(ADMIN_NAMESPACE, sid)
+            raise
+        return accepted
+
+    def _login_refused(self, reason: str, environ: Mapping[str, Any], eio_sid: str | None) -> None:
+        address = self._view.logins.address(environ)
+        logger.warning("admin ui login refused", extra={"reason": reason, "address": address})
+        self._view.refused(reason, address)
+        if eio_sid is not None:
+            self._sio.refuse_connects(eio_sid)
 
     async def _refused(self, namespace: str, sid: str) -> None:
         self._sio.manager._timestamps.pop(sid, None)
@@ -355,7 +462,8 @@ class AdminReport:
         sids = list(itertools.islice(recipients(), ADMIN_REPORTED_RECIPIENTS))
         if sids:
             self._reporting += 1
-            self._tasks.spawn(self._report_sent(event, payload, sids), name="admin: event sent")
+            shown = self._view.sent(event, payload)
+            self._tasks.spawn(self._report_sent(event, shown, sids), name="admin: event sent")
 
     async def _report_sent(self, event: str, payload: Any, sids: list[str]) -> None:
         try:
@@ -381,28 +489,14 @@ class AdminReport:
 _ADMIN_PATCHED_SOCKET_CALLS = ("handle_post_request", "_websocket_handler", "_send_ping")
 ADMIN_REPORTED_RECIPIENTS = 50  # of one delivered event, reported to the Admin UI
 ADMIN_REPORTS_UNDER_WAY = 8  # past it, delivered events go unreported until some are sent
-# what never reaches the Admin UI (keys compared in lower case, without - and _)
-_SECRET_KEYS = frozenset(
-    {"token", "accesstoken", "refreshtoken", "password", "authorization", "cookie", "setcookie"}
-)
-REDACTED = "[redacted]"
+# of a socket's handshake, what the UI is shown (browsers set these; clients put tokens in
+# other headers and query keys, the User-Agent included)
+_SHOWN_HEADERS = ("origin",)
+_SHOWN_QUERY = ("EIO", "transport")
 
 
-def _redacted(value: Any, depth: int = 0) -> Any:
-    """`value` with the values of secret-looking keys blanked, at any depth."""
-    if depth > 16:
-        return REDACTED
-    if isinstance(value, dict):
-        return {
-            key: REDACTED
-            if isinstance(key, str)
-            and key.lower().replace("_", "").replace("-", "") in _SECRET_KEYS
-            else _redacted(item, depth + 1)
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_redacted(item, depth + 1) for item in value]
-    return value
+def _shown(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {key: values[key] for key in keys if key in values}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -741,6 +835,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     writes) nor a task per message received."""
 
     upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
+    # a POST whose body is being read or its packets handled: done when it is answered
+    receiving: asyncio.Future | None = None
     ping_timer: asyncio.TimerHandle | None = None  # the next ping; cancelled when it closes
     last_poll_timer: asyncio.TimerHandle | None = None  # closed by then if no poll came
 
@@ -785,16 +881,17 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         return packets
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
-        """python-engineio's, but up to `PACKETS_PER_POST` packets in one POST (the library
-        refuses more than 16, which a JS client sends when it emits faster than a round trip:
-        all of them were lost), read a batch at a time so that other clients go on; a payload
-        that holds something other than packets is refused (400) and its session closed, as
-        the WebSocket loop closes on such a frame (the library logged it as its own error and
-        went on)."""
-        length = int(environ.get("CONTENT_LENGTH", "0"))
-        if length > self.server.max_http_buffer_size:
-            raise engineio.exceptions.ContentTooLongError()
-        body = await environ["wsgi.input"].read(length)
+        """python-engineio's entry for a POST, for the ones that reach the library's request
+        handling (`TransportControl.route` serves every POST itself): refused."""
+        raise engineio.exceptions.EngineIOError()
+
+    async def receive_payload(self, body: bytes) -> None:
+        """The packets of one long-polling POST, handled in order: up to `PACKETS_PER_POST`
+        (python-engineio refuses more than 16, which a JS client sends when it emits faster
+        than a round trip: all of them were lost), a batch at a time so that other clients
+        go on. A payload that holds something other than packets raises
+        `UnknownPacketError` (its session is closed, as a junk frame closes a WebSocket; the
+        library logged it as its own error and went on)."""
         try:
             packets = _ClientPayload(encoded_payload=body.decode()).packets
             for count, pkt in enumerate(packets, 1):
@@ -826,7 +923,10 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         await self.run_websocket(ws.response, ws.transport)
 
     async def upgrade(self, response: web.WebSocketResponse, transport: asyncio.Transport) -> bool:
-        """python-engineio's upgrade from long-polling: the probe, then UPGRADE."""
+        """python-engineio's upgrade from long-polling: the probe, then UPGRADE. One per
+        session: another WebSocket for it while one upgrades (or after) is refused."""
+        if self.upgrading or self.upgraded or self.closing or self.closed:
+            return False
         self.upgrading = True  # polls are answered NOOP, packets wait in the outbox
         self.upgrade_transport = transport  # cut if the socket closes meanwhile
         try:
@@ -861,6 +961,9 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         outbox.attach(response, transport)
         handle_message = self.server.handlers["message"]  # python-socketio's
         try:
+            if self.receiving is not None:
+                # a POST still handled: its packets first, one socket's events one at a time
+                await asyncio.shield(self.receiving)
             while True:
                 try:
                     message = await response.receive()
@@ -971,6 +1074,7 @@ class TransportControl:
         self._compression = compression
         self.admin: AdminReport | None = None  # with ADMIN_UI_USERNAME
         self._install_driver()
+        sio.end_connection = self._end_connection
         self._eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         self._eio._service_task = self._sweep
         self._forget = self._eio.disconnect
@@ -1088,6 +1192,12 @@ class TransportControl:
                 return await eio.handle_request(request)
             return await self._open_websocket(request)
         socket = eio.sockets.get(sid)
+        if type(socket) is GatewaySocket and (
+            socket.upgrading or socket.upgraded or socket.closing
+        ):
+            # one upgrade per session: a second WebSocket would read frames as this socket
+            # beside the first, and outlive it
+            return self._bad_request(request, "unexpected upgrade")
         if (
             type(socket) is not GatewaySocket
             or socket.closed
@@ -1114,13 +1224,88 @@ class TransportControl:
         )
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
-        """A POST, to python-engineio; to a session that has closed, refused (400) as a poll
-        is (the library's lookup would raise there: a 500)."""
-        sid = request.query.get("sid")
-        socket = self._eio.sockets.get(sid) if sid is not None else None
-        if socket is not None and socket.closed:
-            del self._eio.sockets[sid]
-        return await self._eio.handle_request(request)
+        """A long-polling POST: the client's packets, handled in order, one socket's events
+        one at a time. python-engineio's checks and answers, with what it left to chance
+        made sure: the body is read to its length (the library took what had arrived, and
+        a body sent in two pieces lost its second), within a ping interval and timeout; a
+        second POST of a session while one is read or handled closes the session, as Node's
+        engine.io does (the library ran them at once, so a socket's events raced); none is
+        taken once the session is upgraded or closing (one that arrived before the upgrade
+        completed is handled first); a session that closes while its body arrives is
+        answered 400 (the library answered 500)."""
+        eio = self._eio
+        query = request.query
+        sid = query.get("sid")
+        socket = eio.sockets.get(sid) if sid else None
+        if not self._origin_allowed(request):
+            return self._bad_request(request, "origin not allowed")
+        if type(socket) is not GatewaySocket or not socket.connected:
+            return self._bad_request(request, "unknown session")
+        if socket.closed or socket.closing:
+            if socket.closed and eio.sockets.get(sid) is socket:
+                del eio.sockets[sid]
+            return self._bad_request(request, "session closed")
+        if socket.upgraded or query.get("transport", "polling") != "polling":
+            return self._bad_request(request, "unexpected HTTP request")
+        if socket.receiving is not None:
+            logger.info("overlapping POSTs: session closed", extra={"eio_sid": sid})
+            await self._disconnect(sid)
+            return self._bad_request(request, "overlapping POST")
+        received = socket.receiving = asyncio.get_running_loop().create_future()
+        try:
+            body = await self._body(request)
+            # (an upgrade that completed meanwhile waits for this POST's packets)
+            if body is None or socket.closed or socket.closing:
+                refused = self._bad_request(request, "session closed")
+                if body is None:
+                    refused.force_close()  # what is left of its body is not read
+                    if not (socket.closed or socket.closing):
+                        await self._disconnect(sid)
+                return refused
+            try:
+                await socket.receive_payload(body)
+            except engineio.exceptions.EngineIOError:
+                if not (socket.closed or socket.closing):
+                    await self._disconnect(sid)
+                return self._bad_request(request, "malformed payload")
+        finally:
+            socket.receiving = None
+            received.set_result(None)
+        cors = eio._cors_headers(_cors_environ(request))
+        return web.Response(body=b"ok", headers={"Content-Type": "text/plain", **dict(cors)})
+
+    async def _body(self, request: web.Request) -> bytes | None:
+        """A POST's whole body: to its Content-Length, or to its end when it is chunked;
+        None when it is larger than `max_http_buffer_size`, ends early or takes longer than
+        a ping interval and timeout to arrive."""
+        eio = self._eio
+        most = eio.max_http_buffer_size
+        length = request.content_length
+        if length is not None and length > most:
+            return None
+        if length == 0:
+            return b""  # (aiohttp's empty body refuses even `readexactly(0)`)
+        try:
+            async with asyncio.timeout(eio.ping_interval + eio.ping_timeout):
+                if length is not None:
+                    return await request.content.readexactly(length)
+                body = bytearray()
+                while chunk := await request.content.read(65536):
+                    body += chunk
+                    if len(body) > most:
+                        return None
+                return bytes(body)
+        except (asyncio.IncompleteReadError, TimeoutError, OSError, HttpProcessingError):
+            return None
+
+    def _bad_request(self, request: web.Request, message: str) -> web.Response:
+        """python-engineio's 400 (`_bad_request`), with its CORS headers."""
+        cors = self._eio._cors_headers(_cors_environ(request))
+        return web.Response(
+            body=FastJson.dumps(message).encode(),
+            status=400,
+            headers={"Content-Type": "text/plain", **dict(cors)},
+        )
 
     async def _poll(self, request: web.Request, socket: GatewaySocket) -> web.Response:
         """python-engineio's answer to a long-poll (`handle_request`, `handle_get_request`,
@@ -1269,6 +1454,9 @@ class TransportControl:
                 return self.response
 
         self._eio._async = {**self._eio._async, "websocket": GatewayWebSocket}
+
+    def _end_connection(self, eio_sid: str) -> None:
+        self._tasks.spawn(self.close(eio_sid), name="end a connection")
 
     def _create_outbox(self, *args: Any, **kwargs: Any) -> Outbox:
         return Outbox(self.bounds, self._overflowed)

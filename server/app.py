@@ -10,6 +10,7 @@ from aiohttp import web
 from handlers.http import error_middleware, setup_routes
 from handlers.pages import setup_pages
 from handlers.socket import GatewayNamespace
+from realtime import admin_view as admin_ui
 from realtime.auth import TokenVerifier
 from realtime.broadcast import Broadcaster
 from realtime.bus import EventBus
@@ -17,6 +18,7 @@ from realtime.config import Settings
 from realtime.emitter import Emitter
 from realtime.gateway import GATEWAY, Gateway
 from realtime.health import redis_probe, store_probe, watcher_probe
+from realtime.limits import LoginGuard, trusted_networks
 from realtime.mapping import DocumentMapping, StoreReservations
 from realtime.metrics import Metrics
 from realtime.publisher import ChangePublisher
@@ -24,7 +26,7 @@ from realtime.revocations import Revocations, Revoker
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
-from realtime.transport import create_socketio_server
+from realtime.transport import AdminView, create_socketio_server
 from realtime.watcher import Watcher, new_instance_id
 from storage.base import Store
 from storage.feed import ChangeFeed
@@ -62,13 +64,19 @@ def create_app(
     store = store or make_store(settings)
     tasks = TaskKeeper()
     mapping = DocumentMapping(settings)
-    sio, transports = create_socketio_server(settings, tasks)
+    metrics = Metrics()
+    admin_view = AdminView(
+        received=admin_ui.received,
+        sent=admin_ui.sent,
+        logins=LoginGuard(trusted_networks(settings.trusted_proxies)),
+        refused=lambda reason, _: metrics.admin_logins_refused.labels(reason).inc(),
+    )
+    sio, transports = create_socketio_server(settings, tasks, admin_view)
     emitter = Emitter(
         sio, store, transports, settings.replay_max_events, settings.client_stall_timeout_s
     )
     publisher = ChangePublisher(mapping, emitter)
     feed = ChangeFeed(store, mapping.collections, publisher, on_history_lost=publisher.history_lost)
-    metrics = Metrics()
     verifier = TokenVerifier(
         settings, on_jwks_fetch=lambda outcome: metrics.jwks_fetches.labels(outcome).inc()
     )

@@ -20,8 +20,15 @@ WAIT_S = 10.0
 class RawSocket:
     """A bare WebSocket client of the gateway: text frames in and out, pings answered."""
 
-    def __init__(self, base_url: str, path: str = "/socket.io/"):
-        self._url = f"{base_url}{path}?EIO=4&transport=websocket"
+    def __init__(
+        self,
+        base_url: str,
+        path: str = "/socket.io/",
+        query: str = "",
+        headers: dict[str, str] | None = None,
+    ):
+        self._url = f"{base_url}{path}?EIO=4&transport=websocket" + (f"&{query}" if query else "")
+        self._headers = headers or {}
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task | None = None
@@ -36,7 +43,7 @@ class RawSocket:
     async def open(self) -> RawSocket:
         """Open the Engine.IO connection (its OPEN packet read), no namespace yet."""
         self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(self._url)
+        self._ws = await self._http.ws_connect(self._url, headers=self._headers)
         self.opening = await self._ws.receive_str()  # the Engine.IO OPEN packet
         assert self.opening.startswith("0{"), self.opening
         self._reader = asyncio.create_task(self._read())
@@ -65,10 +72,14 @@ class RawSocket:
         assert self._ws is not None
         await self._ws.send_bytes(frame)
 
-    async def connect(self, auth: dict | None = None) -> str:
-        """Connect the namespace `/`: the answer frame (`40{...}` or `44{...}`)."""
-        await self.send("40" + (json.dumps(auth) if auth else ""))
-        return await self.next_frame(lambda frame: frame[:2] in ("40", "44"))
+    async def connect(self, auth: dict | None = None, namespace: str = "/") -> str:
+        """Connect a namespace (`/`): the answer frame (`40{...}` or `44{...}`, with the
+        namespace after the type when it is not `/`)."""
+        prefix = "" if namespace == "/" else namespace + ","
+        await self.send("40" + prefix + (json.dumps(auth) if auth else ""))
+        return await self.next_frame(
+            lambda frame: frame[:2] in ("40", "44") and frame[2:].startswith(prefix)
+        )
 
     async def call(self, ack_id: int, event: Any, *args: Any) -> Any:
         """Send an event with an ack id; the ack's first argument."""

@@ -4,10 +4,13 @@ only by default; talked to here with the official socket.io-client, as the UI it
 from __future__ import annotations
 
 import json
+import logging
 
+import aiohttp
 import pytest
 
 from tests.clients import Refused, make_client
+from tests.raw import RawPolling, RawSocket
 
 SERVICE_TOKEN = "admin-ui-tests-service-token"
 pytestmark = pytest.mark.env(BROADCAST_TOKEN=SERVICE_TOKEN)
@@ -110,29 +113,190 @@ async def test_a_refused_socket_is_reported_gone_and_forgotten(admin, clients, g
 
 
 @WITH_ADMIN_UI
-async def test_no_token_reaches_the_admin_ui(admin, base_url, settings, token):
-    """Whoever holds the Admin UI's password must not learn users' tokens: not from the events
-    sockets send (`authenticate`), nor from their handshakes' query."""
+async def test_no_token_reaches_the_admin_ui(admin, base_url, token, gateway):
+    """Whoever holds the Admin UI's password must not learn users' tokens, wherever a client
+    put one: the handshake's query (any key) and headers (the User-Agent too), the events it
+    sends (any field, a room name, the event's name), and what the gateway answers it (an
+    `error` quotes the event it refuses)."""
     ui = await admin()
     await ui.next_event("all_sockets")
     secret = token("c1")
-    customer = make_client("js-websocket", f"{base_url}/?token={secret}", settings.socketio_path)
+    raw = RawSocket(
+        base_url,
+        query=f"token={secret}&jwt={secret}&t={secret}&access_token={secret}",
+        headers={"User-Agent": secret, "Authorization": f"Bearer {secret}", "X-Jwt": secret},
+    )
+    await raw.open()
     try:
-        await customer.connect({})
-        assert (await customer.call("authenticate", {"token": secret}))["ok"] is True
+        assert (await raw.connect({"token": secret})).startswith("40{")
+        await raw.next_event("auth_success")
+        assert (await raw.call(1, "authenticate", {"token": secret}))["ok"] is True
+        joined = await raw.call(2, "join_room", {"roomId": "availability-1", "jwt": secret})
+        assert joined["ok"] is True
+        for ack_id, event, payload in [
+            (3, "join_room", {"roomId": secret}),
+            (4, secret, {"token": secret}),
+            (5, "nope", secret),
+            (6, "leave_room", {"roomId": secret, "token": secret}),
+            (7, "leave_room", {"roomId": "availability-1"}),
+        ]:
+            await raw.call(ack_id, event, payload)
         while True:
             reported, _at = await ui.next_event("socket_connected")
             if reported["nsp"] == "/":
                 break
-        assert reported["handshake"]["query"]["token"] == "[redacted]"
-        while True:
-            _namespace, _sid, (event, *args), _at = await ui.next_event("event_received")
-            if event == "authenticate":
-                break
-        assert args == [{"token": "[redacted]"}]
-        assert secret not in json.dumps(ui.log)
+        received = []
+        while len(received) < 7:
+            _namespace, _sid, event, _at = await ui.next_event("event_received")
+            received.append(event)
+        assert received == [
+            ["authenticate", {}],
+            ["join_room", {"roomId": "availability-1"}],
+            ["join_room", {"roomId": "[redacted]"}],
+            ["[unknown event]"],
+            ["[unknown event]"],
+            ["leave_room", {"roomId": "[redacted]"}],
+            ["leave_room", {"roomId": "availability-1"}],
+        ]
+        assert reported["handshake"]["query"] == {"EIO": "4", "transport": "websocket"}
+        assert set(reported["handshake"]["headers"]) <= {"origin"}
+        shown = json.dumps(ui.log)
+        assert secret not in shown
+        assert secret.split(".")[1] not in shown  # nor its claims
+        [session] = gateway.sessions._sessions.values()
+        assert session.eio_sid not in shown
     finally:
-        await customer.close()
+        await raw.close()
+
+
+@WITH_ADMIN_UI
+@pytest.mark.parametrize("kind", ["js-polling", "py-polling", "js-upgrade", "js-websocket"])
+async def test_nothing_the_ui_shows_opens_a_users_session(
+    admin, connect, gateway, http, base_url, kind
+):
+    """A long-polling client's Engine.IO id is its whole session credential: a viewer who
+    knew it could poll its events, post as it, or upgrade its session to a WebSocket of
+    their own. The UI never shows it, and nothing it shows is one."""
+    victim = await connect(kind, sub="victim")
+    assert (await victim.call("join_room", {"roomId": "availability-v"}))["ok"] is True
+    ui = await admin()
+    sockets = await ui.next_event("all_sockets")
+    [shown] = [s for s in sockets if s["nsp"] == "/"]
+    await post_notification(http, users=["victim"])
+    await victim.next_event("notification")
+    while True:
+        _namespace, sid, (event, _payload), _at = await ui.next_event("event_sent")
+        if event == "notification":
+            break
+    [session] = gateway.sessions._sessions.values()
+    assert session.eio_sid not in json.dumps(ui.log)
+    for candidate in {shown["id"], shown["clientId"], sid, *shown["rooms"]}:
+        poll = await http.get(f"/socket.io/?EIO=4&transport=polling&sid={candidate}")
+        assert poll.status == 400, candidate
+        post = await http.post(
+            f"/socket.io/?EIO=4&transport=polling&sid={candidate}", data='42["leave_room"]'
+        )
+        assert post.status == 400, candidate
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"/socket.io/?EIO=4&transport=websocket&sid={candidate}")
+        assert refused.value.status == 400, candidate
+    # the victim's session is untouched: what is addressed to it still reaches it
+    assert await post_notification(http, users=["victim"]) == 202
+    await victim.next_event("notification")
+
+
+# -- logging in -----------------------------------------------------------------------------------
+@pytest.fixture
+def no_login_refill(monkeypatch):
+    """Failed logins are not forgiven during a test (they are, slowly, in production)."""
+    import realtime.limits
+
+    monkeypatch.setattr(realtime.limits, "LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE", 1e-9)
+    monkeypatch.setattr(realtime.limits, "LOGIN_FAILURES_PER_MINUTE", 1e-9)
+
+
+async def login(base_url: str, credentials: dict, address: str | None = None) -> str:
+    """One Admin UI login over a raw WebSocket of its own (closed afterwards, as the UI's
+    client closes a connection whose namespace was refused): the answer frame."""
+    headers = {"X-Forwarded-For": address} if address else None
+    raw = await RawSocket(base_url, headers=headers).open()
+    try:
+        return await raw.connect(credentials, namespace="/admin")
+    finally:
+        await raw.close()
+
+
+def refusal(answer: str) -> dict:
+    assert answer.startswith("44/admin,"), answer
+    return json.loads(answer.split(",", 1)[1])
+
+
+@WITH_ADMIN_UI
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_a_refused_login_takes_no_other_on_its_connection(base_url, transport):
+    """A second guess on the connection of a refused login is not compared (not even the
+    right password): it ends the connection."""
+    wrong = {"username": "ops", "password": "a wrong password"}
+    if transport == "websocket":
+        raw = await RawSocket(base_url).open()
+        try:
+            answer = await raw.connect(wrong, namespace="/admin")
+            assert refusal(answer)["message"] == "authentication failed"
+            await raw.send("40/admin," + json.dumps(ADMIN))
+            await raw.wait_closed()
+            assert not [f for f in raw.received if f.startswith("40/admin,{")]
+        finally:
+            await raw.close()
+        return
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40/admin," + json.dumps(wrong)) == 200
+        await raw.poll_until(lambda packet: packet.startswith("44/admin,"))
+        await raw.post("40/admin," + json.dumps(ADMIN), "40/admin," + json.dumps(ADMIN))
+        assert await raw.poll_until_closed() == 400
+        assert not [p for p in raw.received if p.startswith("40/admin,{")]
+    finally:
+        await raw.close()
+
+
+@WITH_ADMIN_UI
+async def test_guessing_from_one_address_stops_before_the_password_is_found(
+    no_login_refill, base_url, http, caplog
+):
+    caplog.set_level(logging.INFO)
+    for n in range(10):
+        answer = await login(base_url, {"username": "ops", "password": f"guess {n}"})
+        assert refusal(answer)["message"] == "authentication failed"
+    # the right password, now, is refused without being compared
+    answer = await login(base_url, ADMIN)
+    assert refusal(answer)["data"]["code"] == "rate_limited"
+    refused = [r for r in caplog.records if r.getMessage() == "admin ui login refused"]
+    assert len(refused) == 11 and all(r.levelno == logging.WARNING for r in refused)
+    assert {r.reason for r in refused} == {"credentials", "rate_limited"}
+    assert all(r.address == "127.0.0.1" for r in refused)
+    metrics = await (await http.get("/metrics")).text()
+    assert 'realtime_admin_logins_refused_total{reason="credentials"} 10.0' in metrics
+    assert 'realtime_admin_logins_refused_total{reason="rate_limited"} 1.0' in metrics
+
+
+@WITH_ADMIN_UI
+@pytest.mark.env(TRUSTED_PROXIES="127.0.0.1")
+async def test_guessing_from_many_addresses_stops_too(no_login_refill, base_url):
+    """Each address within its own bound: the bound on all failed logins together stops
+    them, and the right password from yet another address is refused too."""
+    for n in range(60):
+        address = f"10.0.{n // 5}.{n % 5 + 1}"  # five guesses from each address
+        answer = await login(base_url, {"username": "ops", "password": f"g{n}"}, address)
+        assert refusal(answer)["message"] == "authentication failed"
+    answer = await login(base_url, ADMIN, "10.99.0.1")
+    assert refusal(answer)["data"]["code"] == "rate_limited"
+
+
+@WITH_ADMIN_UI
+async def test_a_few_wrong_passwords_do_not_lock_the_operator_out(base_url):
+    for n in range(3):
+        refusal(await login(base_url, {"username": "ops", "password": f"typo {n}"}))
+    assert (await login(base_url, ADMIN)).startswith("40/admin,{")
 
 
 @WITH_ADMIN_UI

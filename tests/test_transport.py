@@ -201,9 +201,12 @@ async def test_the_library_calls_we_adjust_are_still_there(settings):
     # client events enter python-socketio through `_handle_event` (GatewayServer's override)...
     assert "_handle_event" in vars(socketio.async_server.AsyncServer)
     assert "_handle_event" in vars(type(sio))
-    # ...its own lifecycle through these, which must not
-    for name in ("_handle_connect", "_handle_disconnect"):
-        assert name not in vars(type(sio))
+    # ...its own lifecycle through these, which it must not replace: `_handle_connect` and
+    # `_handle_eio_disconnect` are only wrapped (a connection that may connect no namespace
+    # again), `_handle_disconnect` untouched
+    for name in ("_handle_connect", "_handle_disconnect", "_handle_eio_disconnect"):
+        assert name in vars(socketio.async_server.AsyncServer), name
+    assert "_handle_disconnect" not in vars(type(sio))
     # Engine.IO's connection events are wrapped for the transport lifecycle
     assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}
     # GatewaySocket reads MESSAGE packets into python-socketio's handler itself

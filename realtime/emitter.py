@@ -348,10 +348,9 @@ class Emitter:
     async def newest_room_event(
         self, room: str, name: str, until: int | None = None
     ) -> StoredEvent | None:
-        """The newest event called `name` logged for `room`, up to `until` and to what this
-        instance delivered."""
-        if self.delivered is not None and (until is None or until > self.delivered):
-            until = self.delivered
+        """The newest event called `name` logged for `room` (up to `until`), whether or not
+        this instance has delivered it yet: the log is the truth (a client's cursor may be
+        ahead of what this instance delivered)."""
         return await self._store.newest_room_event(room, name, until)
 
     def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:

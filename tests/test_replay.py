@@ -372,3 +372,76 @@ async def test_history_older_than_the_log_s_record_of_a_booking_is_judged_safely
     newcomer = await connect(sub="c2")
     answer = await newcomer.call("join_room", {"roomId": room, "lastEventId": "0"})
     assert answer["replayed"] == 1 and replayed_names(newcomer) == ["modified"]
+
+
+async def test_a_cursor_ahead_of_this_instance_is_judged_by_the_log(
+    settings, aiohttp_server, token, monkeypatch
+):
+    """Two instances on one store, without Redis: the one a client joins on has not yet
+    delivered what its cursor names (it reads the log on a timer). Whom the booking
+    concerned at the cursor is read from the log, not from what this instance delivered:
+    c2, back in its booking, does not get c1's payment from the time it was c1's."""
+    from realtime.gateway import GATEWAY
+    from server.app import create_app
+    from tests.clients import make_client
+    from tests.test_transport import eventually
+
+    # two instances of one process, as if of two hosts (each would take the other's lease
+    # for a dead process's of its own host)
+    monkeypatch.setattr("realtime.watcher.dead_on_this_host", lambda holder: False)
+    first = create_app(settings)
+    first_server = await aiohttp_server(first)
+    await eventually(lambda: first[GATEWAY].watcher.held_here)  # the other one never will
+    lagging = create_app(settings)
+    lagging[GATEWAY].emitter._catch_up_interval_s = 3600  # hears of nothing by itself
+    lagging_server = await aiohttp_server(lagging)
+    clients = []
+
+    async def connect(server, sub, role="customer"):
+        client = make_client("py-websocket", str(server.make_url("")).rstrip("/"))
+        clients.append(client)
+        await client.connect({"token": token(sub, role)})
+        await client.next_event("auth_success")
+        return client
+
+    try:
+        admin = await connect(first_server, "a1", "admin")
+        for room in ("admin-reservations", "admin-payments"):
+            assert (await admin.call("join_room", {"roomId": room}))["ok"]
+        store = first[GATEWAY].store
+        booking = await store.insert_document(
+            "bookings", {"customerId": "c2", "shopId": "s1", "status": "pending", **SLOT}
+        )
+        created = await admin.next_event("reservation_update")
+        # the lagging instance has delivered the booking's creation (c2's), and no more
+        lagging[GATEWAY].emitter.catch_up_soon()
+        await eventually(lambda: lagging[GATEWAY].emitter.delivered >= int(created["eventId"]))
+        await store.update_document("bookings", booking, {"customerId": "c1"})
+        to_c1 = await admin.next_event("reservation_update")
+        await store.insert_document(
+            "payments",
+            {
+                "bookingId": booking,
+                "customerId": "c1",
+                "shopId": "s1",
+                "status": "succeeded",
+                "amount": 4200,
+                "currency": "EUR",
+            },
+        )
+        await admin.next_event("payment_update")
+        await store.update_document("bookings", booking, {"customerId": "c2"})
+        await admin.next_event("reservation_update")
+        assert lagging[GATEWAY].emitter.delivered < int(to_c1["eventId"])
+
+        c2 = await connect(lagging_server, "c2")
+        answer = await c2.call(
+            "join_room", {"roomId": f"reservation-{booking}", "lastEventId": to_c1["eventId"]}
+        )
+        assert answer["ok"] and answer["replayed"] == 1, answer  # the move back
+        assert "payment_update" not in c2.names()
+        # (its own room's events, delivered as this instance caught up, concern it too)
+        assert {p["userId"] for n, p in data_events(c2) if n == "reservation_update"} == {"c2"}
+    finally:
+        for client in clients:
+            await client.close()

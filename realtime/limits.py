@@ -40,9 +40,9 @@ class TokenBucket:
         """Full again: forgetting it changes nothing."""
         return self._tokens + (now - self._stamp) * self._rate >= self._burst
 
-    def has_one(self, now: float) -> bool:
-        """Whether `take` would admit one now (nothing is taken)."""
-        return self._tokens + (now - self._stamp) * self._rate >= 1.0
+    def give_back(self) -> None:
+        """Return the token last taken (what it admitted did not count after all)."""
+        self._tokens = min(self._burst, self._tokens + 1.0)
 
 
 class KeyedBuckets:
@@ -74,10 +74,11 @@ class KeyedBuckets:
             self._buckets.move_to_end(key)
         return bucket.take(now)
 
-    def has_one(self, key: str) -> bool:
-        """Whether `take(key)` would admit one now (nothing is taken, nothing kept)."""
+    def give_back(self, key: str) -> None:
+        """Return the token `take(key)` last took."""
         bucket = self._buckets.get(key)
-        return bucket is None or bucket.has_one(self._clock())
+        if bucket is not None:
+            bucket.give_back()
 
     def _forget_idle(self, now: float) -> None:
         for key in [k for k, bucket in self._buckets.items() if bucket.idle(now)]:
@@ -94,7 +95,8 @@ class LoginGuard:
     while either has had its fill, every login is refused before its credentials are even
     compared, so that guessing costs the same from one connection, many connections or many
     addresses. Someone who fails on purpose can keep the door shut for a while; nobody can
-    guess through it."""
+    guess through it. A login takes its allowance before it is compared, and a good one gives
+    it back: logins at once cannot all pass the check before any failure is counted."""
 
     def __init__(self, trusted: tuple[Network, ...], clock: Callable[[], float] = time.monotonic):
         self._trusted = trusted
@@ -109,16 +111,21 @@ class LoginGuard:
     def address(self, environ: Mapping[str, str]) -> str:
         return address_key(client_address(environ, self._trusted))
 
-    def admits(self, environ: Mapping[str, str]) -> bool:
-        """Whether a login from this client may be tried now."""
-        return self._overall.has_one(self._clock()) and self._addresses.has_one(
-            self.address(environ)
-        )
+    def try_login(self, environ: Mapping[str, str]) -> bool:
+        """Take one login's allowance for this client: False (nothing taken) when there is
+        none left, here or overall. Give it back with `succeeded` if the login is good."""
+        now, address = self._clock(), self.address(environ)
+        if not self._overall.take(now):
+            return False
+        if not self._addresses.take(address):
+            self._overall.give_back()
+            return False
+        return True
 
-    def failed(self, environ: Mapping[str, str]) -> None:
-        """A login from this client was refused: one less may be tried."""
-        self._overall.take(self._clock())
-        self._addresses.take(self.address(environ))
+    def succeeded(self, environ: Mapping[str, str]) -> None:
+        """The login `try_login` admitted was good: it does not count as a failure."""
+        self._overall.give_back()
+        self._addresses.give_back(self.address(environ))
 
 
 # the answer to a connection past its address's rate, in its handshake or its 429

@@ -333,6 +333,7 @@ class AdminReport:
             ]
             return all(matches)
 
+        self._authorised = authorised
         patched = engineio.async_socket.AsyncSocket
         kept = {name: patched.__dict__[name] for name in _ADMIN_PATCHED_SOCKET_CALLS}
         self._server = sio.instrument(
@@ -419,25 +420,25 @@ class AdminReport:
         self._server.serialize_socket = serialize_socket
 
     async def _login(self, reporting: Callable[..., Awaitable[Any]], sid: str, *args: Any) -> Any:
-        """The Admin UI's namespace connecting: credentials compared only while failed logins
-        are within their bounds; a refused login is logged and counted, and its connection
-        takes no other (another try takes another connection, within its address's rate)."""
+        """The Admin UI's namespace connecting: its login's allowance taken, then its
+        credentials compared, with nothing awaited before a refusal (python-socketio has put
+        the socket in the namespace already: whatever were emitted to the namespace meanwhile
+        would reach it, and logins at once would all pass the allowance before any failure
+        counted). A refused login is logged and counted, and its connection takes no other
+        (another try takes another connection, within its address's rate)."""
         environ = args[0] if args and isinstance(args[0], Mapping) else {}
         eio_sid = self._sio.manager.eio_sid_from_sid(sid, ADMIN_NAMESPACE)
         logins = self._view.logins
-        if not logins.admits(environ):
+        if not logins.try_login(environ):
             self._login_refused("rate_limited", environ, eio_sid)
             raise socketio.exceptions.ConnectionRefusedError(
                 "too many failed logins: retry later", {"code": "rate_limited"}
             )
-        try:
-            accepted = await reporting("connect", ADMIN_NAMESPACE, sid, *args)
-        except socketio.exceptions.ConnectionRefusedError:
-            logins.failed(environ)
+        if not self._authorised(args[1] if len(args) > 1 else None):
             self._login_refused("credentials", environ, eio_sid)
-            await self._refused(ADMIN_NAMESPACE, sid)
-            raise
-        return accepted
+            raise socketio.exceptions.ConnectionRefusedError("authentication failed")
+        logins.succeeded(environ)
+        return await reporting("connect", ADMIN_NAMESPACE, sid, *args)
 
     def _login_refused(self, reason: str, environ: Mapping[str, Any], eio_sid: str | None) -> None:
         address = self._view.logins.address(environ)
@@ -491,12 +492,16 @@ ADMIN_REPORTED_RECIPIENTS = 50  # of one delivered event, reported to the Admin 
 ADMIN_REPORTS_UNDER_WAY = 8  # past it, delivered events go unreported until some are sent
 # of a socket's handshake, what the UI is shown (browsers set these; clients put tokens in
 # other headers and query keys, the User-Agent included)
-_SHOWN_HEADERS = ("origin",)
-_SHOWN_QUERY = ("EIO", "transport")
+_SHOWN_HEADERS = {"origin": None}
+_SHOWN_QUERY = {"EIO": {"4"}, "transport": {"polling", "websocket"}}  # and only these values
 
 
-def _shown(values: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    return {key: values[key] for key in keys if key in values}
+def _shown(values: Mapping[str, Any], keys: Mapping[str, set[str] | None]) -> dict[str, Any]:
+    return {
+        key: values[key]
+        for key, allowed in keys.items()
+        if isinstance(values.get(key), str) and (allowed is None or values[key] in allowed)
+    }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

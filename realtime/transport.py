@@ -1171,6 +1171,17 @@ class TransportControl:
                 return self._turned_away(request)
             if admission is Admission.REFUSED:
                 request[_PAST_ITS_RATE] = True
+        if "sid" in query and query.get("transport", "polling") in ("polling", "websocket"):
+            # a session that is gone, or a poll of one upgraded: refused here (the library
+            # answers the same, and logs each kind at ERROR the first time: a client that
+            # comes back after a restart is no operator's error)
+            socket = eio.sockets.get(query["sid"])
+            if socket is None or socket.closed:
+                if socket is not None and eio.sockets.get(query["sid"]) is socket:
+                    del eio.sockets[query["sid"]]
+                return self._bad_request(request, "unknown session")
+            if socket.upgraded and query.get("transport", "polling") == "polling":
+                return self._bad_request(request, "unexpected HTTP request")
         if query.get("transport", "polling") == "polling" and "sid" in query:
             socket = eio.sockets.get(query["sid"])
             if (
@@ -1260,13 +1271,12 @@ class TransportControl:
         try:
             body = await self._body(request)
             # (an upgrade that completed meanwhile waits for this POST's packets)
-            if body is None or socket.closed or socket.closing:
-                refused = self._bad_request(request, "session closed")
-                if body is None:
-                    refused.force_close()  # what is left of its body is not read
-                    if not (socket.closed or socket.closing):
-                        await self._disconnect(sid)
-                return refused
+            if body is None:
+                if not (socket.closed or socket.closing):
+                    await self._disconnect(sid)
+                return await self._refuse_and_close(request, "body refused")
+            if socket.closed or socket.closing:
+                return self._bad_request(request, "session closed")
             try:
                 await socket.receive_payload(body)
             except engineio.exceptions.EngineIOError:
@@ -1280,28 +1290,41 @@ class TransportControl:
         return web.Response(body=b"ok", headers={"Content-Type": "text/plain", **dict(cors)})
 
     async def _body(self, request: web.Request) -> bytes | None:
-        """A POST's whole body: to its Content-Length, or to its end when it is chunked;
-        None when it is larger than `max_http_buffer_size`, ends early or takes longer than
-        a ping interval and timeout to arrive."""
+        """A POST's whole body, read to its end (aiohttp ends it at its Content-Length, or
+        at the last chunk, and inflates a compressed one); None when it is larger than
+        `max_http_buffer_size`, ends early, is malformed or takes longer than a ping interval
+        and timeout to arrive."""
         eio = self._eio
         most = eio.max_http_buffer_size
         length = request.content_length
         if length is not None and length > most:
             return None
-        if length == 0:
-            return b""  # (aiohttp's empty body refuses even `readexactly(0)`)
+        body = bytearray()
         try:
             async with asyncio.timeout(eio.ping_interval + eio.ping_timeout):
-                if length is not None:
-                    return await request.content.readexactly(length)
-                body = bytearray()
                 while chunk := await request.content.read(65536):
                     body += chunk
                     if len(body) > most:
                         return None
-                return bytes(body)
-        except (asyncio.IncompleteReadError, TimeoutError, OSError, HttpProcessingError):
+        except (
+            TimeoutError,
+            OSError,
+            HttpProcessingError,
+            web.RequestPayloadError,  # a body cut short, or not what its encoding says
+        ):
             return None
+        return bytes(body)
+
+    async def _refuse_and_close(self, request: web.Request, message: str) -> web.Response:
+        """400, then the connection closed: what is left of a refused body is not read (aiohttp
+        would read it on, and log a body that is not what its encoding says as its own
+        error)."""
+        refused = self._bad_request(request, message)
+        refused.force_close()
+        await refused.prepare(request)
+        await refused.write_eof()
+        request.protocol.force_close()
+        return refused
 
     def _bad_request(self, request: web.Request, message: str) -> web.Response:
         """python-engineio's 400 (`_bad_request`), with its CORS headers."""

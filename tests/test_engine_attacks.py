@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import itertools
 import json
 import logging
 import os
+import zlib
 
 import pytest
 
@@ -29,7 +31,8 @@ PIECE_PAUSE_S = 0.05
 def no_errors_logged(caplog):
     caplog.set_level(logging.INFO)
     yield
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # (in teardown, `caplog.records` holds the teardown's records only)
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
     assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
 
 
@@ -206,6 +209,39 @@ async def test_a_body_that_never_arrives_in_full_closes_its_session(
         assert status == 400
         assert await raw.poll_until_closed() == 400
         assert not [p for p in raw.received if p.startswith("431")]  # nothing of it handled
+    finally:
+        await raw.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_post_is_read_inflated(base_url, token, encoding):
+    raw = await authenticated_polling(base_url, token)
+    try:
+        body = "\x1e".join(join(n) for n in range(1, 6)).encode()
+        compressed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+        head = post_head(base_url, session_id(raw), len(compressed)).replace(
+            "\r\n\r\n", f"\r\nContent-Encoding: {encoding}\r\n\r\n"
+        )
+        status, _ = await raw_request(base_url, head, [compressed])
+        assert status == 200
+        assert len(await acks(raw, set(range(1, 6)))) == 5
+    finally:
+        await raw.close()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_what_its_encoding_says_is_400(
+    base_url, token, encoding, no_errors_logged
+):
+    raw = await authenticated_polling(base_url, token)
+    try:
+        body = join(1).encode()  # not compressed at all
+        head = post_head(base_url, session_id(raw), len(body)).replace(
+            "\r\n\r\n", f"\r\nContent-Encoding: {encoding}\r\n\r\n"
+        )
+        status, _ = await raw_request(base_url, head, [body])
+        assert status == 400
+        assert await raw.poll_until_closed() == 400
     finally:
         await raw.close()
 
@@ -395,4 +431,30 @@ async def test_a_post_under_way_when_its_session_upgrades_is_handled_first(
     finally:
         writer.close()
         post_writer.close()
+        await raw.close()
+
+
+async def test_a_stale_session_id_is_400_and_no_operator_s_error(
+    base_url, http, token, no_errors_logged
+):
+    """A client that comes back with the session id of a connection that is gone (after a
+    restart, say), or polls one it upgraded: 400, as python-engineio answers, without the
+    ERROR line the library logs the first time."""
+    for method, transport in [("GET", "polling"), ("POST", "polling"), ("GET", "websocket")]:
+        url = f"/socket.io/?EIO=4&transport={transport}&sid=gone-{method}-{transport}"
+        async with http.request(method, url, data="40") as answer:
+            assert answer.status == 400, (method, transport)
+    raw = await authenticated_polling(base_url, token)
+    sid = session_id(raw)
+    reader, writer, _ = await upgrade_request(base_url, sid)
+    try:
+        writer.write(masked("2probe"))
+        assert await read_frame(reader) == "3probe"
+        writer.write(masked("5"))
+        await writer.drain()
+        assert await raw.poll() in (200, 400)  # the poll the upgrade ends (or a late one)
+        assert await raw.poll() == 400  # upgraded: no more polls
+        assert await raw.post(join(1)) == 400
+    finally:
+        writer.close()
         await raw.close()

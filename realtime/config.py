@@ -78,6 +78,9 @@ class Settings:
     broadcast_token: str | None = None
     cors_origins: tuple[str, ...] = ()
     auth_timeout_s: float = 10.0
+    ping_interval_s: float = 25.0
+    ping_timeout_s: float = 20.0
+    connect_timeout_s: float = 45.0
     auth_expiring_lead_s: float = 60.0
     max_payload_bytes: int = 1_000_000
     log_level: str = "info"
@@ -312,6 +315,28 @@ class SettingsSchema(Schema):
         "AUTH_TIMEOUT",
         "seconds an unauthenticated socket may stay connected",
         "10",
+    )
+    ping_interval_s = _env(
+        fields.Float(validate=validate.Range(min=0.05, max=3600)),
+        "PING_INTERVAL",
+        "seconds between the server's Engine.IO pings: shorter than the idle timeout of every "
+        "proxy and mobile network on the way, longer to spare mobile radios and CPU",
+        "25",
+    )
+    ping_timeout_s = _env(
+        fields.Float(validate=validate.Range(min=0.05, max=3600)),
+        "PING_TIMEOUT",
+        "seconds a client has to answer a ping before its connection is closed (a dead client "
+        "is noticed within PING_INTERVAL + PING_TIMEOUT)",
+        "20",
+    )
+    connect_timeout_s = _env(
+        fields.Float(validate=_positive),
+        "CONNECT_TIMEOUT",
+        "seconds an Engine.IO connection may stay without connecting a namespace (the "
+        "protocol's connectTimeout; AUTH_TIMEOUT closes one without an authenticated socket "
+        "sooner by default)",
+        "45",
     )
     auth_expiring_lead_s = _env(
         fields.Float(validate=validate.Range(min=0)),

@@ -116,12 +116,22 @@ _BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY
 
 
 class GatewayServer(socketio.AsyncServer):
+    """python-socketio's server with the gateway's rules for what clients send (`rules`,
+    on by default): binary events refused, reserved event names never reaching the
+    lifecycle handlers, a client that leaves its last namespace closed. Without them (the
+    conformance app) it is the protocol's own server: binary events and acks carried, and an
+    EVENT that is not a non-empty array with a name closes the connection."""
+
     # with the Admin UI, client events take the library's path, where it reports them
     instrumented = False
     # Engine.IO connections that may connect no namespace again (a refused Admin UI login:
     # another try takes another connection), and how one that tries is ended
     _refused_for_good: set[str] | None = None
     end_connection: Callable[[str], None] | None = None
+
+    def __init__(self, *args: Any, rules: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rules = rules
 
     def refuse_connects(self, eio_sid: str) -> None:
         """From now on, a namespace CONNECT on this connection ends it, unanswered. (The
@@ -136,7 +146,25 @@ class GatewayServer(socketio.AsyncServer):
             if self.end_connection is not None:
                 self.end_connection(eio_sid)
             return
+        namespace = namespace or NAMESPACE
+        if not (
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        ):
+            # the protocol's refusal, an object with a message (python-socketio sends the
+            # string "Unable to connect", which clients read no message from)
+            refusal = {"message": "Invalid namespace"}
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(socketio.packet.CONNECT_ERROR, refusal, namespace=namespace),
+            )
+            return
         await super()._handle_connect(eio_sid, namespace, data)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and self.manager.sid_from_eio_sid(eio_sid, namespace) is not None:
+            socket.namespaced = True  # its connect timeout has passed
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         if self._refused_for_good:
@@ -149,6 +177,9 @@ class GatewayServer(socketio.AsyncServer):
         # binary event is refused at once and its attachments never kept.
         if eio_sid not in self.environ:
             return  # read after its transport closed: python-socketio forgot it (no session)
+        if not self.rules:
+            await super()._handle_eio_message(eio_sid, data)
+            return
         if isinstance(data, (bytes, bytearray)):
             return  # an attachment of a binary packet refused below
         if isinstance(data, str) and data[:1] in _BINARY_PACKETS:
@@ -182,6 +213,11 @@ class GatewayServer(socketio.AsyncServer):
     async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
         # Client events, and only they, enter here (python-socketio's own `connect` and
         # `disconnect` calls come from `_handle_connect` / `_handle_disconnect`).
+        if not self.rules:
+            if not isinstance(data, list) or not data or not isinstance(data[0], str):
+                raise ValueError("an EVENT is an array that starts with its name")
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
         if not isinstance(data, list) or not data:
             data = [RefusedEventName(None, "an event needs a name")]
         elif not isinstance(data[0], str):
@@ -273,6 +309,8 @@ def create_socketio_server(
         # None: same origin only (clients that send no Origin, like mobile SDKs, pass)
         cors_allowed_origins=list(settings.cors_origins) or None,
         max_http_buffer_size=settings.max_payload_bytes,
+        ping_interval=settings.ping_interval_s,
+        ping_timeout=settings.ping_timeout_s,
         logger=False,
         engineio_logger=False,
     )
@@ -281,6 +319,7 @@ def create_socketio_server(
         settings.ws_compression,
         Bounds(settings.client_backlog_max, settings.client_backlog_max_bytes),
         tasks,
+        settings.connect_timeout_s,
     )
     if settings.admin_ui_username is not None and settings.admin_ui_password is not None:
         if admin_view is None:
@@ -678,6 +717,10 @@ class Outbox:
         self._taken = 0  # after the wait: a concurrent poll may have taken some meanwhile
         return self.get_nowait()
 
+    def waited_on(self) -> bool:
+        """Whether a poll waits for what comes next."""
+        return bool(self._getters)
+
     def task_done(self) -> None:
         pass  # `join()` waits for the outbox to be empty: nothing to count
 
@@ -840,6 +883,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     writes) nor a task per message received."""
 
     upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
+    opened_at = 0.0  # when it opened (time.monotonic())
+    namespaced = False  # whether it has connected a namespace (its connect timeout passed)
     # a POST whose body is being read or its packets handled: done when it is answered
     receiving: asyncio.Future | None = None
     ping_timer: asyncio.TimerHandle | None = None  # the next ping; cancelled when it closes
@@ -943,7 +988,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
             await response.send_str(
                 engineio.packet.Packet(engineio.packet.PONG, data="probe").encode()
             )
-            self.queue.put_nowait(_NOOP)  # ends the poll under way
+            if self.queue.waited_on():
+                self.queue.put_nowait(_NOOP)  # ends the poll under way (a later one gets one)
             async with asyncio.timeout(self.server.ping_timeout):
                 upgrade = engineio.packet.Packet(encoded_packet=await _received(response))
             # the session may have closed meanwhile (its auth deadline, say)
@@ -1027,9 +1073,10 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     async def _close_after_last_poll(self, reason: Any) -> None:
         """python-engineio's `close(wait=True)` on long-polling writes CLOSE, marks the
         socket closed and waits for its outbox to be drained, which no poll can do any more
-        (a closed socket's polls are refused): the request that closes it (a refused POST,
-        say) would wait for ever. Here the socket stays open to polls, for `LAST_POLL_WAIT_S`
-        at most, until one takes what waits and the CLOSE; nobody waits for that."""
+        (a closed socket's polls are refused): the request that closes it (a client leaving
+        its last namespace, say) would wait for ever. Here the socket stays open to polls,
+        for `LAST_POLL_WAIT_S` at most, until one takes what waits and the CLOSE; nobody
+        waits for that."""
         self.closing = True
         # queued first: a poll that empties the outbox from now on has taken it
         self.queue.put_nowait(_CLOSE)
@@ -1064,10 +1111,17 @@ class TransportControl:
     closes their transports."""
 
     def __init__(
-        self, sio: socketio.AsyncServer, compression: bool, bounds: Bounds, tasks: TaskKeeper
+        self,
+        sio: socketio.AsyncServer,
+        compression: bool,
+        bounds: Bounds,
+        tasks: TaskKeeper,
+        connect_timeout_s: float | None = None,
     ):
         self._sio = sio
         self._eio = sio.eio
+        # how long a connection may stay without connecting a namespace (None: for ever)
+        self._connect_timeout_s = connect_timeout_s
         self.bounds = bounds
         # the TCP transport under each WebSocket, to cut a stalled one off
         self._connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -1152,38 +1206,55 @@ class TransportControl:
         app.router.add_get(path, self.route)
         app.router.add_post(path, self._post)
         app.router.add_route("OPTIONS", path, self._eio.handle_request)
+        app.router.add_route("*", path, self._no_such_method)
+
+    async def _no_such_method(self, request: web.Request) -> web.Response:
+        """PUT, DELETE...: 400, as the protocol's reference server answers (aiohttp's 405 would
+        answer in its own words, without the CORS headers)."""
+        return self._bad_request(request, "unsupported method")
 
     async def route(self, request: web.Request) -> web.StreamResponse:
-        """A GET on the Engine.IO endpoint. A WebSocket, opened directly or upgrading a
-        long-polling session, is served here, with python-engineio's checks, packets and
-        handlers but a shorter stack: what a connection holds for its life is its own frame
-        and a small environ, not the library's request handling and its environ. Every other
-        request, and every request those checks would refuse, goes to the library, which
-        answers it as always."""
+        """A GET on the Engine.IO endpoint. Handshakes (long-polling and WebSocket), polls
+        and upgrades are served here, with python-engineio's checks, packets and handlers
+        but a shorter stack: what a connection holds for its life is its own frame and a
+        small environ, not the library's request handling and its environ. What is left
+        (JSONP, a check that refuses) goes to the library, which answers it as always."""
         eio = self._eio
         query = request.query
         if request.method != "GET":  # HEAD: the library's answer (a poll's body would be lost)
             return await eio.handle_request(request)
-        # a new connection, as python-engineio reads the query (it drops empty values)
-        if not any(query.getall("sid", ())):
+        transport = query.get("transport")
+        if transport not in ("polling", "websocket"):
+            # (python-engineio takes a missing one for polling; the protocol requires it)
+            return self._bad_request(request, "unknown transport")
+        # the session, as python-engineio reads the query (it drops empty values)
+        sid = next((value for value in query.getall("sid", ()) if value), None)
+        if sid is None:  # a new connection
             admission = self._admit(connect_environ(request))
             if admission is Admission.TURNED_AWAY:
                 return self._turned_away(request)
             if admission is Admission.REFUSED:
                 request[_PAST_ITS_RATE] = True
-        if "sid" in query and query.get("transport", "polling") in ("polling", "websocket"):
+            if (
+                transport == "polling"
+                and query.get("EIO") == "4"
+                and "j" not in query
+                and self._origin_allowed(request)
+            ):
+                return await self._open_polling(request)
+        else:
             # a session that is gone, or a poll of one upgraded: refused here (the library
             # answers the same, and logs each kind at ERROR the first time: a client that
             # comes back after a restart is no operator's error)
-            socket = eio.sockets.get(query["sid"])
-            if socket is None or socket.closed:
-                if socket is not None and eio.sockets.get(query["sid"]) is socket:
-                    del eio.sockets[query["sid"]]
+            socket = eio.sockets.get(sid)
+            if socket is None or socket.closed or not await socket.check_ping_timeout():
+                if socket is not None and socket.closed and eio.sockets.get(sid) is socket:
+                    del eio.sockets[sid]
                 return self._bad_request(request, "unknown session")
-            if socket.upgraded and query.get("transport", "polling") == "polling":
+            if socket.upgraded and transport == "polling":
                 return self._bad_request(request, "unexpected HTTP request")
-        if query.get("transport", "polling") == "polling" and "sid" in query:
-            socket = eio.sockets.get(query["sid"])
+        if transport == "polling" and sid is not None:
+            socket = eio.sockets.get(sid)
             if (
                 type(socket) is GatewaySocket
                 and socket.connected
@@ -1192,17 +1263,22 @@ class TransportControl:
                 and "Upgrade" not in request.headers
                 and self._origin_allowed(request)
             ):
+                if socket.queue.waited_on():
+                    # a second poll while one waits: the session is closed, as Node's
+                    # engine.io closes it (the waiting poll takes its CLOSE)
+                    logger.info("overlapping polls: session closed", extra={"eio_sid": sid})
+                    await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
+                    return self._bad_request(request, "overlapping poll")
                 return await self._poll(request, socket)
             return await eio.handle_request(request)
         if (
-            query.get("transport") != "websocket"
+            transport != "websocket"
             or "j" in query
             or request.headers.get("Upgrade", "").lower() != "websocket"
             or not web.WebSocketResponse().can_prepare(request).ok
             or not self._origin_allowed(request)
         ):
             return await eio.handle_request(request)
-        sid = query.get("sid")
         if sid is None:
             if query.get("EIO") != "4":
                 return await eio.handle_request(request)
@@ -1257,6 +1333,8 @@ class TransportControl:
             return self._bad_request(request, "origin not allowed")
         if type(socket) is not GatewaySocket or not socket.connected:
             return self._bad_request(request, "unknown session")
+        if not (socket.closed or socket.closing) and not await socket.check_ping_timeout():
+            return self._bad_request(request, "session closed")  # it missed its pong
         if socket.closed or socket.closing:
             if socket.closed and eio.sockets.get(sid) is socket:
                 del eio.sockets[sid]
@@ -1272,16 +1350,15 @@ class TransportControl:
             body = await self._body(request)
             # (an upgrade that completed meanwhile waits for this POST's packets)
             if body is None:
-                if not (socket.closed or socket.closing):
-                    await self._disconnect(sid)
+                await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
                 return await self._refuse_and_close(request, "body refused")
             if socket.closed or socket.closing:
                 return self._bad_request(request, "session closed")
             try:
                 await socket.receive_payload(body)
             except engineio.exceptions.EngineIOError:
-                if not (socket.closed or socket.closing):
-                    await self._disconnect(sid)
+                # closed at once (a poll waiting takes its CLOSE; the next finds no session)
+                await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
                 return self._bad_request(request, "malformed payload")
         finally:
             socket.receiving = None
@@ -1370,8 +1447,12 @@ class TransportControl:
         allowed = eio._cors_allowed_origins(_cors_environ(request))
         return allowed is None or origin in allowed
 
-    async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
-        """python-engineio's `_handle_connect`, for a WebSocket."""
+    async def _open(
+        self, request: web.Request, upgrades: list[str]
+    ) -> tuple[GatewaySocket | None, Any]:
+        """python-engineio's `_handle_connect`: a new socket, its OPEN packet queued and the
+        connect handlers run; (None, what they answered) when they refuse it (it is then
+        forgotten)."""
         eio = self._eio
         if eio.start_service_task:  # the ping checks of every socket: started once
             eio.start_service_task = False
@@ -1384,9 +1465,12 @@ class TransportControl:
                 engineio.packet.OPEN,
                 {
                     "sid": sid,
-                    "upgrades": [],
-                    "pingTimeout": int(eio.ping_timeout * 1000),
-                    "pingInterval": int(eio.ping_interval + eio.ping_interval_grace_period) * 1000,
+                    "upgrades": upgrades,
+                    "pingTimeout": round(eio.ping_timeout * 1000),
+                    # (python-engineio rounds the seconds down first: 0.3 s was 0 ms)
+                    "pingInterval": round(
+                        (eio.ping_interval + eio.ping_interval_grace_period) * 1000
+                    ),
                     "maxPayload": eio.max_http_buffer_size,
                 },
             )
@@ -1396,9 +1480,31 @@ class TransportControl:
         )
         if accepted is not None and accepted is not True:
             del eio.sockets[sid]
-            return await eio._make_response(
-                eio._unauthorized(accepted or None), eio._async["translate_request"](request)
-            )
+            return None, accepted
+        return socket, None
+
+    async def _refused_handshake(self, request: web.Request, refusal: Any) -> web.StreamResponse:
+        eio = self._eio
+        return await eio._make_response(
+            eio._unauthorized(refusal or None), eio._async["translate_request"](request)
+        )
+
+    async def _open_polling(self, request: web.Request) -> web.StreamResponse:
+        """python-engineio's `_handle_connect`, for long-polling: the OPEN packet is the
+        first poll's answer."""
+        socket, refusal = await self._open(request, ["websocket"])
+        if socket is None:
+            return await self._refused_handshake(request, refusal)
+        socket.schedule_ping()
+        socket.connected = True
+        return await self._poll(request, socket)
+
+    async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
+        """python-engineio's `_handle_connect`, for a WebSocket."""
+        eio = self._eio
+        socket, refusal = await self._open(request, [])
+        if socket is None:
+            return await self._refused_handshake(request, refusal)
         socket.schedule_ping()
         try:
             response = await self._websocket_response(request, socket)
@@ -1438,7 +1544,8 @@ class TransportControl:
                         if eio.sockets.get(sid) is socket:
                             del eio.sockets[sid]
                     elif socket is not None and not socket.closing:
-                        await socket.check_ping_timeout()
+                        if await socket.check_ping_timeout():
+                            self._check_connect_timeout(socket)
                 except Exception:
                     logger.exception("ping check failed", extra={"eio_sid": sid})
                 socket = None  # not kept while this waits
@@ -1447,6 +1554,20 @@ class TransportControl:
                         await stop.wait()
                 if stop.is_set():
                     return
+
+    def _check_connect_timeout(self, socket: engineio.async_socket.AsyncSocket) -> None:
+        """Close a connection that has connected no namespace within the connect timeout
+        (the protocol's `connectTimeout`): it has no use but holding a socket."""
+        timeout_s = self._connect_timeout_s
+        if (
+            timeout_s is not None
+            and type(socket) is GatewaySocket
+            and not socket.namespaced
+            and time.monotonic() - socket.opened_at > timeout_s
+        ):
+            socket.namespaced = True  # closed once
+            logger.info("connect timeout", extra={"eio_sid": socket.sid})
+            self._tasks.spawn(self.close(socket.sid), name="connect timeout")
 
     async def _disconnect(self, sid: str | None = None) -> None:
         """python-engineio's `disconnect`, which closes a socket and forgets it at once: a
@@ -1510,6 +1631,7 @@ class TransportControl:
             socket = eio.sockets[eio_sid]
             if type(socket) is engineio.async_socket.AsyncSocket:
                 socket.__class__ = GatewaySocket  # before its pings and its transport start
+            socket.opened_at = time.monotonic()
             if "aiohttp.request" in environ:  # python-socketio keeps it for the connection's life
                 environ = connect_environ(environ["aiohttp.request"])
             accepted = await handle_connect(eio_sid, environ)
@@ -1526,14 +1648,14 @@ class TransportControl:
             # python-engineio closes such a socket without writing to it, so the client's
             # outstanding long-poll waits for the ping interval (25 s) before it returns, and
             # python clients wait for it inside `disconnect()` (and a refused `connect()`).
-            # Engine.IO's reference server answers it at once; so do we, with a CLOSE packet.
+            # Engine.IO's reference server answers it at once, with a NOOP; so do we.
             socket = eio.sockets.get(eio_sid)
             if (
                 reason == eio.reason.CLIENT_DISCONNECT
                 and socket is not None
                 and not socket.upgraded
             ):
-                socket.queue.put_nowait(engineio.packet.Packet(engineio.packet.CLOSE))
+                socket.queue.put_nowait(_NOOP)
 
         eio.on("connect", on_connect)
         eio.on("disconnect", on_disconnect)

@@ -334,8 +334,8 @@ class SettingsSchema(Schema):
         fields.Float(validate=_positive),
         "CONNECT_TIMEOUT",
         "seconds an Engine.IO connection may stay without connecting a namespace (the "
-        "protocol's connectTimeout; AUTH_TIMEOUT closes one without an authenticated socket "
-        "sooner by default)",
+        "protocol's connectTimeout, checked every PING_TIMEOUT; AUTH_TIMEOUT closes one "
+        "without an authenticated socket sooner by default)",
         "45",
     )
     auth_expiring_lead_s = _env(

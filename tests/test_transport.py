@@ -383,6 +383,63 @@ async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, ba
         await silent._http.close()  # its reader is gone: only its session is left to close
 
 
+@pytest.mark.env(PING_INTERVAL="0.2", PING_TIMEOUT="0.3", AUTH_TIMEOUT="60")
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_the_ping_settings_are_what_clients_are_told_and_held_to(http, base_url, transport):
+    async with (
+        http.get(f"/socket.io/?EIO=4&transport={transport}")
+        if transport == ("polling")
+        else contextlib.nullcontext() as handshake
+    ):
+        if transport == "polling":
+            opening = json.loads((await handshake.text())[1:])
+        else:
+            raw = await RawSocket(base_url).open()
+            opening = json.loads(raw.opening[1:])
+    assert (opening["pingInterval"], opening["pingTimeout"]) == (200, 300)
+    if transport == "polling":
+        url = f"/socket.io/?EIO=4&transport=polling&sid={opening['sid']}"
+        async with http.get(url) as ping:
+            assert await ping.text() == "2"  # a ping, after the interval
+
+        # not answered: closed past the timeout (a poll then is 400)
+        async def until_closed() -> None:
+            while True:
+                async with http.get(url) as polled:
+                    if polled.status == 400:
+                        return
+
+        await asyncio.wait_for(until_closed(), 5)
+    else:
+        raw._reader.cancel()  # reads nothing more: no pong
+        try:
+            while True:  # the server closes it: a read gets the close, not a frame
+                message = await asyncio.wait_for(raw._ws.receive(), 5)
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+        finally:
+            await raw._http.close()
+
+
+@pytest.mark.env(CONNECT_TIMEOUT="0.5", AUTH_TIMEOUT="60", PING_TIMEOUT="0.5")
+async def test_a_connection_that_connects_no_namespace_is_closed_at_the_connect_timeout(
+    base_url,
+):
+    """(The ping check's sweep, which visits every connection once per PING_TIMEOUT, closes
+    it: within CONNECT_TIMEOUT + PING_TIMEOUT.)"""
+    idle = await RawSocket(base_url).open()
+    connected = await RawSocket(base_url).open()
+    try:
+        assert (await connected.connect()).startswith("40{")  # unauthenticated, but connected
+        await idle.wait_closed()
+        # opened at the same time, not closed with it: it still answers
+        answer = await connected.call(1, "join_room", {"roomId": "availability-1"})
+        assert answer["error"]["code"] == "unauthenticated"
+    finally:
+        await idle.close()
+        await connected.close()
+
+
 @pytest.mark.env(CLIENT_BACKLOG_MAX="5000", CLIENT_BACKLOG_MAX_BYTES="50000000")
 async def test_order_holds_when_a_connection_pushes_back(gateway, base_url, token):
     reader, writer = await stalled_websocket(base_url, token("slow"))

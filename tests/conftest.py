@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -187,3 +188,13 @@ async def http(base_url) -> AsyncIterator[aiohttp.ClientSession]:
     """An HTTP client on the gateway under test."""
     async with aiohttp.ClientSession(base_url) as session:
         yield session
+
+
+@pytest.fixture
+def no_errors_logged(caplog):
+    """Client junk is no operator's problem: nothing of it is logged at ERROR."""
+    caplog.set_level(logging.INFO)
+    yield
+    # (in teardown, `caplog.records` holds the teardown's records only)
+    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
+    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]

@@ -11,7 +11,6 @@ import base64
 import gzip
 import itertools
 import json
-import logging
 import os
 import zlib
 
@@ -25,15 +24,6 @@ WAIT_S = 10.0
 # the network's pace between two pieces of one body: how a slow link delivers it, not a wait
 # for the server (which answers nothing before the whole body is in)
 PIECE_PAUSE_S = 0.05
-
-
-@pytest.fixture
-def no_errors_logged(caplog):
-    caplog.set_level(logging.INFO)
-    yield
-    # (in teardown, `caplog.records` holds the teardown's records only)
-    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
-    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
 
 
 async def authenticated_polling(base_url: str, token, sub: str = "raw") -> RawPolling:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 
 import aiohttp
@@ -63,16 +62,6 @@ async def health(gateway, http, connect):
     for witness in witnesses:
         assert (await witness.call("join_room", {"roomId": ROOM}))["ok"] is True
     return Health(gateway, http, witnesses)
-
-
-@pytest.fixture
-def no_errors_logged(caplog):
-    """Client junk is no operator's problem: nothing of it is logged at ERROR."""
-    caplog.set_level(logging.INFO)
-    yield
-    # (in teardown, `caplog.records` holds the teardown's records only)
-    errors = [r for r in caplog.get_records("call") if r.levelno >= logging.ERROR]
-    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
 
 
 def never_internal(frames: list[str]) -> None:

@@ -275,6 +275,21 @@ def replayed_names(client, after: int = 0) -> list[str]:
     ]
 
 
+async def pay(store, booking: str, customer: str, shop: str, amount: int) -> None:
+    """A payment of this booking, written to the store as the booking API would."""
+    await store.insert_document(
+        "payments",
+        {
+            "bookingId": booking,
+            "customerId": customer,
+            "shopId": shop,
+            "status": "succeeded",
+            "amount": amount,
+            "currency": "EUR",
+        },
+    )
+
+
 async def test_a_moved_booking_does_not_hand_its_history_over(gateway, connect, client_kind):
     """c1's booking at s1, paid, talked about, then moved to c2 at s2: c2 and s2's staff
     replaying its room get what happened from the move on, not c1's payment; c1, once it is
@@ -286,17 +301,7 @@ async def test_a_moved_booking_does_not_hand_its_history_over(gateway, connect, 
     )
     room = f"reservation-{booking}"
     assert (await admin.call("join_room", {"roomId": room, "lastEventId": "0"}))["ok"]
-    await store.insert_document(
-        "payments",
-        {
-            "bookingId": booking,
-            "customerId": "c1",
-            "shopId": "s1",
-            "status": "succeeded",
-            "amount": 120,
-            "currency": "EUR",
-        },
-    )
+    await pay(store, booking, "c1", "s1", 120)
     await admin.next_event("payment_update")  # logged (broadcasts are logged at once)
     await broadcast_to(gateway, room, "c1 era")
     await store.update_document("bookings", booking, {"customerId": "c2", "shopId": "s2"})
@@ -418,17 +423,7 @@ async def test_a_cursor_ahead_of_this_instance_is_judged_by_the_log(
         await eventually(lambda: lagging[GATEWAY].emitter.delivered >= int(created["eventId"]))
         await store.update_document("bookings", booking, {"customerId": "c1"})
         to_c1 = await admin.next_event("reservation_update")
-        await store.insert_document(
-            "payments",
-            {
-                "bookingId": booking,
-                "customerId": "c1",
-                "shopId": "s1",
-                "status": "succeeded",
-                "amount": 4200,
-                "currency": "EUR",
-            },
-        )
+        await pay(store, booking, "c1", "s1", 4200)
         await admin.next_event("payment_update")
         await store.update_document("bookings", booking, {"customerId": "c2"})
         await admin.next_event("reservation_update")

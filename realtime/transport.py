@@ -1063,7 +1063,11 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         if wait and not abort and not self.upgraded:
             await self._close_after_last_poll(reason)
             return
-        await super().close(wait=False, abort=abort, reason=reason)
+        if not abort:
+            # python-engineio's `send` drops it when a ping is overdue (which is why many a
+            # socket closes): the poll waiting, or the WebSocket, would end without it
+            self.queue.put_nowait(_CLOSE)
+        await super().close(wait=False, abort=True, reason=reason)
         self._closed()
         if wait:  # a WebSocket: its CLOSE is written (or the connection cut) within the bound
             with contextlib.suppress(TimeoutError):
@@ -1221,8 +1225,8 @@ class TransportControl:
         (JSONP, a check that refuses) goes to the library, which answers it as always."""
         eio = self._eio
         query = request.query
-        if request.method != "GET":  # HEAD: the library's answer (a poll's body would be lost)
-            return await eio.handle_request(request)
+        if request.method != "GET":  # HEAD: refused (a poll's body would be lost)
+            return self._bad_request(request, "unsupported method")
         transport = query.get("transport")
         if transport not in ("polling", "websocket"):
             # (python-engineio takes a missing one for polling; the protocol requires it)
@@ -1247,7 +1251,12 @@ class TransportControl:
             # answers the same, and logs each kind at ERROR the first time: a client that
             # comes back after a restart is no operator's error)
             socket = eio.sockets.get(sid)
-            if socket is None or socket.closed or not await socket.check_ping_timeout():
+            if (
+                socket is None
+                or socket.closed
+                # (a closing one is kept for the poll that takes its CLOSE: that one passes)
+                or (not socket.closing and not await socket.check_ping_timeout())
+            ):
                 if socket is not None and socket.closed and eio.sockets.get(sid) is socket:
                     del eio.sockets[sid]
                 return self._bad_request(request, "unknown session")
@@ -1334,6 +1343,8 @@ class TransportControl:
         if type(socket) is not GatewaySocket or not socket.connected:
             return self._bad_request(request, "unknown session")
         if not (socket.closed or socket.closing) and not await socket.check_ping_timeout():
+            if eio.sockets.get(sid) is socket:
+                del eio.sockets[sid]
             return self._bad_request(request, "session closed")  # it missed its pong
         if socket.closed or socket.closing:
             if socket.closed and eio.sockets.get(sid) is socket:

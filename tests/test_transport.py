@@ -421,6 +421,20 @@ async def test_the_ping_settings_are_what_clients_are_told_and_held_to(http, bas
             await raw._http.close()
 
 
+@pytest.mark.env(PING_INTERVAL="1", PING_TIMEOUT="0.2", AUTH_TIMEOUT="60")
+async def test_a_poll_waiting_when_its_client_misses_a_pong_takes_the_close(http):
+    """python-engineio's `send` drops the CLOSE of a socket whose ping is overdue: the poll
+    waiting then ended empty, which a JS client reads as a server error."""
+    opening = await (await http.get("/socket.io/?EIO=4&transport=polling")).text()
+    url = f"/socket.io/?EIO=4&transport=polling&sid={json.loads(opening[1:])['sid']}"
+    async with http.get(url) as ping:
+        assert await ping.text() == "2"
+    async with http.get(url) as waiting:  # no pong: the ping check closes it meanwhile
+        assert (waiting.status, await waiting.text()) == (200, "1")
+    async with http.get(url) as after:
+        assert after.status == 400
+
+
 @pytest.mark.env(CONNECT_TIMEOUT="0.5", AUTH_TIMEOUT="60", PING_TIMEOUT="0.5")
 async def test_a_connection_that_connects_no_namespace_is_closed_at_the_connect_timeout(
     base_url,

@@ -35,9 +35,13 @@
   read what had arrived), one POST of a session at a time and none once it upgraded (its
   events one at a time), up to `PACKETS_PER_POST` packets each (python-engineio reads at
   most 16 and drops the rest: a JS client that emits a burst sends more); one it refuses is
-  answered at once (the library waited for a poll to take the CLOSE) and a payload that is
-  not packets closes the session as on WebSocket (the library logged it as its own error). A
-  client that leaves its last namespace is closed (`GatewayServer._handle_eio_message`).
+  answered 400 at once and its session closed (the library waited for a poll to take the
+  CLOSE), and a payload that is not packets closes the session as on WebSocket (the library
+  logged it as its own error). A client that leaves its last namespace is closed
+  (`GatewayServer._handle_eio_message`).
+- Handshakes and polls follow the protocol where python-engineio did not (its test suites,
+  `server/conformance.py`): a transport required, a duplicate poll closing the session, a
+  poll after a missed pong refused, `pingInterval` in milliseconds, other methods 400.
 - One upgrade per session: another WebSocket for a session upgrading, upgraded or closing is
   refused (python-engineio upgraded each, and the extra ones outlived the session).
 - The Admin UI (`AdminReport`): shown what an allow-list chooses (never a session id or a

@@ -14,10 +14,10 @@ import socketio
 
 from realtime import events
 from realtime.emitter import Emitter
+from realtime.engine import RefusedEventName
 from realtime.errors import AUTH_CODES, GatewayError, answer_for
 from realtime.metrics import Metrics
 from realtime.sessions import Sessions
-from realtime.transport import RefusedEventName
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import socketio
-
 from realtime import events
+from realtime.engine import Engine
 from realtime.errors import GatewayError
-from realtime.transport import TransportControl
 from realtime.wire import event_id, wire_payload
 from storage.base import Checkpoint, NewEvent, Store, StoredEvent, StoreError
 
@@ -55,16 +53,14 @@ class Emitter:
 
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        engine: Engine,
         store: Store,
-        transports: TransportControl,
         replay_max: int = 10_000,
         stall_timeout_s: float = 30.0,
         catch_up_interval_s: float = CATCH_UP_INTERVAL_S,
     ):
-        self._sio = sio
+        self._engine = engine
         self._store = store
-        self._transports = transports
         self._replay_max = replay_max
         self._stall_timeout_s = stall_timeout_s
         self._catch_up_interval_s = catch_up_interval_s
@@ -195,9 +191,9 @@ class Emitter:
         """To this instance's sockets in the event's rooms (the other instances deliver to
         theirs), then the listeners."""
         if event.rooms == (EVERYONE,):  # a control event kept in order: no eventId
-            self._transports.deliver(event.name, event.payload, None)
+            self._engine.deliver(event.name, event.payload, None)
         else:
-            self._transports.deliver(event.name, wire_payload(event), event.rooms)
+            self._engine.deliver(event.name, wire_payload(event), event.rooms)
             for room in event.rooms:
                 self._room_cursors.pop(room, None)  # moved to the end: the newest used
                 self._room_cursors[room] = event.sequence
@@ -256,20 +252,19 @@ class Emitter:
         oldest = bounds.oldest if bounds.oldest is not None else bounds.newest + 1
         gap = cursor < oldest - 1
         replayed = read = 0  # events sent, and read (those not visible included)
-        eio_sid = self._sio.manager.eio_sid_from_sid(sid, "/")
         # read and sent in slices: what waits for this client stays within its backlog's
         # bounds, in packets and in bytes, with room left for live events
-        limits = self._transports.bounds
+        limits = self._engine.bounds
         slice_events = max(1, min(REPLAY_BATCH, limits.packets // 4))
         slice_bytes = max(1, limits.bytes // 4)
         while read < self._replay_max:
             try:  # at the client's pace
                 await asyncio.wait_for(
-                    self._transports.wait_for_room(eio_sid, slice_events, slice_bytes),
+                    self._engine.wait_for_room(sid, slice_events, slice_bytes),
                     self._stall_timeout_s,
                 )
             except TimeoutError:
-                await self._transports.close(eio_sid, abort=True)
+                await self._engine.close(sid, abort=True)
                 raise GatewayError(
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
@@ -339,7 +334,7 @@ class Emitter:
     ) -> tuple[int, int]:
         for event in batch:
             if visible is None or visible(event):
-                self._transports.deliver_to(sid, event.name, wire_payload(event))
+                self._engine.send(sid, event.name, wire_payload(event))
                 replayed += 1
         if batch:
             cursor = batch[-1].sequence
@@ -356,7 +351,7 @@ class Emitter:
     def send_control(self, sid: str, event: str, payload: dict[str, Any]) -> None:
         """A control event (auth_*, error, rooms_revoked) to one socket of this instance,
         behind what it was sent before; never logged."""
-        self._transports.deliver_to(sid, event, payload)
+        self._engine.send(sid, event, payload)
 
     async def resync_everyone(self, reason: str, rooms: list[str]) -> None:
         """Tell every client, on every instance, that change events of these rooms (patterns)

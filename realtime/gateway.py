@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import socketio
 from aiohttp import web
 
 from realtime.auth import TokenVerifier
@@ -14,13 +13,13 @@ from realtime.broadcast import Broadcaster
 from realtime.bus import EventBus
 from realtime.config import Settings
 from realtime.emitter import Emitter
+from realtime.engine import Engine
 from realtime.health import Probe
 from realtime.mapping import DocumentMapping
 from realtime.metrics import Metrics
 from realtime.revocations import Revoker
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
-from realtime.transport import TransportControl
 from realtime.watcher import Watcher
 from storage.base import Store
 from storage.feed import ChangeFeed
@@ -30,8 +29,7 @@ from storage.feed import ChangeFeed
 class Gateway:
     settings: Settings
     store: Store
-    sio: socketio.AsyncServer
-    transports: TransportControl
+    engine: Engine  # python-socketio's server, adjusted: sockets, rooms, transports
     emitter: Emitter
     sessions: Sessions
     verifier: TokenVerifier

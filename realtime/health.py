@@ -86,7 +86,7 @@ def status(gateway: Gateway) -> dict[str, Any]:
     """The figures of /status: small at any scale (rooms are counted, and only the largest
     `STATUS_ROOMS_MAX` are named)."""
     feed = gateway.feed
-    room_count, room_members, largest = gateway.sessions.room_figures(
+    room_count, room_members, largest = gateway.engine.room_figures(
         gateway.settings.status_rooms_max
     )
     return {

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-import socketio
-
 from realtime import events
 from realtime.auth import Principal, TokenVerifier
 from realtime.config import Settings
 from realtime.emitter import Emitter
+from realtime.engine import RATE_LIMITED, Engine
 from realtime.errors import GatewayError
 from realtime.limits import (
     TOO_MANY_CONNECTIONS,
@@ -46,7 +44,6 @@ from realtime.rooms import (
     user_room,
 )
 from realtime.tasks import TaskKeeper
-from realtime.transport import ADMIN_NAMESPACE, RATE_LIMITED, TransportControl
 from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -55,9 +52,8 @@ logger = logging.getLogger(__name__)
 @dataclasses.dataclass(slots=True)  # one per connection: kept small
 class SocketSession:
     sid: str
-    eio_sid: str  # its Engine.IO connection
+    connection: str  # the engine's id of the connection that carries it
     principal: Principal | None = None
-    rooms: set[str] = dataclasses.field(default_factory=set)
     deadline: asyncio.TimerHandle | None = None  # the token's next deadline
     replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
 
@@ -85,23 +81,21 @@ class Sessions:
 
     def __init__(
         self,
-        sio: socketio.AsyncServer,
+        engine: Engine,
         settings: Settings,
         verifier: TokenVerifier,
         policy: RoomPolicy,
         emitter: Emitter,
-        transports: TransportControl,
         metrics: Metrics,
         tasks: TaskKeeper,
         revocations: Revocations,
         clock: Callable[[], float] = time.time,
     ):
-        self._sio = sio
+        self._engine = engine
         self._settings = settings
         self._verifier = verifier
         self._policy = policy
         self._emitter = emitter
-        self._transports = transports
         self._metrics = metrics
         self._tasks = tasks
         self._revocations = revocations
@@ -109,7 +103,6 @@ class Sessions:
         # a token accepted within the leeway past its `exp` binds until then, not at once
         self._leeway_s = settings.jwt_leeway_s
         self._sessions: dict[str, SocketSession] = {}
-        self._members: dict[str, set[str]] = {}  # room -> sids in it, on this instance
         self._open_transports: dict[str, TransportUse] = {}
         # transports without an authenticated socket, and when they are closed for it
         self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
@@ -121,58 +114,60 @@ class Sessions:
         self._refusals = KeyedBuckets(rate, burst)  # and those refused past it
 
     # -- transports --------------------------------------------------------------------------
-    def transport_opened(self, eio_sid: str) -> None:
-        self._open_transports[eio_sid] = TransportUse()
-        self._arm_auth_deadline(eio_sid)
+    def transport_opened(self, connection: str) -> None:
+        self._open_transports[connection] = TransportUse()
+        self._arm_auth_deadline(connection)
 
-    def transport_closed(self, eio_sid: str) -> None:
-        self._open_transports.pop(eio_sid, None)
-        self._cancel_auth_deadline(eio_sid)
+    def transport_closed(self, connection: str) -> None:
+        self._open_transports.pop(connection, None)
+        self._cancel_auth_deadline(connection)
 
-    def _arm_auth_deadline(self, eio_sid: str) -> None:
-        self._cancel_auth_deadline(eio_sid)
+    def _arm_auth_deadline(self, connection: str) -> None:
+        self._cancel_auth_deadline(connection)
         # a bound method and its argument, not a closure: one of these per connection
-        self._auth_deadlines[eio_sid] = asyncio.get_running_loop().call_later(
-            self._settings.auth_timeout_s, self._auth_deadline_passed, eio_sid
+        self._auth_deadlines[connection] = asyncio.get_running_loop().call_later(
+            self._settings.auth_timeout_s, self._auth_deadline_passed, connection
         )
 
-    def _auth_deadline_passed(self, eio_sid: str) -> None:
-        self._auth_deadlines.pop(eio_sid, None)
+    def _auth_deadline_passed(self, connection: str) -> None:
+        self._auth_deadlines.pop(connection, None)
         self._tasks.spawn(
-            self._auth_timed_out(eio_sid),
+            self._auth_timed_out(connection),
             name="auth timeout",
-            on_error=lambda exc: self._failed(eio_sid, None, "auth timeout", exc),
+            on_error=lambda exc: self._failed(connection, None, "auth timeout", exc),
         )
 
-    def _cancel_auth_deadline(self, eio_sid: str) -> None:
-        deadline = self._auth_deadlines.pop(eio_sid, None)
+    def _cancel_auth_deadline(self, connection: str) -> None:
+        deadline = self._auth_deadlines.pop(connection, None)
         if deadline is not None:
             deadline.cancel()
 
-    async def _auth_timed_out(self, eio_sid: str) -> None:
-        session = self._session_of(eio_sid)
-        if eio_sid not in self._open_transports or (session and session.principal is not None):
+    async def _auth_timed_out(self, connection: str) -> None:
+        session = self._session_of(connection)
+        if connection not in self._open_transports or (session and session.principal is not None):
             return
-        if self._sio.manager.sid_from_eio_sid(eio_sid, ADMIN_NAMESPACE) is not None:
+        if self._engine.carries_admin_ui(connection):
             return  # the Admin UI: its namespace connected only with the right credentials
-        logger.info("auth timeout", extra={"eio_sid": eio_sid})
+        logger.info("auth timeout", extra={"eio_sid": connection})
         self._metrics.auth_failures.labels("auth_timeout").inc()
         if session is not None:  # the namespace is connected: tell it why, then disconnect it
             error = GatewayError("auth_timeout").to_dict()
             self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
-            await self._sio.disconnect(session.sid)
-        await self._transports.close(eio_sid)
+            await self._engine.disconnect(session.sid)
+        await self._engine.close_connection(connection)
 
-    def _session_of(self, eio_sid: str) -> SocketSession | None:
+    def _session_of(self, connection: str) -> SocketSession | None:
         """The socket this transport carries on namespace `/`, if it has connected it."""
-        sid = self._sio.manager.sid_from_eio_sid(eio_sid, "/")
+        sid = self._engine.socket_on(connection)
         return self._sessions.get(sid) if sid is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def opened(self, sid: str) -> SocketSession:
-        session = SocketSession(sid=sid, eio_sid=self._sio.manager.eio_sid_from_sid(sid, "/"))
+        connection = self._engine.connection_of(sid)
+        assert connection is not None  # (called from the namespace's `connect`)
+        session = SocketSession(sid=sid, connection=connection)
         self._sessions[sid] = session
-        use = self._open_transports.get(session.eio_sid)
+        use = self._open_transports.get(session.connection)
         if use is not None:
             use.sockets += 1
         return session
@@ -184,13 +179,11 @@ class Sessions:
         session.cancel_deadline()
         if session.principal is not None:
             self._forget_user_socket(session.principal.user_id, sid)
-        for room in session.rooms:
-            self._forget_member(room, sid)
-        if session.principal is not None and session.eio_sid in self._open_transports:
+        if session.principal is not None and session.connection in self._open_transports:
             # its transport may stay open (a client may connect the namespace again): it must
             # carry an authenticated socket again in time. (An unauthenticated socket's
             # transport still has its first deadline: connecting again does not move it.)
-            self._arm_auth_deadline(session.eio_sid)
+            self._arm_auth_deadline(session.connection)
 
     # -- limits ------------------------------------------------------------------------------
     def admit_transport(self, environ: Mapping[str, str]) -> Admission:
@@ -213,7 +206,7 @@ class Sessions:
         if environ.get(RATE_LIMITED) is not None:
             raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
         session = self._sessions.get(sid)
-        use = self._open_transports.get(session.eio_sid) if session is not None else None
+        use = self._open_transports.get(session.connection) if session is not None else None
         if use is not None and use.sockets > 1:
             if self.admit_transport(environ) is not Admission.ADMITTED:
                 raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
@@ -222,7 +215,7 @@ class Sessions:
         """One more client event from this socket, within `RATE_LIMIT_EVENTS`; a socket that
         goes on sending past `RATE_LIMIT_DISCONNECT` refusals is disconnected."""
         session = self._sessions.get(sid)
-        use = self._open_transports.get(session.eio_sid) if session is not None else None
+        use = self._open_transports.get(session.connection) if session is not None else None
         if use is None:
             return  # closing: the event is answered as for a socket that went
         now = time.monotonic()
@@ -239,7 +232,7 @@ class Sessions:
             logger.info("socket disconnected: too many events", extra={"sid": sid})
             # after this event's answer, which is already on its way; its connection too
             self._tasks.spawn(
-                self._close(session.eio_sid, sid), name="disconnect a flooding socket"
+                self._close(session.connection, sid), name="disconnect a flooding socket"
             )
         raise GatewayError(
             "rate_limited",
@@ -275,8 +268,8 @@ class Sessions:
     def shutdown(self) -> None:
         for session in self._sessions.values():
             session.cancel_deadline()
-        for eio_sid in list(self._auth_deadlines):
-            self._cancel_auth_deadline(eio_sid)
+        for connection in list(self._auth_deadlines):
+            self._cancel_auth_deadline(connection)
 
     def _spawn_for(
         self, session: SocketSession, coroutine: Coroutine[Any, Any, None], name: str
@@ -286,27 +279,27 @@ class Sessions:
         self._tasks.spawn(
             coroutine,
             name=name,
-            on_error=lambda exc: self._failed(session.eio_sid, session.sid, name, exc),
+            on_error=lambda exc: self._failed(session.connection, session.sid, name, exc),
         )
 
-    def _failed(self, eio_sid: str, sid: str | None, step: str, exc: BaseException) -> None:
+    def _failed(self, connection: str, sid: str | None, step: str, exc: BaseException) -> None:
         if isinstance(exc, GatewayError) and (sid is None or sid not in self._sessions):
             # the socket went away during this step: nothing is left to close
             logger.info("socket gone during a step of its life", extra={"sid": sid, "step": step})
             return
         logger.error(
             "socket closed: a step of its life failed",
-            extra={"sid": sid, "eio_sid": eio_sid, "step": step},
+            extra={"sid": sid, "eio_sid": connection, "step": step},
             exc_info=exc,
         )
-        self._tasks.spawn(self._close(eio_sid, sid), name="close failed socket")
+        self._tasks.spawn(self._close(connection, sid), name="close failed socket")
 
-    async def _close(self, eio_sid: str, sid: str | None) -> None:
+    async def _close(self, connection: str, sid: str | None) -> None:
         try:
             if sid is not None and sid in self._sessions:
-                await self._sio.disconnect(sid)
+                await self._engine.disconnect(sid)
         finally:
-            await self._transports.close(eio_sid)
+            await self._engine.close_connection(connection)
 
     # -- authentication ----------------------------------------------------------------------
     async def authenticate(
@@ -372,7 +365,7 @@ class Sessions:
         return {
             "userId": principal.user_id,
             "role": principal.role,
-            "rooms": sorted({*session.rooms, *home_rooms(principal)}),
+            "rooms": sorted({*self._engine.rooms_of(sid), *home_rooms(principal)}),
             "expiresAt": principal.expires_at_iso(),
         }
 
@@ -408,7 +401,7 @@ class Sessions:
 
     async def _disallowed_rooms(self, session: SocketSession, principal: Principal) -> list[str]:
         disallowed = []
-        for room in sorted(session.rooms):
+        for room in sorted(self._engine.rooms_of(session.sid)):
             try:
                 await self._policy.authorize(principal, parse_room(room))
             except GatewayError:
@@ -441,7 +434,7 @@ class Sessions:
         self._metrics.auth_failures.labels("token_expired").inc()
         error = GatewayError("token_expired").to_dict()
         self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
-        await self._sio.disconnect(session.sid)
+        await self._engine.disconnect(session.sid)
 
     def _arm(
         self,
@@ -478,7 +471,7 @@ class Sessions:
         for session in chosen:
             session.cancel_deadline()
             if self._sessions.get(session.sid) is session:
-                await self._sio.disconnect(session.sid)
+                await self._engine.disconnect(session.sid)
         if chosen:
             self._metrics.sockets_cut.inc(len(chosen))
             logger.info("sockets cut", extra={"sids": [s.sid for s in chosen][:20]})
@@ -508,7 +501,8 @@ class Sessions:
         room = parse_room(room_id)
         session = self.get(sid)
         most = self._settings.max_rooms_per_socket
-        if room.name not in session.rooms and len(session.rooms) >= most:
+        rooms = self._engine.rooms_of(sid)
+        if room.name not in rooms and len(rooms) >= most:
             self._metrics.rate_limited.labels("rooms").inc()
             raise GatewayError(
                 "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
@@ -572,12 +566,13 @@ class Sessions:
         if name != events.RESERVATION_UPDATE:
             return
         room = reservation_room(str(payload.get("reservationId")))
-        if not self._members.get(room) or payload.get("updateType") == "deleted":
+        members = self._engine.members(room)
+        if not members or payload.get("updateType") == "deleted":
             return
         parties = parties_in(payload)
         if parties is None:
             return  # the change does not say whom the booking concerns: nothing to judge by
-        for sid in list(self._members[room]):
+        for sid in members:
             session = self._sessions.get(sid)
             if session is None or session.principal is None:
                 continue
@@ -588,23 +583,12 @@ class Sessions:
 
     async def _enter(self, session: SocketSession, room: str) -> None:
         self._still_open(session)
-        if room not in session.rooms:
-            await self._sio.enter_room(session.sid, room)
-            session.rooms.add(room)
-            self._members.setdefault(room, set()).add(session.sid)
+        if room not in self._engine.rooms_of(session.sid):
+            await self._engine.enter(session.sid, room)
 
     async def _leave(self, session: SocketSession, room: str) -> None:
-        if room in session.rooms:
-            session.rooms.discard(room)
-            self._forget_member(room, session.sid)
-            await self._sio.leave_room(session.sid, room)
-
-    def _forget_member(self, room: str, sid: str) -> None:
-        members = self._members.get(room)
-        if members is not None:
-            members.discard(sid)
-            if not members:
-                del self._members[room]
+        if room in self._engine.rooms_of(session.sid):
+            await self._engine.leave(session.sid, room)
 
     # -- figures -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -615,14 +599,3 @@ class Sessions:
             "authenticated": len(authenticated),
             "users": len({s.principal.user_id for s in authenticated}),
         }
-
-    def room_sizes(self) -> dict[str, int]:
-        return {room: len(members) for room, members in self._members.items()}
-
-    def room_figures(self, limit: int) -> tuple[int, int, dict[str, int]]:
-        """How many rooms have members here, how many memberships there are, and the `limit`
-        largest rooms (largest first, ties by name): read in place, not copied (there may be
-        a hundred thousand rooms), in O(rooms log limit)."""
-        members = self._members
-        largest = heapq.nsmallest(limit, members.items(), key=lambda room: (-len(room[1]), room[0]))
-        return len(members), sum(map(len, members.values())), {r: len(m) for r, m in largest}

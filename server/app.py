@@ -16,6 +16,7 @@ from realtime.broadcast import Broadcaster
 from realtime.bus import EventBus
 from realtime.config import Settings
 from realtime.emitter import Emitter
+from realtime.engine import AdminView, create_engine
 from realtime.gateway import GATEWAY, Gateway
 from realtime.health import redis_probe, store_probe, watcher_probe
 from realtime.limits import LoginGuard, trusted_networks
@@ -26,7 +27,6 @@ from realtime.revocations import Revocations, Revoker
 from realtime.rooms import RoomPolicy
 from realtime.sessions import Sessions
 from realtime.tasks import TaskKeeper
-from realtime.transport import AdminView, create_socketio_server
 from realtime.watcher import Watcher, new_instance_id
 from storage.base import Store
 from storage.feed import ChangeFeed
@@ -71,10 +71,8 @@ def create_app(
         logins=LoginGuard(trusted_networks(settings.trusted_proxies)),
         refused=lambda reason, _: metrics.admin_logins_refused.labels(reason).inc(),
     )
-    sio, transports = create_socketio_server(settings, tasks, admin_view)
-    emitter = Emitter(
-        sio, store, transports, settings.replay_max_events, settings.client_stall_timeout_s
-    )
+    engine = create_engine(settings, tasks, admin_view)
+    emitter = Emitter(engine, store, settings.replay_max_events, settings.client_stall_timeout_s)
     publisher = ChangePublisher(mapping, emitter)
     feed = ChangeFeed(store, mapping.collections, publisher, on_history_lost=publisher.history_lost)
     verifier = TokenVerifier(
@@ -83,25 +81,24 @@ def create_app(
     revocations = Revocations()
     reservations = StoreReservations(store, mapping, tasks, settings.reservation_cache_s)
     sessions = Sessions(
-        sio,
+        engine,
         settings,
         verifier,
         RoomPolicy(reservations),
         emitter,
-        transports,
         metrics,
         tasks,
         revocations,
     )
     revoker = Revoker(store, revocations, sessions, tasks, settings.revocation_reload_s)
-    transports.watch(
+    engine.watch(
         opened=sessions.transport_opened,
         closed=sessions.transport_closed,
         admit=sessions.admit_transport,
     )
     emitter.after_emit(reservations.changed)  # before the members are judged again
     emitter.after_emit(sessions.recheck_reservation)
-    sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
+    engine.sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
     instance_id = new_instance_id()
     watcher = Watcher(store, feed, instance_id, settings.watcher_lease_ttl_s)
     bus = None
@@ -135,8 +132,7 @@ def create_app(
     app[GATEWAY] = Gateway(
         settings=settings,
         store=store,
-        sio=sio,
-        transports=transports,
+        engine=engine,
         emitter=emitter,
         sessions=sessions,
         verifier=verifier,
@@ -150,7 +146,7 @@ def create_app(
         probes=tuple(probes),
         tasks=tasks,
     )
-    transports.attach(app, settings.socketio_path)
+    engine.attach(app, settings.socketio_path)
     setup_routes(app, settings.cors_origins)
     setup_pages(app, settings)
     # started in this order, stopped in the reverse: the store is closed last
@@ -232,5 +228,5 @@ async def _close_sockets(app: web.Application) -> None:
     """Close every client's transport (not a Socket.IO disconnect): clients reconnect, to
     another instance or to this one restarted, and catch up by replay."""
     gateway = app[GATEWAY]
-    await gateway.transports.close_all()
-    await gateway.sio.shutdown()
+    await gateway.engine.close_all()
+    await gateway.engine.sio.shutdown()

@@ -5,7 +5,7 @@ protocol test suites' reference apps, and nothing else.
 implementations (`test-suite/` in each), which talk to a reference app on 127.0.0.1:3000:
 pings every 300 ms answered within 200, a payload of at most 1,000,000 bytes, a namespace
 connected within 1,000 ms, CORS for any origin. This app serves them with the modules
-production runs (`realtime/transport.py`: `GatewaySocket`, `Outbox`, `TransportControl`'s
+production runs (`realtime/engine/`: `GatewaySocket`, `Outbox`, the endpoint's
 route and POSTs, `GatewayServer`'s dispatch), without the gateway's policies (tokens, rooms,
 limits, refused binary events), which the suites do not expect:
 
@@ -28,8 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from realtime.config import Settings
+from realtime.engine import Bounds, Engine, GatewayPacket, GatewayServer
 from realtime.tasks import TaskKeeper
-from realtime.transport import Bounds, GatewayPacket, GatewayServer, TransportControl
 
 logger = logging.getLogger(__name__)
 
@@ -59,26 +59,26 @@ def _server(rules_of_the_gateway: bool = False) -> GatewayServer:
     )
 
 
-def _engineio_echo(tasks: TaskKeeper) -> tuple[GatewayServer, TransportControl]:
+def _engineio_echo(tasks: TaskKeeper) -> tuple[GatewayServer, Engine]:
     """Engine.IO only: what a client sends comes back. (A Socket.IO server whose Engine.IO
     messages never reach Socket.IO: the engine is the same, the dispatch is an echo.)"""
     server = _server()
-    transports = TransportControl(server, False, _BOUNDS, tasks)
+    engine = Engine(server, False, _BOUNDS, tasks)
     eio = server.eio
 
     async def echo(eio_sid: str, data: Any) -> None:
         await eio.send(eio_sid, data)
 
     eio.on("message", echo)
-    return server, transports
+    return server, engine
 
 
-def _socketio_echo(tasks: TaskKeeper) -> tuple[GatewayServer, TransportControl]:
+def _socketio_echo(tasks: TaskKeeper) -> tuple[GatewayServer, Engine]:
     server = _server()
-    transports = TransportControl(server, False, _BOUNDS, tasks, CONNECT_TIMEOUT_S)
+    engine = Engine(server, False, _BOUNDS, tasks, CONNECT_TIMEOUT_S)
     for namespace in ("/", "/custom"):
         _echo_on(server, namespace)
-    return server, transports
+    return server, engine
 
 
 def _echo_on(server: GatewayServer, namespace: str) -> None:
@@ -109,13 +109,13 @@ def create_conformance_app() -> web.Application:
     tasks = TaskKeeper()
     app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
     engines = {"engine.io": _engineio_echo(tasks), "socket.io": _socketio_echo(tasks)}
-    for path, (_, transports) in engines.items():
-        transports.attach(app, f"/{path}/")
+    for path, (_, engine) in engines.items():
+        engine.attach(app, f"/{path}/")
     app[SERVERS] = {path: server for path, (server, _) in engines.items()}
 
     async def close(app: web.Application) -> None:
-        for _, transports in engines.values():
-            await transports.close_all()
+        for _, engine in engines.values():
+            await engine.close_all()
         await tasks.close()
 
     app.on_shutdown.append(close)

@@ -110,7 +110,7 @@ async def test_a_refused_socket_is_reported_gone_and_forgotten(admin, clients, g
             break
     assert (namespace, reason) == ("/", "refused")
     # the instrumentation keeps each socket's connection time: not the refused one's
-    assert reported["id"] not in gateway.sio.manager._timestamps
+    assert reported["id"] not in gateway.engine.sio.manager._timestamps
 
 
 @WITH_ADMIN_UI
@@ -166,7 +166,7 @@ async def test_no_token_reaches_the_admin_ui(admin, base_url, token, gateway):
         assert secret not in shown
         assert secret.split(".")[1] not in shown  # nor its claims
         [session] = gateway.sessions._sessions.values()
-        assert session.eio_sid not in shown
+        assert session.connection not in shown
     finally:
         await raw.close()
 
@@ -191,7 +191,7 @@ async def test_nothing_the_ui_shows_opens_a_users_session(
         if event == "notification":
             break
     [session] = gateway.sessions._sessions.values()
-    assert session.eio_sid not in json.dumps(ui.log)
+    assert session.connection not in json.dumps(ui.log)
     for candidate in {shown["id"], shown["clientId"], sid, *shown["rooms"]}:
         poll = await http.get(f"/socket.io/?EIO=4&transport=polling&sid={candidate}")
         assert poll.status == 400, candidate

@@ -1,4 +1,4 @@
-"""The gateway's own engine (`realtime/transport.py`) attacked as a hostile client would: what
+"""The gateway's own engine (`realtime/engine/`) attacked as a hostile client would: what
 python-engineio used to guarantee and is now the gateway's to keep. One upgrade per session;
 a long-polling body read to its length, however it is split; one socket's events one at a
 time whatever the transport (several POSTs of one session at once included); a POST to a
@@ -188,8 +188,8 @@ async def test_a_body_that_never_arrives_in_full_closes_its_session(
     """A client that announces more than it sends holds its POST until a ping interval and
     timeout have passed: then the POST is answered 400 and the session is closed (its events
     were never half read)."""
-    monkeypatch.setattr(gateway.sio.eio, "ping_interval", 0.5)
-    monkeypatch.setattr(gateway.sio.eio, "ping_timeout", 0.5)
+    monkeypatch.setattr(gateway.engine.sio.eio, "ping_interval", 0.5)
+    monkeypatch.setattr(gateway.engine.sio.eio, "ping_timeout", 0.5)
     raw = await authenticated_polling(base_url, token)
     try:
         body = join(1).encode()
@@ -290,7 +290,7 @@ async def test_a_second_post_while_one_is_read_closes_the_session(base_url, toke
         body = join(1).encode()
         writer.write(post_head(base_url, session_id(raw), len(body)).encode() + body[:5])
         await writer.drain()
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.receiving is not None)  # the first is being read
         assert await raw.post(join(2)) == 400
         writer.write(body[5:])
@@ -354,12 +354,12 @@ async def test_concurrent_upgrades_of_one_session_give_one_websocket(
         # the upgraded session still takes no other WebSocket
         *_, status = await upgrade_request(base_url, sid)
         assert status == 400
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.upgraded)
         # and when it closes, nothing of it stays open
-        await gateway.transports.close(sid)
+        await gateway.engine.close_connection(sid)
         assert await asyncio.wait_for(reader.read(), WAIT_S) is not None
-        await eventually(lambda: not gateway.sio.eio.sockets)
+        await eventually(lambda: not gateway.engine.sio.eio.sockets)
         assert gateway.sessions.counts()["transports"] == 0
     finally:
         for _, writer, _ in upgrades:
@@ -373,7 +373,7 @@ async def test_an_upgrade_while_another_waits_for_its_probe_is_refused(base_url,
     reader, writer, status = await upgrade_request(base_url, sid)
     try:
         assert status == 101  # its probe not sent yet
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.upgrading)
         *_, second = await upgrade_request(base_url, sid)
         assert second == 400
@@ -401,7 +401,7 @@ async def test_a_post_under_way_when_its_session_upgrades_is_handled_first(
         body = join(2, "availability-first").encode()
         post_writer.write(post_head(base_url, sid, len(body)).encode() + body[:5])
         await post_writer.drain()
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.receiving is not None)
         writer.write(masked("5"))  # the upgrade completes while the POST is read
         writer.write(masked(join(1, "availability-second")))

@@ -133,7 +133,7 @@ async def test_malformed_websocket_frames(base_url, gateway, token, health, no_e
             await raw.send(frame)
         assert await outcome(raw) == expected
         never_internal(raw.received)
-        assert not gateway.sio._binary_packet  # no attachment kept for anyone
+        assert not gateway.engine.sio._binary_packet  # no attachment kept for anyone
     finally:
         await raw.close()
     await health.check()
@@ -277,7 +277,7 @@ async def test_malformed_polling_payloads(base_url, gateway, token, health, no_e
         status, state = await post_polling(raw, bodies[-1])
         assert status in (200, 400) and state == expected, (status, state)
         never_internal(raw.received)
-        assert not gateway.sio._binary_packet
+        assert not gateway.engine.sio._binary_packet
     finally:
         await close_polling(raw)
     await health.check()
@@ -295,7 +295,7 @@ async def test_a_refused_post_closes_its_session_at_once(base_url, gateway, toke
     try:
         answer = await asyncio.wait_for(raw._http.post(raw._url, data=body), PROBE_S)
         assert answer.status == 400
-        assert gateway.sio.eio.sockets[sid].closed
+        assert gateway.engine.sio.eio.sockets[sid].closed
         assert await asyncio.wait_for(raw.poll(), PROBE_S) == 400
         assert await asyncio.wait_for(raw.post(JOIN_PROBE), PROBE_S) == 400
         assert open_sockets(gateway) == baseline
@@ -307,7 +307,7 @@ async def test_a_poll_waiting_when_a_post_is_refused_takes_the_close(base_url, g
     raw = await polling_socket(base_url, token)
     try:
         polling = asyncio.create_task(raw.poll())
-        [socket_] = [s for s in gateway.sio.eio.sockets.values() if not s.upgraded]
+        [socket_] = [s for s in gateway.engine.sio.eio.sockets.values() if not s.upgraded]
         await settled(lambda: socket_.queue.waited_on())
         assert await asyncio.wait_for(raw.post("6"), PROBE_S) == 400
         assert await asyncio.wait_for(polling, PROBE_S) == 200
@@ -407,7 +407,7 @@ async def test_fuzzed_websocket_frames(request, base_url, gateway, token, health
         on_loop(case(frames))
 
     assert await fuzz(request, "websocket frame sequences", run, counter) > 0
-    assert not gateway.sio._binary_packet
+    assert not gateway.engine.sio._binary_packet
     await health.check()
 
 

@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from realtime.engine import RESERVED_EVENTS
 from realtime.errors import AUTH_CODES, CATALOGUE
 from realtime.events import CLIENT_EVENTS
 from realtime.rooms import ADMIN_ROOMS
-from realtime.transport import RESERVED_EVENTS
 from tests.clients import Refused, make_client
 
 CASE_TIMEOUT_S = 15.0
@@ -346,7 +346,7 @@ def fuzz_tokens(token, raw_token) -> dict[str, str]:
 def open_sockets(gateway) -> int:
     """Engine.IO sockets not closed (closed ones are swept by python-engineio's service task
     within a ping timeout)."""
-    return sum(1 for socket in gateway.sio.eio.sockets.values() if not socket.closed)
+    return sum(1 for socket in gateway.engine.sio.eio.sockets.values() if not socket.closed)
 
 
 async def after_fuzzing(gateway, http, connections: int) -> None:

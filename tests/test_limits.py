@@ -267,7 +267,7 @@ async def test_past_twice_its_rate_a_connection_is_turned_away_before_it_opens(
     """A client that ignores its refusals holds nothing: past the refused ones' own burst,
     the handshake is answered 429 before any socket is made, over both transports."""
     assert await bare_opens(http, 2) == [200, 200]  # one admitted, one refused in the handshake
-    sockets = len(gateway.sio.eio.sockets)
+    sockets = len(gateway.engine.sio.eio.sockets)
     async with http.get("/socket.io/?EIO=4&transport=polling") as answer:
         assert answer.status == 429
         assert answer.headers["Retry-After"] == "1"
@@ -275,7 +275,7 @@ async def test_past_twice_its_rate_a_connection_is_turned_away_before_it_opens(
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await http.ws_connect("/socket.io/?EIO=4&transport=websocket")
     assert refused.value.status == 429
-    assert len(gateway.sio.eio.sockets) == sockets
+    assert len(gateway.engine.sio.eio.sockets) == sockets
     assert await metric(http, "connections") == 3
 
 

@@ -357,14 +357,14 @@ async def test_a_join_under_way_when_its_booking_moves_is_refused(gateway, conne
 
     # the customer's replay waits for it to read (it reads slowly); meanwhile the booking moves
     reading, waiting = asyncio.Event(), asyncio.Event()
-    wait_for_room = gateway.transports.wait_for_room
+    wait_for_room = gateway.engine.wait_for_room
 
     async def slow_reader(*args):
         waiting.set()
         await reading.wait()
         await wait_for_room(*args)
 
-    monkeypatch.setattr(gateway.transports, "wait_for_room", slow_reader)
+    monkeypatch.setattr(gateway.engine, "wait_for_room", slow_reader)
     join = asyncio.create_task(
         customer.call(
             "join_room", {"roomId": f"reservation-{booking}", "lastEventId": created["eventId"]}
@@ -406,7 +406,7 @@ async def test_every_instance_takes_its_own_sockets_out_of_a_moved_booking_room(
         await store.update_document("bookings", booking, {"customerId": "c2"})
         for customer in customers:
             assert await customer.next_event("rooms_revoked") == {"rooms": [room]}
-        assert all(app[GATEWAY].sessions.room_sizes().get(room) is None for app in apps)
+        assert all(app[GATEWAY].engine.members(room) == [] for app in apps)
     finally:
         for customer in customers:
             await customer.close()

@@ -430,4 +430,4 @@ async def test_a_handshake_racing_a_disconnect_leaves_no_room_member_behind(
         finally:
             await client.close()
     assert gateway.sessions.counts()["connections"] == 0
-    assert gateway.sessions.room_sizes() == {}
+    assert gateway.engine.room_figures(1) == (0, 0, {})

@@ -1,7 +1,5 @@
-"""The transport adjustments hold against the installed python-engineio and aiohttp.
-
-These fail if the library internals `realtime/transport.py` relies on move.
-"""
+"""The engine (`realtime/engine/`): its transports, its emit path and its flow control, with
+real clients."""
 
 from __future__ import annotations
 
@@ -14,24 +12,17 @@ import os
 import weakref
 
 import aiohttp
-import engineio.async_drivers.aiohttp as engineio_aiohttp
 import engineio.async_socket
 import engineio.packet
 import engineio.payload
 import pytest
 import socketio
 
-from realtime.config import load_settings
+from realtime.engine import create_engine
+from realtime.engine.outbox import DIRECT_WRITE_LIMIT, Outbox
+from realtime.engine.packets import FastJson, encode_event, websocket_frame
+from realtime.engine.socket import GatewaySocket
 from realtime.tasks import TaskKeeper
-from realtime.transport import (
-    DIRECT_WRITE_LIMIT,
-    FastJson,
-    GatewaySocket,
-    Outbox,
-    create_socketio_server,
-    encode_event,
-    websocket_frame,
-)
 from tests.raw import RawSocket, read_text_frames, stalled_websocket
 
 
@@ -54,14 +45,6 @@ async def negotiated_compression(base_url: str) -> int:
             opening = await ws.receive_str()
             assert opening.startswith("0{")  # engine.io OPEN packet
             return ws.compress
-
-
-def test_the_driver_is_the_one_we_adjust(tmp_path):
-    settings = load_settings({"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32})
-    sio, _ = create_socketio_server(settings, TaskKeeper())
-    assert issubclass(sio.eio._async["websocket"], engineio_aiohttp.WebSocket)
-    assert sio.eio._async["websocket"] is not engineio_aiohttp.WebSocket
-    assert engineio_aiohttp._async["websocket"] is engineio_aiohttp.WebSocket  # not patched
 
 
 async def test_compression_is_not_negotiated_by_default(base_url):
@@ -138,13 +121,13 @@ async def test_a_stalled_client_is_cut_off_without_delaying_the_others(
     delivered = await asyncio.wait_for(drained(), 30)
     stalled_writer.close()
     assert delivered < count * len(big) / 2  # it was cut off long before the end
-    assert gateway.transports.slow_clients_closed == 1
+    assert gateway.engine.slow_clients_closed == 1
     assert gateway.sessions.counts()["connections"] == 1
 
 
 @pytest.mark.parametrize("socket_class", [GatewaySocket, engineio.async_socket.AsyncSocket])
 async def test_a_poll_carries_no_more_packets_than_python_clients_accept(settings, socket_class):
-    sio, _ = create_socketio_server(settings, TaskKeeper())
+    sio = create_engine(settings, TaskKeeper()).sio
     socket_ = socket_class(sio.eio, "sid")
     assert isinstance(socket_.queue, Outbox)
     for n in range(40):
@@ -189,50 +172,9 @@ async def test_a_stalled_client_is_cut_off_by_bytes_long_before_its_packet_bound
             )
         got = [(await healthy.next_event("notification"))["n"] for _ in range(count)]
         assert got == list(range(count))
-        assert gateway.transports.slow_clients_closed == 1
+        assert gateway.engine.slow_clients_closed == 1
     finally:
         stalled_writer.close()
-
-
-async def test_the_library_calls_we_adjust_are_still_there(settings):
-    import socketio.async_server
-
-    sio, _ = create_socketio_server(settings, TaskKeeper())
-    # client events enter python-socketio through `_handle_event` (GatewayServer's override)...
-    assert "_handle_event" in vars(socketio.async_server.AsyncServer)
-    assert "_handle_event" in vars(type(sio))
-    # ...its own lifecycle through these, which it must not replace: `_handle_connect` and
-    # `_handle_eio_disconnect` are only wrapped (a connection that may connect no namespace
-    # again), `_handle_disconnect` untouched
-    for name in ("_handle_connect", "_handle_disconnect", "_handle_eio_disconnect"):
-        assert name in vars(socketio.async_server.AsyncServer), name
-    assert "_handle_disconnect" not in vars(type(sio))
-    # Engine.IO's connection events are wrapped for the transport lifecycle
-    assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}
-    # GatewaySocket reads MESSAGE packets into python-socketio's handler itself
-    assert sio.eio.handlers["message"] == sio._handle_eio_message
-    # what GatewaySocket replaces, and what its loop and the route call in python-engineio
-    for name in (
-        "_websocket_handler",
-        "schedule_ping",
-        "poll",
-        "close",
-        "receive",
-        "send",
-        "handle_post_request",
-    ):
-        assert name in vars(engineio.async_socket.AsyncSocket), name
-    for name in ("_service_task", "_trigger_event", "_make_response", "disconnect"):
-        assert name in vars(engineio.AsyncServer), name
-    for name in ("_cors_headers", "_cors_allowed_origins", "_unauthorized", "_bad_request"):
-        assert callable(getattr(sio.eio, name)), name
-    assert isinstance(sio.eio.start_service_task, bool)
-    assert isinstance(sio.eio.ping_interval_grace_period, (int, float))
-    # GatewayServer._handle_event stands for these two for the gateway's namespace
-    for name in ("_handle_event", "_handle_event_internal", "_trigger_event"):
-        assert name in vars(socketio.async_server.AsyncServer), name
-    # the room members the emit path reads, as (sid, eio_sid) pairs
-    assert callable(sio.manager.get_participants)
 
 
 async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url, gateway, token):
@@ -248,7 +190,7 @@ async def test_a_binary_event_is_refused_and_its_attachments_never_kept(base_url
             await raw.send_bytes(chunk)
         assert (await raw.call(1, "authenticate", {"token": token("c1")}))["ok"] is True
         # python-socketio keeps a binary packet's attachments here until it is complete
-        assert not gateway.sio._binary_packet
+        assert not gateway.engine.sio._binary_packet
     finally:
         await raw.close()
 
@@ -315,7 +257,7 @@ async def test_frames_are_the_bytes_aiohttp_writes(size):
 
 async def test_every_engineio_socket_becomes_a_gateway_socket(gateway, connect, client_kind):
     await connect(client_kind)
-    [socket_] = gateway.sio.eio.sockets.values()
+    [socket_] = gateway.engine.sio.eio.sockets.values()
     # python-engineio creates its own class; the gateway's replaces it as the socket opens
     assert type(socket_) is GatewaySocket
     assert isinstance(socket_.queue, Outbox)
@@ -326,10 +268,10 @@ async def test_entering_a_room_does_not_suspend(gateway, connect):
     # the reading of the room's newest id
     await connect("py-websocket")
     [sid] = gateway.sessions._sessions
-    entering = gateway.sio.enter_room(sid, "availability-s9")
+    entering = gateway.engine.sio.enter_room(sid, "availability-s9")
     with pytest.raises(StopIteration):
         entering.send(None)
-    assert "availability-s9" in gateway.sio.rooms(sid)
+    assert "availability-s9" in gateway.engine.sio.rooms(sid)
 
 
 def _tasks_by_kind() -> collections.Counter:
@@ -366,7 +308,7 @@ async def test_an_idle_websocket_connection_costs_no_task_but_aiohttp_s(base_url
 
 
 async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, base_url):
-    gateway.sio.eio.ping_interval, gateway.sio.eio.ping_timeout = 0.2, 0.3
+    gateway.engine.sio.eio.ping_interval, gateway.engine.sio.eio.ping_timeout = 0.2, 0.3
     answering = await RawSocket(base_url).open()  # answers every ping
     silent = await RawSocket(base_url).open()
     silent._reader.cancel()  # reads nothing more: no pong
@@ -375,7 +317,7 @@ async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, ba
             answering.pinged.clear()
             await asyncio.wait_for(answering.pinged.wait(), 5)
         assert not answering.closed.is_set()
-        sockets = gateway.sio.eio.sockets
+        sockets = gateway.engine.sio.eio.sockets
         await eventually(lambda: len(sockets) == 1)  # the silent one let go, the other kept
         assert gateway.sessions.counts()["transports"] == 1
     finally:
@@ -461,7 +403,7 @@ async def test_order_holds_when_a_connection_pushes_back(gateway, base_url, toke
         frames = await read_text_frames(reader, 3)  # OPEN, CONNECT, auth_success
         assert frames[1].startswith("40{") and '"auth_success"' in frames[2]
         [session] = gateway.sessions._sessions.values()
-        outbox = gateway.sio.eio.sockets[session.eio_sid].queue
+        outbox = gateway.engine.sio.eio.sockets[session.connection].queue
         pad = "x" * 8000
         expected, queued = [], 0
         for n in range(400):
@@ -478,7 +420,7 @@ async def test_order_holds_when_a_connection_pushes_back(gateway, base_url, toke
         frames = await asyncio.wait_for(read_text_frames(reader, len(expected)), 30)
         got = [(json.loads(f[2:])[0], json.loads(f[2:])[1]["n"]) for f in frames]
         assert got == expected
-        assert gateway.transports.slow_clients_closed == 0
+        assert gateway.engine.slow_clients_closed == 0
     finally:
         writer.close()
 
@@ -493,7 +435,7 @@ async def test_what_is_sent_while_a_client_upgrades_arrives_once_in_order(gatewa
             await asyncio.sleep(0)  # let the upgrade's requests in between
     got = [(await client.next_event("notification"))["n"] for _ in range(count)]
     assert got == list(range(count))
-    [socket_] = gateway.sio.eio.sockets.values()
+    [socket_] = gateway.engine.sio.eio.sockets.values()
     await eventually(lambda: socket_.upgraded)  # the upgrade is the client's to finish
 
 
@@ -601,7 +543,7 @@ async def test_a_head_request_takes_no_packet_from_a_poll(http, gateway):
 
 # -- what a cold review found: each of these failed before its fix ------------------------------
 def _namespace_members(gateway) -> int:
-    return len(gateway.sio.manager.rooms.get("/", {}).get(None, {}))
+    return len(gateway.engine.sio.manager.rooms.get("/", {}).get(None, {}))
 
 
 async def test_a_connect_read_after_the_transport_closed_leaves_no_session(gateway, base_url):
@@ -616,9 +558,9 @@ async def test_a_connect_read_after_the_transport_closed_leaves_no_session(gatew
         await raw.post("1", "40")  # the same over long-polling, in one payload
         await raw.close()
     # every frame read: the server has closed them all (a closed one may linger in the table)
-    await eventually(lambda: all(s.closed for s in gateway.sio.eio.sockets.values()))
+    await eventually(lambda: all(s.closed for s in gateway.engine.sio.eio.sockets.values()))
     assert _namespace_members(gateway) == 0
-    assert not gateway.sio.manager.pending_connect.get("/")
+    assert not gateway.engine.sio.manager.pending_connect.get("/")
 
 
 @pytest.mark.env(AUTH_TIMEOUT="0.5")
@@ -639,7 +581,7 @@ async def test_an_upgrade_that_never_probes_is_cut_when_its_session_closes(gatew
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
         # no probe ever: the auth deadline closes the session, and its upgrade with it
         assert await asyncio.wait_for(reader.read(), 10) == b""
-        assert sid not in gateway.sio.eio.sockets
+        assert sid not in gateway.engine.sio.eio.sockets
     finally:
         writer.close()
 
@@ -647,15 +589,17 @@ async def test_an_upgrade_that_never_probes_is_cut_when_its_session_closes(gatew
 async def test_a_closed_websocket_whose_client_reads_nothing_is_cut(
     gateway, base_url, token, monkeypatch
 ):
-    import realtime.transport
+    import realtime.engine.outbox
+    import realtime.engine.socket
 
-    monkeypatch.setattr(realtime.transport, "CLOSE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(realtime.engine.outbox, "CLOSE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(realtime.engine.socket, "CLOSE_TIMEOUT_S", 0.5)
     reader, writer = await stalled_websocket(base_url, token("slow"))
     try:
         await read_text_frames(reader, 3)  # OPEN, CONNECT, auth_success; then reads nothing
         [session] = gateway.sessions._sessions.values()
-        socket_ = gateway.sio.eio.sockets[session.eio_sid]
-        while gateway.transports._connections[socket_].get_write_buffer_size() == 0:
+        socket_ = gateway.engine.sio.eio.sockets[session.connection]
+        while gateway.engine._endpoint.connections[socket_].get_write_buffer_size() == 0:
             gateway.emitter.send_control(session.sid, "notification", {"pad": "x" * 100_000})
             await asyncio.sleep(0)
         await socket_.close(wait=False, abort=False)  # as the ping check closes one
@@ -677,7 +621,7 @@ async def test_after_a_dropped_packet_nothing_smaller_slips_through(gateway, bas
         await raw.poll_until(lambda packet: '"auth_success"' in packet)
         raw.received.clear()
         pending = asyncio.create_task(raw.poll())  # the client's long-poll, waiting
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.queue._getters)  # the poll waits in the outbox
         await gateway.emitter.publish(  # delivered in one pass
             [
@@ -689,7 +633,7 @@ async def test_after_a_dropped_packet_nothing_smaller_slips_through(gateway, bas
         await pending
         got = [json.loads(p[2:])[1]["n"] for p in raw.received if p.startswith("42")]
         assert got == [1]  # 2 did not fit: the client is cut, and 3 never overtakes it
-        assert gateway.transports.slow_clients_closed == 1
+        assert gateway.engine.slow_clients_closed == 1
     finally:
         await raw.close()
 
@@ -716,7 +660,7 @@ async def test_a_second_poll_while_one_waits_closes_the_session(gateway, base_ur
     a session's packets went to whichever poll took them)."""
     async with polling_socket(base_url, gateway) as (raw, _):
         first = asyncio.create_task(raw._http.get(raw._url))
-        [socket_] = gateway.sio.eio.sockets.values()
+        [socket_] = gateway.engine.sio.eio.sockets.values()
         await eventually(lambda: socket_.queue.waited_on())
         second = await raw._http.get(raw._url)
         assert second.status == 400
@@ -760,11 +704,11 @@ async def test_a_client_that_disconnects_is_forgotten_at_once(gateway, connect, 
     await client.wait_disconnected()
     counts = gateway.sessions.counts
     await eventually(lambda: counts()["connections"] == counts()["transports"] == 0, within=5.0)
-    assert gateway.sessions.room_sizes() == {}
+    assert gateway.engine.room_figures(1) == (0, 0, {})
     if client_kind.endswith("websocket"):
         # (a closed long-polling socket is kept for one more poll, as python-engineio does,
         # until its service task sweeps it)
-        await eventually(lambda: not gateway.sio.eio.sockets, within=5.0)
+        await eventually(lambda: not gateway.engine.sio.eio.sockets, within=5.0)
 
 
 @pytest.mark.parametrize("kind", ["py-websocket", "js-websocket", "py-upgrade"])
@@ -772,8 +716,8 @@ async def test_nothing_keeps_a_closed_websocket_in_memory(gateway, connect, kind
     """Not its next ping's timer, nor a task: what a connection cost is given back when it
     ends, not 25 s later (a storm of connections would pile them up)."""
     client = await connect(kind, sub="c1")
-    await eventually(lambda: any(s.upgraded for s in gateway.sio.eio.sockets.values()))
-    (socket,) = gateway.sio.eio.sockets.values()
+    await eventually(lambda: any(s.upgraded for s in gateway.engine.sio.eio.sockets.values()))
+    (socket,) = gateway.engine.sio.eio.sockets.values()
     gone = weakref.ref(socket)
     del socket
     await client.disconnect()

@@ -1,0 +1,108 @@
+"""The endpoint's HTTP answers, in python-engineio's words, and the environ it keeps.
+
+Replaces python-engineio's request environ (the whole WSGI-style translation of an aiohttp
+request, kept for a connection's life) with the few fields that are read: `cors_environ` for
+its CORS answers, `connect_environ` for the namespace's `connect`. Its 400s and 429s carry
+its CORS headers.
+
+Library internals touched: `AsyncServer._cors_headers` and `_cors_allowed_origins`.
+"""
+
+from __future__ import annotations
+
+import engineio
+from aiohttp import web
+
+from realtime.engine.packets import FastJson
+from realtime.errors import GatewayError
+from realtime.limits import TOO_MANY_CONNECTIONS
+
+# in a connection's environ when it opened past its address's rate (`Engine.watch`)
+RATE_LIMITED = "gateway.rate_limited"
+PAST_ITS_RATE = web.RequestKey("past_its_rate", bool)
+
+
+def cors_headers(eio: engineio.AsyncServer, request: web.Request) -> dict[str, str]:
+    """python-engineio's CORS headers for this request."""
+    return dict(eio._cors_headers(cors_environ(request)))
+
+
+def bad_request(eio: engineio.AsyncServer, request: web.Request, message: str) -> web.Response:
+    """python-engineio's 400 (`_bad_request`), with its CORS headers."""
+    return web.Response(
+        body=FastJson.dumps(message).encode(),
+        status=400,
+        headers={"Content-Type": "text/plain", **cors_headers(eio, request)},
+    )
+
+
+async def refuse_and_close(
+    eio: engineio.AsyncServer, request: web.Request, message: str
+) -> web.Response:
+    """400, then the connection closed: what is left of a refused body is not read (aiohttp
+    would read it on, and log a body that is not what its encoding says as its own error)."""
+    refused = bad_request(eio, request, message)
+    refused.force_close()
+    await refused.prepare(request)
+    await refused.write_eof()
+    request.protocol.force_close()
+    return refused
+
+
+def turned_away(eio: engineio.AsyncServer, request: web.Request) -> web.Response:
+    """429 for a connection past twice its address's rate, before it opens."""
+    error = GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
+    return web.json_response(
+        {"error": error.to_dict()},
+        status=429,
+        headers={"Retry-After": "1", **cors_headers(eio, request)},
+    )
+
+
+def origin_allowed(eio: engineio.AsyncServer, request: web.Request) -> bool:
+    """python-engineio's check of a browser's Origin (same origin only, by default)."""
+    origin = request.headers.get("Origin")
+    if not origin or eio.cors_allowed_origins == []:
+        return True
+    allowed = eio._cors_allowed_origins(cors_environ(request))
+    return allowed is None or origin in allowed
+
+
+def cors_environ(request: web.Request) -> dict[str, str]:
+    """What python-engineio's CORS answer (`_cors_headers`) reads of a request's environ."""
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "wsgi.url_scheme": request.headers.get("X-Forwarded-Proto", "http"),
+    }
+    for header in (
+        "Host",
+        "Origin",
+        "Access-Control-Request-Headers",
+        "X-Forwarded-Proto",
+        "X-Forwarded-Host",
+    ):
+        values = request.headers.getall(header, ())
+        if values:  # repeated headers joined, as python-engineio's driver joins them
+            environ["HTTP_" + header.upper().replace("-", "_")] = ",".join(values)
+    return environ
+
+
+def connect_environ(request: web.Request) -> dict[str, str]:
+    """The WSGI-style environ python-socketio keeps for each connection (and hands the
+    namespace's `connect`): a few fields of the request that opened it, not the request (and
+    its headers) itself. REMOTE_ADDR is the TCP peer (python-engineio's driver says
+    127.0.0.1)."""
+    environ = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query_string,
+        "REMOTE_ADDR": request.remote or "",
+    }
+    for header in ("Origin", "User-Agent", "X-Forwarded-For"):
+        values = request.headers.getall(header, None)
+        if values:
+            # every line: a proxy may add its own X-Forwarded-For beside the client's
+            environ["HTTP_" + header.upper().replace("-", "_")] = ",".join(values)
+    if request.get(PAST_ITS_RATE):
+        environ[RATE_LIMITED] = "1"
+    return environ

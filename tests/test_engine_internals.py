@@ -1,0 +1,139 @@
+"""What each module of `realtime/engine/` touches inside python-engineio and python-socketio:
+one test per module, which fails if an internal it relies on moves (an upgrade of either
+library is then read module by module, against the docstring that names the same internals).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import engineio
+import engineio.async_drivers.aiohttp as engineio_aiohttp
+import engineio.async_socket
+import engineio.base_socket
+import engineio.json
+import engineio.payload
+import socketio
+import socketio.async_manager
+import socketio.async_server
+import socketio.base_manager
+
+from realtime.engine import create_engine, membership
+from realtime.tasks import TaskKeeper
+
+
+def _takes(call, *names: str) -> None:
+    parameters = inspect.signature(call).parameters
+    assert all(name in parameters for name in names), (call, list(parameters))
+
+
+def test_packets():
+    # python-engineio's integer reader (integers of at most 100 digits), reused
+    assert engineio.json._safe_int("12") == 12
+    assert "json" in vars(socketio.packet.Packet)  # the JSON module, a class attribute
+    assert "encode_cache" in inspect.getsource(engineio.packet.Packet.encode)
+
+
+def test_outbox():
+    # python-engineio makes each socket's queue with `create_queue` and uses these of it
+    assert callable(engineio.AsyncServer.create_queue)
+    source = inspect.getsource(engineio.async_socket.AsyncSocket)
+    for call in ("put(", "put_nowait(", "get(", "get_nowait(", "task_done(", "join("):
+        assert f"self.queue.{call}" in source, call
+    assert isinstance(engineio.payload.Payload.max_decode_packets, int)
+
+
+def test_socket():
+    socket_class = engineio.async_socket.AsyncSocket
+    for name in ("_websocket_handler", "schedule_ping", "poll", "close", "receive", "send"):
+        assert name in vars(socket_class), name
+    assert "handle_post_request" in vars(socket_class)
+    assert "_send_ping" in vars(socket_class)  # replaced by `sio.instrument()`, put back
+    assert "_trigger_event" in vars(engineio.AsyncServer)
+    assert "run_async" in inspect.getsource(engineio.AsyncServer._trigger_event)
+    for attribute in ("last_ping", "upgrading", "upgraded", "closing", "closed", "queue"):
+        assert attribute in inspect.getsource(engineio.base_socket.BaseSocket), attribute
+
+
+def test_answers(settings):
+    sio = create_engine(settings, TaskKeeper()).sio
+    assert callable(sio.eio._cors_headers)
+    assert callable(sio.eio._cors_allowed_origins)
+    _takes(sio.eio._cors_headers, "environ")
+
+
+def test_polling(settings):
+    sio = create_engine(settings, TaskKeeper()).sio
+    for encoding in sio.eio.compression_methods:
+        assert callable(getattr(sio.eio, "_" + encoding)), encoding
+
+
+def test_endpoint(settings):
+    sio = create_engine(settings, TaskKeeper()).sio
+    # its WebSocket wrapper, a subclass of the driver's, for this server only
+    assert issubclass(sio.eio._async["websocket"], engineio_aiohttp.WebSocket)
+    assert sio.eio._async["websocket"] is not engineio_aiohttp.WebSocket
+    assert engineio_aiohttp._async["websocket"] is engineio_aiohttp.WebSocket
+    assert callable(sio.eio._async["translate_request"])
+    for name in ("_unauthorized", "_make_response", "handle_request", "generate_id"):
+        assert callable(getattr(sio.eio, name)), name
+    assert isinstance(sio.eio.ping_interval_grace_period, (int, float))
+
+
+def test_lifecycle(settings):
+    sio = create_engine(settings, TaskKeeper()).sio
+    for name in ("_service_task", "disconnect", "create_queue"):
+        assert name in vars(engineio.AsyncServer), name
+    assert isinstance(sio.eio.start_service_task, bool)
+    source = inspect.getsource(engineio.AsyncServer)
+    for attribute in ("service_task_handle", "service_task_event"):
+        assert f"self.{attribute}" in source, attribute
+    # python-socketio's handlers of Engine.IO's connection events, wrapped
+    assert set(sio.eio.handlers) >= {"connect", "disconnect", "message"}
+    assert sio.eio.handlers["message"] == sio._handle_eio_message
+
+
+def test_dispatch(settings):
+    sio = create_engine(settings, TaskKeeper()).sio
+    server = socketio.async_server.AsyncServer
+    # client events enter through `_handle_event` (overridden); the lifecycle through these,
+    # of which `_handle_connect` and `_handle_eio_disconnect` are only wrapped
+    for name in (
+        "_handle_event",
+        "_handle_event_internal",
+        "_handle_connect",
+        "_handle_disconnect",
+        "_handle_eio_disconnect",
+        "_handle_eio_message",
+        "_send_packet",
+    ):
+        assert name in vars(server), name
+    assert "_handle_disconnect" not in vars(type(sio))
+    assert isinstance(socketio.base_server.BaseServer.reserved_events, list)
+
+
+def test_membership(settings):
+    manager = create_engine(settings, TaskKeeper()).sio.manager
+    assert isinstance(manager, membership.RoomIndex)
+    for name in ("basic_enter_room", "basic_leave_room", "get_participants"):
+        assert name in vars(socketio.base_manager.BaseManager), name
+    # every way out of a room goes through `basic_leave_room`
+    for call in ("basic_disconnect", "basic_close_room"):
+        source = inspect.getsource(getattr(socketio.base_manager.BaseManager, call))
+        assert "basic_leave_room" in source, call
+    assert "basic_enter_room" in inspect.getsource(socketio.async_manager.AsyncManager.enter_room)
+    assert "basic_leave_room" in inspect.getsource(socketio.async_manager.AsyncManager.leave_room)
+
+
+def test_admin(settings):
+    server = socketio.async_server.AsyncServer
+    assert "_trigger_event" in vars(server)
+    assert "instrument" in vars(server)
+    from socketio.async_admin import InstrumentedAsyncServer
+
+    # the library's dispatch, kept aside (name-mangled) when `instrument()` wraps it
+    source = inspect.getsource(InstrumentedAsyncServer)
+    assert "self.sio.__trigger_event = self.sio._trigger_event" in source
+    assert "def serialize_socket" in source
+    for name in ("self.stats_task", "manager._timestamps"):
+        assert name in source, name

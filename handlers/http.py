@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp_cors
 from aiohttp import web
 
-from realtime import health
 from realtime.errors import GatewayError, answer_for
 from realtime.gateway import GATEWAY
 from realtime.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from realtime.ops import health
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ async def ready(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     """Operators' view: connections, users, rooms, watcher lag."""
     require_service_token(request)
-    return web.json_response(health.status(request.app[GATEWAY]))
+    return web.json_response(request.app[GATEWAY].status())
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from handlers.http import json_body
 from handlers.web_assets import ADMIN_UI_DIR, STATIC_DIR
-from realtime.auth import ROLES, issue_token
+from realtime.access.auth import ROLES, issue_token
 from realtime.config import Settings
 from realtime.errors import GatewayError
 from realtime.gateway import GATEWAY

@@ -13,11 +13,11 @@ from typing import Any
 import socketio
 
 from realtime import events
-from realtime.emitter import Emitter
+from realtime.access.sessions import Sessions
+from realtime.delivery.emitter import Emitter
 from realtime.engine import RefusedEventName
 from realtime.errors import AUTH_CODES, GatewayError, answer_for
 from realtime.metrics import Metrics
-from realtime.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 

@@ -10,26 +10,27 @@ from aiohttp import web
 from handlers.http import error_middleware, setup_routes
 from handlers.pages import setup_pages
 from handlers.socket import GatewayNamespace
-from realtime import admin_view as admin_ui
-from realtime.auth import TokenVerifier
-from realtime.broadcast import Broadcaster
-from realtime.bus import EventBus
+from realtime.access.auth import TokenVerifier
+from realtime.access.policy import RoomPolicy
+from realtime.access.revocations import Revocations
+from realtime.access.sessions import Sessions
+from realtime.changes.feed import ChangeFeed
+from realtime.changes.mapping import DocumentMapping, StoreReservations
+from realtime.changes.publisher import ChangePublisher
+from realtime.changes.watcher import Watcher, new_instance_id
 from realtime.config import Settings
-from realtime.emitter import Emitter
+from realtime.delivery.bus import EventBus
+from realtime.delivery.emitter import Emitter
 from realtime.engine import AdminView, create_engine
 from realtime.gateway import GATEWAY, Gateway
-from realtime.health import redis_probe, store_probe, watcher_probe
 from realtime.limits import LoginGuard, trusted_networks
-from realtime.mapping import DocumentMapping, StoreReservations
 from realtime.metrics import Metrics
-from realtime.publisher import ChangePublisher
-from realtime.revocations import Revocations, Revoker
-from realtime.rooms import RoomPolicy
-from realtime.sessions import Sessions
+from realtime.ops import admin_view as admin_ui
+from realtime.ops.broadcast import Broadcaster
+from realtime.ops.health import redis_probe, store_probe, watcher_probe
+from realtime.ops.revoker import Revoker
 from realtime.tasks import TaskKeeper
-from realtime.watcher import Watcher, new_instance_id
 from storage.base import Store
-from storage.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ async def _delivery_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
-    from realtime.demo import DemoWriter
+    from realtime.changes.demo import DemoWriter
 
     gateway = app[GATEWAY]
     gateway.tasks.spawn(DemoWriter(gateway.store, gateway.mapping).run(), name="demo")

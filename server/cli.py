@@ -15,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from realtime.auth import ROLES, issue_token
+from realtime.access.auth import ROLES, issue_token
+from realtime.changes.demo import DemoWriter
+from realtime.changes.mapping import DocumentMapping
 from realtime.config import ConfigError, Settings, describe_variables, load_settings
-from realtime.demo import DemoWriter
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
-from realtime.mapping import DocumentMapping
 from server.app import create_app, make_store
 
 logger = logging.getLogger("realtime")

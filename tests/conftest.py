@@ -13,7 +13,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from realtime.auth import issue_token
+from realtime.access.auth import issue_token
 from realtime.config import Settings, load_settings
 from realtime.gateway import GATEWAY
 from server.app import create_app

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from realtime.auth import TokenVerifier, issue_token
+from realtime.access.auth import TokenVerifier, issue_token
 from realtime.config import load_settings
 from realtime.errors import GatewayError
 from realtime.wire import iso_timestamp

@@ -216,7 +216,7 @@ async def test_a_booking_written_while_the_log_append_fails_is_emitted_once_afte
     staff = await connect("py-websocket", sub="st1", role="staff", shops=["s1"])
     assert (await staff.call("join_room", {"roomId": "shop-s1"}))["ok"]
     customer = await connect("py-polling", sub="c1")
-    caplog.set_level(logging.WARNING, logger="storage.feed")
+    caplog.set_level(logging.WARNING, logger="realtime.changes.feed")
 
     store.fail(READ_ONLY)
     written = [await writer.insert_document("bookings", booking())]  # the service still writes

@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
+from realtime.backoff import Backoff
+from realtime.changes.feed import ChangeFeed
 from storage.base import ChangeHistoryLost, ChangeStream, StoreError
-from storage.feed import Backoff, ChangeFeed
 from storage.mongo import translate_error
 
 NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.UTC)

@@ -15,7 +15,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from realtime.auth import JwksKeys
+from realtime.access.auth import JwksKeys
 from realtime.config import load_settings
 from realtime.errors import GatewayError
 from server.app import create_app

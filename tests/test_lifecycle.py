@@ -15,7 +15,7 @@ import sys
 import aiohttp
 import pytest
 
-from realtime.watcher import dead_on_this_host
+from realtime.changes.watcher import dead_on_this_host
 from tests.clients import ROOT, make_client
 from tests.gateways import GatewayProcess, run_cli
 

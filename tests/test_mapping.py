@@ -7,8 +7,8 @@ import logging
 
 from bson import ObjectId
 
+from realtime.changes.mapping import DocumentMapping
 from realtime.config import load_settings
-from realtime.mapping import DocumentMapping
 from storage.base import Change
 
 BOOKING = {

@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from realtime.auth import issue_token
+from realtime.access.auth import issue_token
 from realtime.config import load_settings
 from realtime.wire import event_id
 from tests.clients import Refused
@@ -393,7 +393,7 @@ async def test_a_cursor_ahead_of_this_instance_is_judged_by_the_log(
 
     # two instances of one process, as if of two hosts (each would take the other's lease
     # for a dead process's of its own host)
-    monkeypatch.setattr("realtime.watcher.dead_on_this_host", lambda holder: False)
+    monkeypatch.setattr("realtime.changes.watcher.dead_on_this_host", lambda holder: False)
     first = create_app(settings)
     first_server = await aiohttp_server(first)
     await eventually(lambda: first[GATEWAY].watcher.held_here)  # the other one never will

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from realtime.auth import Principal
+from realtime.access.auth import Principal
+from realtime.access.revocations import Revocations
 from realtime.config import load_settings
 from realtime.errors import GatewayError
 from realtime.gateway import GATEWAY
-from realtime.revocations import Revocations
 from server.app import create_app
 from storage.base import Revocation
 from storage.sqlite.store import SqliteStore

@@ -687,9 +687,9 @@ async def test_a_malformed_frame_ends_the_connection(base_url):
 
 
 async def test_room_cursors_stay_bounded(gateway, connect, monkeypatch):
-    import realtime.emitter
+    import realtime.delivery.emitter
 
-    monkeypatch.setattr(realtime.emitter, "ROOM_CURSORS_MAX", 5)
+    monkeypatch.setattr(realtime.delivery.emitter, "ROOM_CURSORS_MAX", 5)
     client = await connect("py-websocket")
     for n in range(20):
         assert (await client.call("join_room", {"roomId": f"availability-x{n}"}))["ok"]

@@ -18,9 +18,11 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from realtime import events
-from realtime.auth import Principal, TokenVerifier
+from realtime.access.auth import Principal, TokenVerifier
+from realtime.access.policy import ReservationHistory, RoomPolicy, home_rooms
+from realtime.access.revocations import Revocations
 from realtime.config import Settings
-from realtime.emitter import Emitter
+from realtime.delivery.emitter import Emitter
 from realtime.engine import RATE_LIMITED, Engine
 from realtime.errors import GatewayError
 from realtime.limits import (
@@ -33,16 +35,7 @@ from realtime.limits import (
     trusted_networks,
 )
 from realtime.metrics import Metrics
-from realtime.revocations import Revocations
-from realtime.rooms import (
-    ReservationHistory,
-    RoomPolicy,
-    home_rooms,
-    parse_room,
-    parties_in,
-    reservation_room,
-    user_room,
-)
+from realtime.rooms import parse_room, parties_in, reservation_room, user_room
 from realtime.tasks import TaskKeeper
 from storage.base import StoredEvent
 

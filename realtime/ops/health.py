@@ -1,21 +1,17 @@
-"""What /ready and /status report: named readiness probes, and the gateway's figures."""
+"""What /ready checks: named readiness probes, each a dependency of the gateway."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from realtime.changes.watcher import Watcher
+from realtime.delivery.bus import EventBus
 from realtime.wire import iso_timestamp
 from storage.base import Lease, Store
-
-if TYPE_CHECKING:
-    from realtime.bus import EventBus
-    from realtime.gateway import Gateway
-    from realtime.watcher import Watcher
 
 CHECK_TIMEOUT_S = 2.0
 OK = "ok"
@@ -82,39 +78,7 @@ async def _check(probe: Probe) -> str:
         return f"down: {str(exc)[:200] or type(exc).__name__}"
 
 
-def status(gateway: Gateway) -> dict[str, Any]:
-    """The figures of /status: small at any scale (rooms are counted, and only the largest
-    `STATUS_ROOMS_MAX` are named)."""
-    feed = gateway.feed
-    room_count, room_members, largest = gateway.engine.room_figures(
-        gateway.settings.status_rooms_max
-    )
-    return {
-        "version": version(),
-        "uptimeSeconds": round(time.time() - gateway.started_at, 3),
-        "store": gateway.store.describe(),
-        **gateway.sessions.counts(),
-        "roomCount": room_count,
-        "roomMembers": room_members,
-        "rooms": largest,
-        # every task of the event loop, this one included: back to its baseline once what
-        # came and went (connections, joins, requests) is gone
-        "tasks": len(asyncio.all_tasks()),
-        "instance": gateway.watcher.instance_id,
-        "watcher": {
-            "running": feed.running,
-            **_lease(gateway.watcher.lease, gateway.watcher.instance_id),
-            "changesHandled": feed.changes_handled,
-            "lagSeconds": {c: round(s, 3) for c, s in sorted(feed.lag_s.items())},
-            "lastChangeAt": {
-                c: iso_timestamp(t.timestamp()) for c, t in sorted(feed.last_change_at.items())
-            },
-        },
-        "eventsEmitted": dict(sorted(gateway.emitter.emitted.items())),
-    }
-
-
-def _lease(lease: Lease | None, instance_id: str) -> dict[str, Any]:
+def lease_figures(lease: Lease | None, instance_id: str) -> dict[str, Any]:
     if lease is None:
         return {"holder": None, "heldHere": False, "since": None, "fence": None, "expires": None}
     return {

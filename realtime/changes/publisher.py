@@ -7,8 +7,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from realtime.emitter import Emitter
-from realtime.mapping import DocumentMapping
+from realtime.changes.mapping import DocumentMapping
+from realtime.delivery.emitter import Emitter
 from realtime.wire import without_non_finite
 from storage.base import Change, Checkpoint, NewEvent
 

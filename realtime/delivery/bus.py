@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio
 
+from realtime.backoff import Backoff
 from storage.base import StoredEvent
-from storage.feed import Backoff
 
 logger = logging.getLogger(__name__)
 

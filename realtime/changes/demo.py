@@ -13,7 +13,7 @@ import logging
 import random
 from typing import Any
 
-from realtime.mapping import DocumentMapping
+from realtime.changes.mapping import DocumentMapping
 from realtime.wire import iso_timestamp
 from storage.base import Store
 

@@ -1,7 +1,7 @@
 """The change consumer: reads a store's change stream, resumes where it stopped, retries.
 
 Each store supplies only the stream (`Store.watch`); resuming, saving tokens, backoff and the
-handling of lost history are here, shared by both.
+handling of lost history are the gateway's policy, here, shared by both stores.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from realtime.backoff import Backoff
 from storage.base import (
     Change,
     ChangeHistoryLost,
@@ -27,8 +27,6 @@ from storage.base import (
 
 logger = logging.getLogger(__name__)
 
-BACKOFF_FIRST_S = 0.1
-BACKOFF_MAX_S = 30.0
 BATCH_MAX = 100  # changes already read that are handed over together
 # While idle, a stream's token still moves (with the cluster's clock); saving it keeps a quiet
 # feed's place from aging out of the history, and doing so at most this often keeps an idle
@@ -36,23 +34,6 @@ BATCH_MAX = 100  # changes already read that are handed over together
 IDLE_SAVE_INTERVAL_S = 10.0
 # a watched collection dropped or renamed (away or onto): its history ends there
 COLLECTION_GONE = {"drop": "collection_dropped", "rename": "collection_renamed"}
-
-
-class Backoff:
-    """Waits that double up to a cap, with full jitter; `reset()` after a success."""
-
-    def __init__(self, first_s: float = BACKOFF_FIRST_S, max_s: float = BACKOFF_MAX_S):
-        self._first_s = first_s
-        self._max_s = max_s
-        self._next_s = first_s
-
-    def reset(self) -> None:
-        self._next_s = self._first_s
-
-    def next_delay(self) -> float:
-        delay = random.uniform(self._next_s / 2, self._next_s)
-        self._next_s = min(self._max_s, self._next_s * 2)
-        return delay
 
 
 class ChangeFeed:

@@ -15,8 +15,8 @@ import os
 import secrets
 import socket
 
+from realtime.changes.feed import ChangeFeed
 from storage.base import Fence, Lease, Store, StoreError
-from storage.feed import ChangeFeed
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from realtime import events
 from realtime.config import Settings
-from realtime.emitter import Emitter
+from realtime.delivery.emitter import Emitter
 from realtime.errors import GatewayError
 from realtime.rooms import parse_room, user_room
 from realtime.wire import event_id

@@ -55,19 +55,24 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     # a POST whose body is being read or its packets handled: done when it is answered
     receiving: asyncio.Future | None = None
     ping_timer: asyncio.TimerHandle | None = None  # the next ping; cancelled when it closes
+    ping_due = 0.0  # when the next ping is due (time.time())
     last_poll_timer: asyncio.TimerHandle | None = None  # closed by then if no poll came
 
     def schedule_ping(self) -> None:
         # python-engineio: only when the previous ping was answered
         if self.last_ping:
             self.last_ping = None
+            self.ping_due = time.time() + self.server.ping_interval
             self.ping_timer = asyncio.get_running_loop().call_later(
                 self.server.ping_interval, self._ping
             )
 
     def _ping(self) -> None:
         if not self.closing and not self.closed:
-            self.last_ping = time.time()
+            # its timeout runs from when it was due, not from when a busy loop sent it: a
+            # client that never answers is closed pingInterval + pingTimeout after its last
+            # pong, as the protocol says
+            self.last_ping = self.ping_due
             self.queue.put_nowait(PING)
 
     async def poll(self) -> list[engineio.packet.Packet]:

@@ -1,0 +1,78 @@
+"""Driver errors in the store's terms: `store_errors` wraps every MongoStore method so that
+whatever PyMongo or BSON raises leaves as a `StoreError` (`translate_error` decides which), the
+server error codes the adapter reads, and `_index_of`, which says what a duplicate key hit."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from bson.errors import BSONError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+
+from storage.base import ChangeHistoryLost, DocumentRejected, StoreError
+
+# manual, "Change Events" / error codes: a stream that can never resume from its token
+CHANGE_STREAM_HISTORY_LOST = 286
+INVALID_RESUME_TOKEN = 260
+CHANGE_STREAM_FATAL_ERROR = 280
+UNUSABLE_TOKEN_CODES = frozenset(
+    {CHANGE_STREAM_HISTORY_LOST, INVALID_RESUME_TOKEN, CHANGE_STREAM_FATAL_ERROR}
+)
+# What the server answers when asked to start a stream from a token it cannot read: a corrupt
+# or foreign token is FailedToParse (9: "resume token string was not a valid hex string"),
+# a KeyString format error (50811), a bad or empty token (40647, 40649), or BadValue (2); not
+# 286. Only these make a token unusable: every other failure (timeouts, interruptions,
+# elections, stale config) is retried from the same token, since wrongly calling history lost
+# drops the token and skips the changes after it for good.
+UNREADABLE_TOKEN_CODES = frozenset({9, 2, 50811, 40647, 40649})
+INDEX_OPTIONS_CONFLICT = 85  # manual, createIndexes: same keys, other options
+NAMESPACE_EXISTS = 48
+DUPLICATE_KEY = 11000
+
+
+def translate_error(exc: Exception) -> StoreError:
+    """What the driver raises in the store's terms: history lost (never retried), a document
+    MongoDB cannot hold, or transient."""
+    if isinstance(exc, OperationFailure) and exc.code in UNUSABLE_TOKEN_CODES:
+        return ChangeHistoryLost(f"change stream cannot resume (code {exc.code}): {exc}")
+    if isinstance(exc, (BSONError, OverflowError, UnicodeEncodeError)):
+        return DocumentRejected(f"mongodb cannot store this value: {exc}")
+    return StoreError(f"mongodb: {exc}")
+
+
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def store_errors(method: Method) -> Method:
+    """The one translation point: whatever the driver or BSON raises leaves as `StoreError`,
+    the contract of `storage.base`."""
+
+    @functools.wraps(method)
+    async def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except StoreError:
+            raise
+        except (PyMongoError, BSONError, OverflowError, UnicodeEncodeError) as exc:
+            raise translate_error(exc) from exc
+
+    return translated  # type: ignore[return-value]
+
+
+def _index_of(exc: DuplicateKeyError | BulkWriteError) -> dict[str, Any] | None:
+    """The key pattern a duplicate-key error names (server 4.2+ reports `keyPattern`); for a
+    bulk write, its first write error's, if that is a duplicate key."""
+    details = exc.details or {}
+    if isinstance(exc, BulkWriteError):
+        errors = details.get("writeErrors") or [{}]
+        details = errors[0]
+        if details.get("code") != DUPLICATE_KEY:
+            return None
+    pattern = details.get("keyPattern")
+    if isinstance(pattern, Mapping):
+        return dict(pattern)
+    match = re.search(r"index: (\w+)", str(details.get("errmsg", exc)))
+    return {"source": 1} if match and match.group(1) == "source_1" else None

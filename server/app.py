@@ -15,8 +15,9 @@ from realtime.access.policy import RoomPolicy
 from realtime.access.revocations import Revocations
 from realtime.access.sessions import Sessions
 from realtime.changes.feed import ChangeFeed
-from realtime.changes.mapping import DocumentMapping, StoreReservations
+from realtime.changes.mapping import DocumentMapping
 from realtime.changes.publisher import ChangePublisher
+from realtime.changes.reservations import StoreReservations
 from realtime.changes.watcher import Watcher, new_instance_id
 from realtime.config import Settings
 from realtime.delivery.bus import EventBus
@@ -95,10 +96,9 @@ def create_app(
     engine.watch(
         opened=sessions.transport_opened,
         closed=sessions.transport_closed,
-        admit=sessions.admit_transport,
+        admit=sessions.limits.admit_transport,
     )
-    emitter.after_emit(reservations.changed)  # before the members are judged again
-    emitter.after_emit(sessions.recheck_reservation)
+    emitter.recheck_reservations_with(reservations.forget, sessions.members_losing)
     engine.sio.register_namespace(GatewayNamespace(sessions, emitter, metrics))
     instance_id = new_instance_id()
     watcher = Watcher(store, feed, instance_id, settings.watcher_lease_ttl_s)

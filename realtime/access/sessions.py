@@ -11,62 +11,28 @@ left half set up.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from realtime import events
+from realtime.access.admission import ConnectionLimits
 from realtime.access.auth import Principal, TokenVerifier
-from realtime.access.policy import ReservationHistory, RoomPolicy, home_rooms
+from realtime.access.expiry import TokenExpiry
+from realtime.access.joins import Joins
+from realtime.access.policy import RoomPolicy, home_rooms
 from realtime.access.revocations import Revocations
+from realtime.access.socket import SocketSession
 from realtime.config import Settings
 from realtime.delivery.emitter import Emitter
-from realtime.engine import RATE_LIMITED, Engine
+from realtime.engine import Engine
 from realtime.errors import GatewayError
-from realtime.limits import (
-    TOO_MANY_CONNECTIONS,
-    Admission,
-    KeyedBuckets,
-    TokenBucket,
-    address_key,
-    client_address,
-    trusted_networks,
-)
 from realtime.metrics import Metrics
-from realtime.rooms import parse_room, parties_in, reservation_room, user_room
+from realtime.rooms import ReservationParties, user_room
 from realtime.tasks import TaskKeeper
-from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(slots=True)  # one per connection: kept small
-class SocketSession:
-    sid: str
-    connection: str  # the engine's id of the connection that carries it
-    principal: Principal | None = None
-    deadline: asyncio.TimerHandle | None = None  # the token's next deadline
-    replay_from: str | None = None  # a handshake's lastEventId, replayed when announced
-
-    def cancel_deadline(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
-
-
-@dataclasses.dataclass(slots=True)  # one per Engine.IO connection: kept small
-class TransportUse:
-    """What one Engine.IO connection has used of its limits. Kept by the connection, not by
-    the socket it carries: a socket disconnected for flooding that connects the namespace
-    again on the same connection gets no fresh allowance."""
-
-    events: TokenBucket | None = None  # what it may still send (made at its first event)
-    refused_in_a_row: int = 0  # events refused rate_limited since it last kept to its rate
-    # (for a whole burst: a client sending steadily past its rate gets some through, and is
-    # still disconnected)
-    sockets: int = 0  # namespace connections it has carried
 
 
 class Sessions:
@@ -92,27 +58,28 @@ class Sessions:
         self._metrics = metrics
         self._tasks = tasks
         self._revocations = revocations
-        self._clock = clock
-        # a token accepted within the leeway past its `exp` binds until then, not at once
-        self._leeway_s = settings.jwt_leeway_s
+        self._expiry = TokenExpiry(
+            settings,
+            engine,
+            emitter,
+            metrics,
+            self._spawn_for,
+            lambda session: self._sessions.get(session.sid) is session,
+            clock,
+        )
         self._sessions: dict[str, SocketSession] = {}
-        self._open_transports: dict[str, TransportUse] = {}
+        self.limits = ConnectionLimits(settings, metrics, self._flooding)
+        self._joins = Joins(engine, emitter, policy, settings, metrics)
         # transports without an authenticated socket, and when they are closed for it
         self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
-        self._users: dict[str, set[str]] = {}  # user id -> its authenticated sids here
-        self._trusted_proxies = trusted_networks(settings.trusted_proxies)
-        rate = settings.rate_limit_connections
-        burst = max(1.0, 2 * rate)  # bursts of twice the rate, and at least one
-        self._connections = KeyedBuckets(rate, burst)  # new connections per address
-        self._refusals = KeyedBuckets(rate, burst)  # and those refused past it
 
     # -- transports --------------------------------------------------------------------------
     def transport_opened(self, connection: str) -> None:
-        self._open_transports[connection] = TransportUse()
+        self.limits.opened(connection)
         self._arm_auth_deadline(connection)
 
     def transport_closed(self, connection: str) -> None:
-        self._open_transports.pop(connection, None)
+        self.limits.closed(connection)
         self._cancel_auth_deadline(connection)
 
     def _arm_auth_deadline(self, connection: str) -> None:
@@ -137,7 +104,7 @@ class Sessions:
 
     async def _auth_timed_out(self, connection: str) -> None:
         session = self._session_of(connection)
-        if connection not in self._open_transports or (session and session.principal is not None):
+        if connection not in self.limits.open or (session and session.principal is not None):
             return
         if self._engine.carries_admin_ui(connection):
             return  # the Admin UI: its namespace connected only with the right credentials
@@ -160,9 +127,7 @@ class Sessions:
         assert connection is not None  # (called from the namespace's `connect`)
         session = SocketSession(sid=sid, connection=connection)
         self._sessions[sid] = session
-        use = self._open_transports.get(session.connection)
-        if use is not None:
-            use.sockets += 1
+        self.limits.socket_opened(connection)
         return session
 
     def closed(self, sid: str) -> None:
@@ -171,81 +136,28 @@ class Sessions:
             return
         session.cancel_deadline()
         if session.principal is not None:
-            self._forget_user_socket(session.principal.user_id, sid)
-        if session.principal is not None and session.connection in self._open_transports:
+            self.limits.user_socket_gone(session.principal.user_id, sid)
+        if session.principal is not None and session.connection in self.limits.open:
             # its transport may stay open (a client may connect the namespace again): it must
             # carry an authenticated socket again in time. (An unauthenticated socket's
             # transport still has its first deadline: connecting again does not move it.)
             self._arm_auth_deadline(session.connection)
 
     # -- limits ------------------------------------------------------------------------------
-    def admit_transport(self, environ: Mapping[str, str]) -> Admission:
-        """A new Engine.IO connection from this client's address (an IPv6 one by its /64),
-        before it opens: within `RATE_LIMIT_CONNECTIONS`, admitted. Past it, it opens and its
-        Socket.IO handshake is refused `rate_limited` (which clients show); past it twice
-        over, it is turned away before it opens, so that a client that ignores the refusals
-        holds nothing here."""
-        address = address_key(client_address(environ, self._trusted_proxies))
-        if self._connections.take(address):
-            return Admission.ADMITTED
-        self._metrics.rate_limited.labels("connections").inc()
-        return Admission.REFUSED if self._refusals.take(address) else Admission.TURNED_AWAY
-
     def admit_connection(self, sid: str, environ: Mapping[str, str]) -> None:
-        """The Socket.IO handshake of a connection `admit_transport` refused is refused; so
-        is one past its address's rate on a connection that carried a socket before (a new
-        socket on an old connection is a new connection: one disconnected for flooding
-        would otherwise come back at once, free)."""
-        if environ.get(RATE_LIMITED) is not None:
-            raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
+        """This socket's handshake, within its connection's limits (`ConnectionLimits`)."""
         session = self._sessions.get(sid)
-        use = self._open_transports.get(session.connection) if session is not None else None
-        if use is not None and use.sockets > 1:
-            if self.admit_transport(environ) is not Admission.ADMITTED:
-                raise GatewayError("rate_limited", TOO_MANY_CONNECTIONS)
+        self.limits.admit_socket(session.connection if session is not None else "", environ)
 
     def admit_event(self, sid: str) -> None:
-        """One more client event from this socket, within `RATE_LIMIT_EVENTS`; a socket that
-        goes on sending past `RATE_LIMIT_DISCONNECT` refusals is disconnected."""
+        """One more client event from this socket, within its connection's limits."""
         session = self._sessions.get(sid)
-        use = self._open_transports.get(session.connection) if session is not None else None
-        if use is None:
-            return  # closing: the event is answered as for a socket that went
-        now = time.monotonic()
-        if use.events is None:
-            rate = self._settings.rate_limit_events
-            use.events = TokenBucket(rate, max(1.0, 2 * rate), now)
-        if use.events.take(now):
-            if use.events.idle(now):  # it kept to its rate for a whole burst: forgiven
-                use.refused_in_a_row = 0
-            return
-        use.refused_in_a_row += 1
-        self._metrics.rate_limited.labels("events").inc()
-        if use.refused_in_a_row == self._settings.rate_limit_disconnect:
-            logger.info("socket disconnected: too many events", extra={"sid": sid})
-            # after this event's answer, which is already on its way; its connection too
-            self._tasks.spawn(
-                self._close(session.connection, sid), name="disconnect a flooding socket"
-            )
-        raise GatewayError(
-            "rate_limited",
-            f"more than {self._settings.rate_limit_events:g} events a second: slow down",
-        )
+        if session is not None:
+            self.limits.admit_event(session.connection, sid)
 
-    def _admit_user_socket(self, user_id: str) -> None:
-        most = self._settings.max_connections_per_user
-        if len(self._users.get(user_id, ())) >= most:
-            self._metrics.rate_limited.labels("user_connections").inc()
-            raise GatewayError(
-                "rate_limited", f"this user has {most} connections already: close one first"
-            )
-
-    def _forget_user_socket(self, user_id: str, sid: str) -> None:
-        sids = self._users.get(user_id)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
-                del self._users[user_id]
+    def _flooding(self, connection: str, sid: str) -> None:
+        # its connection too: a new socket on it would be charged as a new connection anyway
+        self._tasks.spawn(self._close(connection, sid), name="disconnect a flooding socket")
 
     def get(self, sid: str) -> SocketSession:
         session = self._sessions.get(sid)
@@ -318,15 +230,13 @@ class Sessions:
                     "this socket is authenticated as another user; reconnect to switch",
                 )
             # decided before anything changes: a refresh refused leaves the socket as it was
-            revoked = (
-                await self._disallowed_rooms(session, principal) if current is not None else []
-            )
+            revoked = await self._joins.disallowed(sid, principal) if current is not None else []
             self._still_open(session)  # it may have gone while the store was asked
             # checked with no await before the principal is set: a revocation applied since
             # either refuses it here or finds the socket authenticated and cuts it
             self._revocations.check(principal)
             if current is None:
-                self._admit_user_socket(principal.user_id)
+                self.limits.admit_user_socket(principal.user_id)
         except GatewayError as error:
             # `unauthenticated` is no refusal (the socket went away); a user past its
             # connections is counted as rate-limited, not as a failed authentication
@@ -334,12 +244,12 @@ class Sessions:
                 self._metrics.auth_failures.labels(error.code).inc()
             raise
         session.principal = principal
-        self._users.setdefault(principal.user_id, set()).add(sid)
+        self.limits.user_socket_added(principal.user_id, sid)
         # (the transport's auth deadline is left to pass: it finds an authenticated socket)
         # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
-        self._arm(session, self._left_s(principal), self._token_expired)
+        self._expiry.bind(session)
         for room in revoked:
-            await self._leave(session, room)
+            await self._joins.leave_room(sid, room)
         session.replay_from = last_event_id
         for room in home_rooms(principal):
             if last_event_id is None or room != user_room(principal.user_id):
@@ -389,65 +299,8 @@ class Sessions:
         # room was sent is already in its queue, ahead of this message.
         payload = {**payload, "lastEventId": self._emitter.delivered_event_id()}
         self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
-        self._arm_expiry(session)
+        self._expiry.warn(session)
         return payload
-
-    async def _disallowed_rooms(self, session: SocketSession, principal: Principal) -> list[str]:
-        disallowed = []
-        for room in sorted(self._engine.rooms_of(session.sid)):
-            try:
-                await self._policy.authorize(principal, parse_room(room))
-            except GatewayError:
-                disallowed.append(room)
-        return disallowed
-
-    def _left_s(self, principal: Principal) -> float:
-        """Seconds until the socket's token no longer binds: its `exp` and the leeway."""
-        return principal.expires_at + self._leeway_s - self._clock()
-
-    def _arm_expiry(self, session: SocketSession) -> None:
-        assert session.principal is not None
-        left_s = self._left_s(session.principal)
-        lead_s = self._settings.auth_expiring_lead_s
-        self._arm(session, max(0.0, left_s - lead_s), self._auth_expiring)
-
-    async def _auth_expiring(self, session: SocketSession) -> None:
-        principal = session.principal
-        assert principal is not None
-        left_s = max(0.0, self._left_s(principal))
-        self._emitter.send_control(
-            session.sid,
-            events.AUTH_EXPIRING,
-            {"expiresAt": principal.expires_at_iso(), "secondsLeft": int(left_s)},
-        )
-        self._arm(session, left_s, self._token_expired)
-
-    async def _token_expired(self, session: SocketSession) -> None:
-        logger.info("token expired", extra={"sid": session.sid})
-        self._metrics.auth_failures.labels("token_expired").inc()
-        error = GatewayError("token_expired").to_dict()
-        self._emitter.send_control(session.sid, events.AUTH_ERROR, error)
-        await self._engine.disconnect(session.sid)
-
-    def _arm(
-        self,
-        session: SocketSession,
-        delay_s: float,
-        action: Callable[[SocketSession], Coroutine[Any, Any, None]],
-    ) -> None:
-        session.cancel_deadline()
-        session.deadline = asyncio.get_running_loop().call_later(
-            max(0.0, delay_s), self._deadline_passed, session, action
-        )
-
-    def _deadline_passed(
-        self,
-        session: SocketSession,
-        action: Callable[[SocketSession], Coroutine[Any, Any, None]],
-    ) -> None:
-        session.deadline = None
-        if self._sessions.get(session.sid) is session:
-            self._spawn_for(session, action(session), action.__name__)
 
     # -- operators ---------------------------------------------------------------------------
     async def cut(self, choose: Callable[[str, Principal | None], str | None]) -> int:
@@ -489,105 +342,37 @@ class Sessions:
         self, sid: str, room_id: str, last_event_id: str | None = None
     ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
-        returns the acknowledgement's fields."""
+        returns the acknowledgement's fields (`Joins.join`)."""
         principal = self.principal_of(sid)
-        room = parse_room(room_id)
         session = self.get(sid)
-        most = self._settings.max_rooms_per_socket
-        rooms = self._engine.rooms_of(sid)
-        if room.name not in rooms and len(rooms) >= most:
-            self._metrics.rate_limited.labels("rooms").inc()
-            raise GatewayError(
-                "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
-            )
-        await self._policy.authorize(principal, room)
-
-        async def recheck() -> None:
-            # decided again as the socket enters (with no event going out meanwhile): the
-            # booking may have moved to someone else while its replay was being sent
-            await self._policy.authorize(principal, room)
-
-        visible = None
-        if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
-            visible = await self._reservation_history(principal, room.name, last_event_id)
-        replay = await self._emitter.enter_with_replay(
-            sid,
-            room.name,
-            last_event_id,
-            lambda: self._enter(session, room.name),
-            recheck if room.kind == "reservation" else None,
-            visible,
+        return await self._joins.join(
+            sid, principal, room_id, last_event_id, lambda: self._still_open(session)
         )
-        logger.info(
-            "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
-        )
-        answer = {
-            "roomId": room.name,
-            "replayed": replay.replayed,
-            "lastEventId": replay.last_event_id,
-        }
-        if last_event_id is not None:
-            answer["gap"] = replay.gap
-        return answer
-
-    async def _reservation_history(
-        self, principal: Principal, room: str, last_event_id: str
-    ) -> Callable[[StoredEvent], bool]:
-        """Which of a reservation room's events, replayed after `last_event_id`, this
-        principal was allowed to see when they were sent (`ReservationHistory`)."""
-        cursor = events.last_event_sequence(last_event_id)
-        update = events.RESERVATION_UPDATE
-        before = await self._emitter.newest_room_event(room, update, cursor)
-        logged = (
-            before is not None or await self._emitter.newest_room_event(room, update) is not None
-        )
-        history = ReservationHistory(
-            principal, parties_in(before.payload) if before is not None else None, logged
-        )
-        return lambda event: history.allows(parties_in(event.payload), event.name == update)
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)
-        room = parse_room(room_id)
-        await self._leave(self.get(sid), room.name)
-        return room.name
+        return await self._joins.leave(sid, room_id)
 
-    async def recheck_reservation(self, name: str, payload: dict[str, Any]) -> None:
-        """After a booking change is emitted, the members of its reservation room whom the
-        change no longer concerns (another customer, another shop) leave it: they got this
-        change, and get nothing more of that reservation."""
-        if name != events.RESERVATION_UPDATE:
-            return
-        room = reservation_room(str(payload.get("reservationId")))
-        members = self._engine.members(room)
-        if not members or payload.get("updateType") == "deleted":
-            return
-        parties = parties_in(payload)
-        if parties is None:
-            return  # the change does not say whom the booking concerns: nothing to judge by
-        for sid in members:
+    def members_losing(self, room: str, parties: ReservationParties) -> list[str]:
+        """The sockets of this instance in a reservation room whom a booking concerning
+        `parties` is no longer for (another customer, another shop)."""
+        losing = []
+        for sid in self._engine.members(room):
             session = self._sessions.get(sid)
             if session is None or session.principal is None:
                 continue
             if not self._policy.allows_reservation(session.principal, parties):
-                await self._leave(session, room)
-                self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": [room]})
-                logger.info("room revoked", extra={"sid": sid, "room": room})
+                losing.append(sid)
+        return losing
 
     async def _enter(self, session: SocketSession, room: str) -> None:
-        self._still_open(session)
-        if room not in self._engine.rooms_of(session.sid):
-            await self._engine.enter(session.sid, room)
-
-    async def _leave(self, session: SocketSession, room: str) -> None:
-        if room in self._engine.rooms_of(session.sid):
-            await self._engine.leave(session.sid, room)
+        await self._joins.enter(session.sid, room, lambda: self._still_open(session))
 
     # -- figures -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         authenticated = [s for s in self._sessions.values() if s.principal is not None]
         return {
-            "transports": len(self._open_transports),  # Engine.IO connections, joined or not
+            "transports": len(self.limits.open),  # Engine.IO connections, joined or not
             "connections": len(self._sessions),
             "authenticated": len(authenticated),
             "users": len({s.principal.user_id for s in authenticated}),

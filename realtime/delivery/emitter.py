@@ -25,6 +25,7 @@ from typing import Any
 from realtime import events
 from realtime.engine import Engine
 from realtime.errors import GatewayError
+from realtime.rooms import ReservationParties, parties_in, reservation_room
 from realtime.wire import event_id, wire_payload
 from storage.base import Checkpoint, NewEvent, Store, StoredEvent, StoreError
 
@@ -67,7 +68,8 @@ class Emitter:
         # Held while events are delivered, and while a replaying socket catches up and enters
         # its room: so ids go out in order and nothing slips between the two.
         self._lock = asyncio.Lock()
-        self._after_emit: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
+        self._forget_reservation: Callable[[str], None] = _nothing
+        self._members_losing: Callable[[str, ReservationParties], list[str]] | None = None
         self._announce: Callable[[list[StoredEvent]], None] | None = None
         self.delivered: int | None = None  # every event up to this id is delivered here
         self._pending: dict[int, StoredEvent] = {}  # heard of, ahead of a hole
@@ -80,11 +82,19 @@ class Emitter:
         self._room_cursors: dict[str, int | None] = {}
         self.caught_up = 0  # events this instance read from the log: no message brought them
 
-    def after_emit(self, listener: Callable[[str, dict[str, Any]], Awaitable[None]]) -> None:
-        """Run `listener(name, payload)` after each data event is delivered on this instance,
-        before the next one goes out (under the delivery lock), whichever instance logged it:
-        every instance acts on it for its own sockets."""
-        self._after_emit.append(listener)
+    def recheck_reservations_with(
+        self,
+        forget: Callable[[str], None],
+        members_losing: Callable[[str, ReservationParties], list[str]],
+    ) -> None:
+        """The step of delivery after a booking change (`reservation_update`) reaches its
+        rooms here, whichever instance logged it, before the next event goes out:
+        `forget(reservation_id)` drops what was kept of the booking, and the sockets
+        `members_losing(room, parties)` names (members of its reservation room whom the
+        booking no longer concerns) leave the room and are told `rooms_revoked`: they got
+        this change, and get nothing more of that reservation."""
+        self._forget_reservation = forget
+        self._members_losing = members_losing
 
     def announce_with(self, announce: Callable[[list[StoredEvent]], None]) -> None:
         """Tell the other instances of each event logged here (the Redis bus)."""
@@ -189,7 +199,7 @@ class Emitter:
 
     async def _deliver(self, event: StoredEvent) -> None:
         """To this instance's sockets in the event's rooms (the other instances deliver to
-        theirs), then the listeners."""
+        theirs); a booking change's reservation room is then checked again."""
         if event.rooms == (EVERYONE,):  # a control event kept in order: no eventId
             self._engine.deliver(event.name, event.payload, None)
         else:
@@ -208,8 +218,25 @@ class Emitter:
                 "rooms": list(event.rooms),
             },
         )
-        for listener in self._after_emit:
-            await listener(event.name, event.payload)
+        if event.name == events.RESERVATION_UPDATE:
+            await self._recheck_reservation(event.payload)
+
+    async def _recheck_reservation(self, payload: dict[str, Any]) -> None:
+        """See `recheck_reservations_with`."""
+        reservation_id = str(payload.get("reservationId"))
+        self._forget_reservation(reservation_id)
+        parties = parties_in(payload)
+        if (
+            self._members_losing is None
+            or parties is None
+            or payload.get("updateType") == "deleted"
+        ):
+            return  # nothing to judge by: the change does not say whom the booking concerns
+        room = reservation_room(reservation_id)
+        for sid in self._members_losing(room, parties):
+            await self._engine.leave(sid, room)
+            self._engine.send(sid, events.ROOMS_REVOKED, {"rooms": [room]})
+            logger.info("room revoked", extra={"sid": sid, "room": room})
 
     def delivered_event_id(self) -> str | None:
         """The id of the newest event delivered here (every older one is too), or None."""
@@ -361,6 +388,10 @@ class Emitter:
         await self.publish(
             [NewEvent(events.RESYNC, payload, (EVERYONE,), f"resync:{uuid.uuid4().hex}")]
         )
+
+
+def _nothing(reservation_id: str) -> None:
+    pass
 
 
 def _event_id_or_none(sequence: int | None) -> str | None:

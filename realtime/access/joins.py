@@ -1,0 +1,129 @@
+"""Joining and leaving rooms: the policy's decision, the replay, the limit per socket, and
+the rooms a refreshed token no longer allows. Membership itself is the engine's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from realtime import events
+from realtime.access.auth import Principal
+from realtime.access.policy import ReservationHistory, RoomPolicy
+from realtime.config import Settings
+from realtime.delivery.emitter import Emitter
+from realtime.engine import Engine
+from realtime.errors import GatewayError
+from realtime.metrics import Metrics
+from realtime.rooms import parse_room, parties_in
+from storage.base import StoredEvent
+
+logger = logging.getLogger(__name__)
+
+
+class Joins:
+    """Puts sockets in rooms and takes them out, as the room policy allows."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        emitter: Emitter,
+        policy: RoomPolicy,
+        settings: Settings,
+        metrics: Metrics,
+    ):
+        self._engine = engine
+        self._emitter = emitter
+        self._policy = policy
+        self._settings = settings
+        self._metrics = metrics
+
+    async def join(
+        self,
+        sid: str,
+        principal: Principal,
+        room_id: str,
+        last_event_id: str | None,
+        still_open: Callable[[], None],
+    ) -> dict[str, Any]:
+        """Authorise and join, first replaying the room's events after `last_event_id`;
+        returns the acknowledgement's fields. `still_open()` raises once the socket has
+        gone (checked as it enters)."""
+        room = parse_room(room_id)
+        most = self._settings.max_rooms_per_socket
+        rooms = self._engine.rooms_of(sid)
+        if room.name not in rooms and len(rooms) >= most:
+            self._metrics.rate_limited.labels("rooms").inc()
+            raise GatewayError(
+                "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
+            )
+        await self._policy.authorize(principal, room)
+
+        async def recheck() -> None:
+            # decided again as the socket enters (with no event going out meanwhile): the
+            # booking may have moved to someone else while its replay was being sent
+            await self._policy.authorize(principal, room)
+
+        visible = None
+        if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
+            visible = await self._reservation_history(principal, room.name, last_event_id)
+        replay = await self._emitter.enter_with_replay(
+            sid,
+            room.name,
+            last_event_id,
+            lambda: self.enter(sid, room.name, still_open),
+            recheck if room.kind == "reservation" else None,
+            visible,
+        )
+        logger.info(
+            "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
+        )
+        answer = {
+            "roomId": room.name,
+            "replayed": replay.replayed,
+            "lastEventId": replay.last_event_id,
+        }
+        if last_event_id is not None:
+            answer["gap"] = replay.gap
+        return answer
+
+    async def _reservation_history(
+        self, principal: Principal, room: str, last_event_id: str
+    ) -> Callable[[StoredEvent], bool]:
+        """Which of a reservation room's events, replayed after `last_event_id`, this
+        principal was allowed to see when they were sent (`ReservationHistory`)."""
+        cursor = events.last_event_sequence(last_event_id)
+        update = events.RESERVATION_UPDATE
+        before = await self._emitter.newest_room_event(room, update, cursor)
+        logged = (
+            before is not None or await self._emitter.newest_room_event(room, update) is not None
+        )
+        history = ReservationHistory(
+            principal, parties_in(before.payload) if before is not None else None, logged
+        )
+        return lambda event: history.allows(parties_in(event.payload), event.name == update)
+
+    async def leave(self, sid: str, room_id: str) -> str:
+        room = parse_room(room_id)
+        await self.leave_room(sid, room.name)
+        return room.name
+
+    async def disallowed(self, sid: str, principal: Principal) -> list[str]:
+        """The socket's rooms that `principal` (a refreshed token's) may not be in."""
+        disallowed = []
+        for room in sorted(self._engine.rooms_of(sid)):
+            try:
+                await self._policy.authorize(principal, parse_room(room))
+            except GatewayError:
+                disallowed.append(room)
+        return disallowed
+
+    async def enter(self, sid: str, room: str, still_open: Callable[[], None]) -> None:
+        still_open()
+        if room not in self._engine.rooms_of(sid):
+            await self._engine.enter(sid, room)
+
+    async def leave_room(self, sid: str, room: str) -> None:
+        if room in self._engine.rooms_of(sid):
+            await self._engine.leave(sid, room)

@@ -9,6 +9,9 @@ recipient and waits for them all, and python-engineio's writer wakes once per pa
 event is encoded once and handed to each recipient's `Outbox` in one synchronous pass; acks,
 the library's own packets and control events enter the same outboxes in call order, so each
 socket's order holds.
+
+Library internals touched: none (the manager's and the server's public calls, and
+`eio.sockets`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Benchmark: the gateway beside stock python-socketio and Node socket.io, same protocol, same load.
 
     .venv/bin/python bench/vs_node.py [--reps 3] [--seconds 10]
-        [--scenarios fanout,latency,idle,connects,polling,acks] [--servers node,bare,gateway]
-        [--gateway-root PATH] [--gateway-env KEY=VALUE ...] [--quick] [--json PATH]
+        [--scenarios fanout,latency,idle,connects,polling,acks]
+        [--servers node,bare,gateway,before] [--gateway-root PATH] [--before-root PATH]
+        [--gateway-env KEY=VALUE ...] [--quick] [--json PATH]
 
 Three servers speak the gateway's protocol (README "Protocol summary": handshake JWT,
 `auth_success`, `join_room`/`leave_room` acks, `POST /broadcast`):
@@ -10,11 +11,17 @@ Three servers speak the gateway's protocol (README "Protocol summary": handshake
 - bare: `bench/bare_socketio.py`, stock python-socketio `AsyncServer` on aiohttp, defaults;
 - gateway: `python -m realtime` from `--gateway-root` (default: this checkout), embedded store
   in a fresh temp file per start.
+With `--before-root PATH` a fourth, `before`, is the gateway run from that checkout (say a
+`git worktree` of the commit before a refactoring), with the same Python, environment and
+settings; it joins the default `--servers` and each table adds a row `gateway / before`: each
+figure's ratio, gateway's run against before's run of the same rep, median (min-max) over reps
+(above 1.00: more deliveries, cycles, acks, but also more ms, CPU and KB). When the range spans
+1.00 the reps disagree on the direction: no change beyond the noise.
 
 Each run starts one server fresh on a free port, pinned to CPU 0 (`taskset -c 0`), and runs
 one scenario of `bench/node/loadgen.mjs` (raw Engine.IO/Socket.IO over `ws` WebSockets or
-HTTP long-polling) pinned to CPU 1; runs are interleaved (node, bare, gateway, node, ...).
-The generator reports its own CPU use; above ~90% of its CPU its figure is a floor.
+HTTP long-polling) pinned to CPU 1; runs are interleaved (node, bare, gateway, before, node,
+...). The generator reports its own CPU use; above ~90% of its CPU its figure is a floor.
 
 Scenarios (full size; `--quick`: a few dozen clients, 2 s):
 - fanout:   1,000 WebSocket clients in `availability-s1`; broadcasts to it as fast as they are
@@ -65,7 +72,9 @@ GENERATOR_SATURATED_PCT = 90.0
 OTHERS_NOISY_PCT = 10.0
 CPU_SENSITIVE = {"fanout", "latency", "connects", "polling", "acks"}  # idle measures memory
 
-SERVERS = ("node", "bare", "gateway")
+SERVERS = ("node", "bare", "gateway", "before")
+# the gateway's own code: from --gateway-root, and from --before-root to compare with
+GATEWAYS = ("gateway", "before")
 # per scenario: the generator's options at full size and with --quick
 SCENARIOS = {
     "fanout": ({"clients": 1000, "inflight": 8}, {"clients": 50}),
@@ -172,12 +181,13 @@ class Server:
         self.workdir = tempfile.mkdtemp(prefix=f"vs-node-{kind}-")
         env = {**os.environ, "JWT_SECRET": SECRET, "BROADCAST_TOKEN": BROADCAST_TOKEN}
         address = ["--host", "127.0.0.1", "--port", str(self.port)]
-        if kind == "gateway":
+        if kind in GATEWAYS:
             for name in ("HOST", "PORT", "MONGODB_URL", "REDIS_URL", "PYTHONPATH"):
                 env.pop(name, None)
             env["STORE_PATH"] = os.path.join(self.workdir, "gateway.db")  # fresh per start
-            env.update(gateway_env(args))
-            command, cwd = [sys.executable, "-m", "realtime", *address], args.gateway_root
+            root = checkout(kind, args)
+            env.update(gateway_env(args, root))
+            command, cwd = [sys.executable, "-m", "realtime", *address], root
         elif kind == "bare":
             env.pop("PYTHONPATH", None)
             command, cwd = [sys.executable, BARE_SERVER, *address], ROOT
@@ -223,7 +233,7 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:  # the gateway's graceful shutdown takes up to SHUTDOWN_TIMEOUT (10 s)
-                self.process.wait(15 if self.kind == "gateway" else 5)
+                self.process.wait(15 if self.kind in GATEWAYS else 5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -231,12 +241,18 @@ class Server:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def gateway_env(args: argparse.Namespace) -> dict[str, str]:
+def checkout(kind: str, args: argparse.Namespace) -> str:
+    """The checkout whose realtime/ a gateway kind runs."""
+    return args.before_root if kind == "before" else args.gateway_root
+
+
+def gateway_env(args: argparse.Namespace, root: str) -> dict[str, str]:
+    """The same for both gateway kinds but `root`: only the code differs between them."""
     env = {
         "JWT_SECRET": SECRET,
         "BROADCAST_TOKEN": BROADCAST_TOKEN,
         "LOG_LEVEL": "warning",
-        "PYTHONPATH": args.gateway_root,
+        "PYTHONPATH": root,
         **UNLIMITED,
     }
     for item in args.gateway_env:
@@ -332,7 +348,7 @@ def run_generator(server: Server, scenario: str, options: dict, args) -> dict:
 
 
 def gateway_python(code: str, args) -> str:
-    env = {**os.environ, **gateway_env(args)}
+    env = {**os.environ, **gateway_env(args, args.gateway_root)}
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=args.gateway_root,
@@ -386,15 +402,17 @@ def versions(args) -> dict[str, str]:
                 found[f"npm {package}"] = json.load(meta)["version"]
         except OSError:
             found[f"npm {package}"] = "not installed"
-    head = subprocess.run(
-        ["git", "-C", args.gateway_root, "log", "-1", "--format=%h %s"],
-        capture_output=True,
-        text=True,
-    )
-    found["gateway commit"] = (
-        f"commit {head.stdout.strip()[:72]}" if head.returncode == 0 else "not a git checkout"
-    )
+    found["gateway commit"] = commit(args.gateway_root)
+    if "before" in args.server_list:
+        found["before commit"] = commit(args.before_root)
     return found
+
+
+def commit(root: str) -> str:
+    head = subprocess.run(
+        ["git", "-C", root, "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    )
+    return f"commit {head.stdout.strip()[:72]}" if head.returncode == 0 else "not a git checkout"
 
 
 def machine() -> str:
@@ -430,6 +448,36 @@ def compare(kind: str, pairs: list[tuple[float, float]], form: str) -> str:
         return f"{statistics.median(ratios):.2f}x" if ratios else "-"
     difference = statistics.median(value - node for value, node in pairs)
     return ("+" if difference >= 0 else "") + form.format(difference)
+
+
+def against_before(scenario: str, runs: list[dict]) -> dict[str, dict]:
+    """Per figure, gateway/before of each rep, each against before's run of the same rep (they
+    share its drift), and the median, min and max of those: a refactoring's effect is the
+    median, the noise between reps is the range."""
+    before_by_rep = {
+        r["rep"]: r["result"]
+        for r in runs
+        if r["server"] == "before" and "error" not in r["result"]
+    }
+    ratios = {}
+    for key, _, _, _ in METRICS[scenario]:
+        per_rep = {
+            r["rep"]: r["result"][key] / before_by_rep[r["rep"]][key]
+            for r in runs
+            if r["server"] == "gateway"
+            and "error" not in r["result"]
+            and key in r["result"]
+            and before_by_rep.get(r["rep"], {}).get(key)  # absent, or 0: no ratio
+        }
+        if per_rep:
+            values = list(per_rep.values())
+            ratios[key] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "per_rep": per_rep,
+            }
+    return ratios
 
 
 def table(scenario: str, runs: list[dict], servers: list[str]) -> list[str]:
@@ -484,6 +532,13 @@ def table(scenario: str, runs: list[dict], servers: list[str]) -> list[str]:
             noisy = True
         row.append(spread(others, "{:.0f}") if others else "")
         rows.append(row)
+    if "gateway" in servers and "before" in servers:
+        ratios = against_before(scenario, runs)
+        row = ["gateway / before"]
+        for key, _, _, _ in metrics:
+            per_rep = list(ratios[key]["per_rep"].values()) if key in ratios else []
+            row += [spread(per_rep, "{:.2f}x") if per_rep else "-", ""]
+        rows.append([*row, "", ""])
     widths = [max(len(line[n]) for line in [header, *rows]) for n in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
@@ -515,8 +570,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="measurement window [10]")
     parser.add_argument("--warmup", type=float, default=None, help="seconds before it [1]")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument(
+        "--servers", help="comma-separated [node,bare,gateway, and before with --before-root]"
+    )
     parser.add_argument("--gateway-root", default=ROOT, help="checkout whose realtime/ to run")
+    parser.add_argument(
+        "--before-root",
+        help="another checkout (say the commit before a refactoring) run as `before`, beside "
+        "gateway with the same environment, and compared with it",
+    )
     parser.add_argument(
         "--gateway-env",
         action="append",
@@ -550,6 +612,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="pass the generator's log on")
     args = parser.parse_args()
     args.gateway_root = os.path.abspath(args.gateway_root)
+    if args.before_root:
+        args.before_root = os.path.abspath(args.before_root)
+    if args.servers is None:  # spelled out, so that --json keeps the list that ran
+        args.servers = ",".join(s for s in SERVERS if s != "before" or args.before_root)
     if args.seconds is None:
         args.seconds = 2.0 if args.quick else 10.0
     if args.warmup is None:
@@ -562,11 +628,14 @@ def parse_args() -> argparse.Namespace:
     for name in args.server_list:
         if name not in SERVERS:
             parser.error(f"unknown server {name!r} (known: {', '.join(SERVERS)})")
+    if "before" in args.server_list and not args.before_root:
+        parser.error("the server `before` needs --before-root")
     for item in args.gateway_env:
         if "=" not in item:
             parser.error(f"--gateway-env takes KEY=VALUE, not {item!r}")
-    if not os.path.isdir(os.path.join(args.gateway_root, "realtime")):
-        parser.error(f"no realtime/ package in {args.gateway_root}")
+    for root in filter(None, (args.gateway_root, args.before_root)):
+        if not os.path.isdir(os.path.join(root, "realtime")):
+            parser.error(f"no realtime/ package in {root}")
     for package in ("socket.io", "ws", "jsonwebtoken"):
         if not os.path.isdir(os.path.join(ROOT, "node_modules", package)):
             parser.error(f"node_modules/{package} is missing: run `npm install` in {ROOT}")
@@ -634,6 +703,11 @@ def one_run(rep: int, scenario: str, kind: str, options: dict, args) -> dict:
     }
 
 
+def kept_runs(runs: list[dict], scenario: str) -> list[dict]:
+    """A scenario's runs that count: not the disturbed attempts re-done."""
+    return [r for r in runs if r["scenario"] == scenario and not r.get("discarded")]
+
+
 def report(args, found: dict, runs: list[dict], started: datetime.datetime, where: str) -> None:
     """The tables, and how the runs were made."""
     print()
@@ -647,13 +721,19 @@ def report(args, found: dict, runs: list[dict], started: datetime.datetime, wher
     )
     env = " ".join(["LOG_LEVEL=warning", *args.gateway_env])
     print(f"# gateway: {args.gateway_root} ({found['gateway commit']}); env {env}")
+    if "before" in args.server_list:
+        print(f"# before: {args.before_root} ({found['before commit']}); the same Python and env")
     for kind in args.server_list:
         banners = sorted({r["banner"] for r in runs if r["server"] == kind and r.get("banner")})
         for banner in banners[:2]:
             print(f"#   {kind} said: {banner}")
     print(
         "# "
-        + ", ".join(f"{name} {value}" for name, value in found.items() if name != "gateway commit")
+        + ", ".join(
+            f"{name} {value}"
+            for name, value in found.items()
+            if name not in ("gateway commit", "before commit")
+        )
     )
     discarded = sum(1 for r in runs if r.get("discarded"))
     print(
@@ -665,6 +745,12 @@ def report(args, found: dict, runs: list[dict], started: datetime.datetime, wher
     print(
         "# figures: median (min-max) over reps; 'vs node' is server/node for rates, the "
         "difference to node otherwise (each rep against node's run of that rep, then the median)"
+        + (
+            "; 'gateway / before' is gateway/before for every figure, paired by rep the same "
+            "way: median (min-max)"
+            if "before" in args.server_list and "gateway" in args.server_list
+            else ""
+        )
     )
     print(
         "# CPU % of one CPU: the server's from /proc/PID/stat over the window, 'gen CPU %' the "
@@ -673,8 +759,7 @@ def report(args, found: dict, runs: list[dict], started: datetime.datetime, wher
     for scenario in args.scenario_list:
         print()
         print(f"## {scenario}: {describe(scenario, options_for(scenario, args), args.seconds)}")
-        kept = [r for r in runs if r["scenario"] == scenario and not r.get("discarded")]
-        for line in table(scenario, kept, args.server_list):
+        for line in table(scenario, kept_runs(runs, scenario), args.server_list):
             print(line)
 
 
@@ -750,6 +835,13 @@ def main() -> None:
                     },
                     "versions": found,
                     "runs": runs,
+                    # what the tables' `gateway / before` rows show, per scenario and figure
+                    "gateway_vs_before": {
+                        scenario: against_before(scenario, kept_runs(runs, scenario))
+                        for scenario in args.scenario_list
+                    }
+                    if {"gateway", "before"} <= set(args.server_list)
+                    else None,
                 },
                 out,
                 indent=2,

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp_cors
 from aiohttp import web
+from prometheus_client import Counter
 
 from realtime.errors import GatewayError, answer_for
 from realtime.gateway import GATEWAY
@@ -33,6 +34,8 @@ _STATUS_CODES = {
     429: "rate_limited",
 }
 IDEMPOTENCY_KEY_MAX = 200
+# the routes whose answers are counted by status (`setup_routes` says which)
+COUNTED_BY_STATUS = web.AppKey("counted_by_status", dict[str, Counter])
 
 
 def error_response(error: GatewayError) -> web.Response:
@@ -62,8 +65,9 @@ async def _answered(request: web.Request, handler) -> web.StreamResponse:
         response = web.json_response(body, status=exc.status, headers=allow)
     except Exception as exc:
         response = error_response(answer_for(exc, "request", logger, path=request.path))
-    if request.path == "/broadcast":
-        request.app[GATEWAY].metrics.broadcast_requests.labels(str(response.status)).inc()
+    counted = request.app.get(COUNTED_BY_STATUS, {}).get(request.path)
+    if counted is not None:  # every answer, the refusals this middleware writes included
+        counted.labels(str(response.status)).inc()
     logger.info(
         "request",
         extra={
@@ -180,6 +184,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application, cors_origins: tuple[str, ...]) -> None:
+    app[COUNTED_BY_STATUS] = {"/broadcast": app[GATEWAY].metrics.broadcast_requests}
     routes = [
         app.router.add_post("/broadcast", broadcast),
         app.router.add_post("/disconnect", disconnect),

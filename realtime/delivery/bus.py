@@ -1,6 +1,7 @@
 """The Redis bus between instances: each event an instance logs is announced on one channel,
-and every instance (itself included) hands what it hears to its emitter, which delivers in id
-order and fills holes from the log. Redis only makes delivery fast; the log is the truth.
+and every other instance hands what it hears to its emitter (an instance delivered its own as
+it logged them), which delivers in id order and fills holes from the log. Redis only makes
+delivery fast; the log is the truth.
 
 Operators' orders (`POST /disconnect`, `POST /revoke`) travel on the same channel as control
 messages: the instance that took the order acts at once, the others as they hear it.

@@ -5,7 +5,9 @@ on the emit path, its `Packet.encode` and python-engineio's per-recipient encodi
 is one Socket.IO packet, one Engine.IO packet (`SharedPacket`) and, for WebSocket recipients,
 one frame (server frames are unmasked: the same bytes for everyone).
 
-Library internals touched: `engineio.json._safe_int` (how python-engineio reads integers).
+Library internals touched: `engineio.json._safe_int` (how python-engineio reads integers),
+`socketio.packet.Packet.json` (the JSON it is given) and `engineio.packet.Packet`'s
+`encode_cache` (an encoding kept for every recipient).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
         """python-engineio's entry for a POST, for the ones that reach the library's request
-        handling (`TransportControl.route` serves every POST itself): refused."""
+        handling (the endpoint serves every POST itself): refused."""
         raise engineio.exceptions.EngineIOError()
 
     async def receive_payload(self, body: bytes) -> None:
@@ -138,7 +138,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
 
     async def _websocket_handler(self, ws: Any) -> None:
         """python-engineio's WebSocket loop, for the upgrades that reach the library's own
-        request handling (`TransportControl.route` takes the usual ones)."""
+        request handling (the endpoint's `route` takes the usual ones)."""
         if self.connected and not await self.upgrade(ws.response, ws.transport):
             return
         self.connected = self.upgraded = True

@@ -169,7 +169,7 @@ class MongoStore(
         every operation and the retries, commit included (driver, client_session_shared.py),
         unlike a cancellation, which could leave a commit's outcome unknown and unretried.
         A commit whose outcome stays unknown is an error here, but its events are in the log
-        and every instance delivers them from there (realtime/emitter.py)."""
+        and every instance delivers them from there (realtime/delivery/emitter.py)."""
         with pymongo.timeout(self._transaction_timeout_s):
             async with self.client.start_session() as session:  # a plain call (driver)
                 return await session.with_transaction(callback, write_concern=LOG_WRITE_CONCERN)

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import aiohttp
@@ -266,6 +267,29 @@ async def test_a_polling_session_that_misses_a_pong_is_closed(conformance_app, h
     await asyncio.sleep((PING_INTERVAL_MS + PING_TIMEOUT_MS) / 1000)
     async with http.get(url(conformance_app, app, sid=sid)) as polled:
         assert polled.status == 400
+
+
+@BOTH_APPS
+async def test_a_ping_held_back_by_a_stall_is_timed_from_when_it_was_sent(
+    conformance_app, http, app
+):
+    """A server stalled past a ping's due time does not charge the stall to its client: one
+    that answers the ping as soon as it gets it stays connected."""
+    sid = await polling_session(http, conformance_app, app)
+    session = url(conformance_app, app, sid=sid)
+    # the fault: this process's loop (the server's) blocked across the ping's due time, for
+    # longer than the client has to answer
+    stall_s = PING_TIMEOUT_MS / 1000 + 0.07
+    asyncio.get_running_loop().call_later(PING_INTERVAL_MS / 1000 - 0.05, time.sleep, stall_s)
+    # the scenario's timing, not a wait for something: the client polls shortly before the
+    # ping is due (a poll begun at the open would reach its own deadline during the stall)
+    await asyncio.sleep(PING_INTERVAL_MS / 1000 - 0.1)
+    async with http.get(session) as polled:  # answered by the ping, once it is sent
+        assert (polled.status, await polled.text()) == (200, "2")
+    async with http.post(session, data="3") as ponged:
+        assert ponged.status == 200
+    async with http.get(session) as polled:  # and the session goes on: the next ping
+        assert (polled.status, await polled.text()) == (200, "2")
 
 
 @BOTH_APPS

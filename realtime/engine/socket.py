@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # how long a long-polling client closed by the server has to fetch what it was last sent
 LAST_POLL_WAIT_S = 5.0
+# how late a ping may be sent and still be timed from when it was due
+LATE_PING_GRACE_S = 0.05
 # what one long-polling POST may carry (within MAX_PAYLOAD_BYTES)
 PACKETS_PER_POST = 1000
 # what `sio.instrument()` (the Admin UI) replaces on python-engineio's AsyncSocket class
@@ -69,10 +71,12 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
 
     def _ping(self) -> None:
         if not self.closing and not self.closed:
-            # its timeout runs from when it was due, not from when a busy loop sent it: a
-            # client that never answers is closed pingInterval + pingTimeout after its last
-            # pong, as the protocol says
-            self.last_ping = self.ping_due
+            # A ping a moment late is timed from when it was due: a client that never answers
+            # is closed pingInterval + pingTimeout after its last pong, to the moment. One held
+            # back by a stall is timed from now: a client cannot answer what it has not got.
+            now = time.time()
+            late = now - self.ping_due > min(LATE_PING_GRACE_S, self.server.ping_timeout / 4)
+            self.last_ping = now if late else self.ping_due
             self.queue.put_nowait(PING)
 
     async def poll(self) -> list[engineio.packet.Packet]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.clients import Refused, make_client
 from tests.raw import RawPolling, RawSocket
+from tests.test_transport import eventually
 
 SERVICE_TOKEN = "admin-ui-tests-service-token"
 pytestmark = pytest.mark.env(BROADCAST_TOKEN=SERVICE_TOKEN)
@@ -351,6 +352,26 @@ async def test_it_may_act_when_read_only_is_turned_off(admin, connect):
     ours = next(s for s in sockets if s["nsp"] == "/")
     await ui.emit("_disconnect", "/", False, ours["id"])
     assert await customer.wait_disconnected() is not None
+
+
+@WITH_ADMIN_UI
+@pytest.mark.env(ADMIN_UI_READ_ONLY="false")
+async def test_a_room_the_operator_puts_a_socket_in_is_not_the_policys_to_revoke(
+    admin, connect, token, gateway
+):
+    """With its full powers, the Admin UI may put a socket in a room that is none of the
+    gateway's: a refreshed token keeps it there (the policy judges its own rooms only), and
+    the socket's rooms say so."""
+    customer = await connect("py-websocket", sub="c1")
+    ui = await admin()
+    sockets = await ui.next_event("all_sockets")
+    ours = next(s for s in sockets if s["nsp"] == "/")
+    await ui.emit("join", "/", "vip", ours["id"])
+    await eventually(lambda: "vip" in gateway.engine.rooms_of(ours["id"]))
+    refreshed = await customer.call("authenticate", {"token": token("c1")})
+    assert refreshed["ok"] and refreshed["rooms"] == ["user-c1", "vip"]
+    assert customer.pending("rooms_revoked") == 0  # it would have come before the answer
+    assert "vip" in gateway.engine.rooms_of(ours["id"])
 
 
 @WITH_ADMIN_UI

@@ -52,6 +52,9 @@ class Engine:
         )
         sio.end_connection = self._lifecycle.end_connection
         self.admin: AdminReport | None = None  # with ADMIN_UI_USERNAME
+        # each socket's rooms, kept by the manager (the conformance app's has no index)
+        manager = sio.manager
+        self._rooms_by_sid = manager.named_rooms if isinstance(manager, RoomIndex) else {}
 
     @property
     def slow_clients_closed(self) -> int:
@@ -125,7 +128,7 @@ class Engine:
 
     def rooms_of(self, sid: str) -> frozenset[str] | set[str]:
         """The rooms the socket entered (read in place: copy it to keep it)."""
-        return self._index.named_rooms.get(sid, NO_ROOMS)
+        return self._rooms_by_sid.get(sid, NO_ROOMS)
 
     def members(self, room: str) -> list[str]:
         """The sids of this instance's sockets in the room."""

@@ -48,7 +48,8 @@ class RoomIndex:
 
     def room_figures(self, namespace: str, limit: int) -> tuple[int, int, dict[str, int]]:
         """How many named rooms have members, how many memberships there are, and the
-        `limit` largest rooms (largest first, ties by name), in O(rooms log limit)."""
+        `limit` largest rooms (largest first, ties by name), in O((rooms + sockets) log
+        limit): the manager also holds a room named after each socket, passed over."""
         rooms = self.room_members(namespace)
         sids = rooms.get(None, {})
         named = [(room, members) for room, members in rooms.items() if _named(room, sids)]

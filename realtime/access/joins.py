@@ -5,12 +5,13 @@ the rooms a refreshed token no longer allows. Membership itself is the engine's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from realtime import events
 from realtime.access.auth import Principal
 from realtime.access.policy import ReservationHistory, RoomPolicy
+from realtime.access.socket import SocketSession
 from realtime.config import Settings
 from realtime.delivery.emitter import Emitter
 from realtime.engine import Engine
@@ -32,7 +33,9 @@ class Joins:
         policy: RoomPolicy,
         settings: Settings,
         metrics: Metrics,
+        registry: Mapping[str, SocketSession],
     ):
+        self._registry = registry  # the connected sockets (`Sessions`'): one gone enters nothing
         self._engine = engine
         self._emitter = emitter
         self._policy = policy
@@ -41,15 +44,14 @@ class Joins:
 
     async def join(
         self,
-        sid: str,
+        session: SocketSession,
         principal: Principal,
         room_id: str,
         last_event_id: str | None,
-        still_open: Callable[[], None],
     ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
-        returns the acknowledgement's fields. `still_open()` raises once the socket has
-        gone (checked as it enters)."""
+        returns the acknowledgement's fields."""
+        sid = session.sid
         room = parse_room(room_id)
         most = self._settings.max_rooms_per_socket
         rooms = self._engine.rooms_of(sid)
@@ -72,7 +74,7 @@ class Joins:
             sid,
             room.name,
             last_event_id,
-            lambda: self.enter(sid, room.name, still_open),
+            lambda: self.enter(session, room.name),
             recheck if room.kind == "reservation" else None,
             visible,
         )
@@ -125,10 +127,12 @@ class Joins:
                 disallowed.append(name)
         return disallowed
 
-    async def enter(self, sid: str, room: str, still_open: Callable[[], None]) -> None:
-        still_open()
-        if room not in self._engine.rooms_of(sid):
-            await self._engine.enter(sid, room)
+    async def enter(self, session: SocketSession, room: str) -> None:
+        """Put the socket in the room, unless it has gone meanwhile (after an await)."""
+        if self._registry.get(session.sid) is not session:
+            raise GatewayError("unauthenticated", "this connection is closing")
+        if room not in self._engine.rooms_of(session.sid):
+            await self._engine.enter(session.sid, room)
 
     async def leave_room(self, sid: str, room: str) -> None:
         if room in self._engine.rooms_of(sid):

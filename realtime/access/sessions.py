@@ -69,7 +69,7 @@ class Sessions:
         )
         self._sessions: dict[str, SocketSession] = {}
         self.limits = ConnectionLimits(settings, metrics, self._flooding)
-        self._joins = Joins(engine, emitter, policy, settings, metrics)
+        self._joins = Joins(engine, emitter, policy, settings, metrics, self._sessions)
         # transports without an authenticated socket, and when they are closed for it
         self._auth_deadlines: dict[str, asyncio.TimerHandle] = {}
 
@@ -253,7 +253,7 @@ class Sessions:
         session.replay_from = last_event_id
         for room in home_rooms(principal):
             if last_event_id is None or room != user_room(principal.user_id):
-                await self._enter(session, room)
+                await self._joins.enter(session, room)
         if revoked:
             self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
         logger.info(
@@ -289,7 +289,7 @@ class Sessions:
         if session.replay_from is not None:
             room = user_room(session.principal.user_id)
             replay = await self._emitter.enter_with_replay(
-                sid, room, session.replay_from, lambda: self._enter(session, room)
+                sid, room, session.replay_from, lambda: self._joins.enter(session, room)
             )
             session.replay_from = None
             payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
@@ -344,10 +344,7 @@ class Sessions:
         """Authorise and join, first replaying the room's events after `last_event_id`;
         returns the acknowledgement's fields (`Joins.join`)."""
         principal = self.principal_of(sid)
-        session = self.get(sid)
-        return await self._joins.join(
-            sid, principal, room_id, last_event_id, lambda: self._still_open(session)
-        )
+        return await self._joins.join(self.get(sid), principal, room_id, last_event_id)
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)
@@ -364,9 +361,6 @@ class Sessions:
             if not self._policy.allows_reservation(session.principal, parties):
                 losing.append(sid)
         return losing
-
-    async def _enter(self, session: SocketSession, room: str) -> None:
-        await self._joins.enter(session.sid, room, lambda: self._still_open(session))
 
     # -- figures -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -5,13 +5,19 @@ driver failing to reach a server, come out as the store's own errors."""
 
 from __future__ import annotations
 
+import configparser
+import inspect
 import logging
+import os
+import re
 import uuid
 
+import pymongo
 import pytest
 from bson import ObjectId
 from bson.binary import Binary
 from bson.errors import InvalidDocument
+from pymongo import client_session_shared as driver_sessions
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -285,3 +291,19 @@ def test_a_value_mongodb_cannot_hold_is_answered_as_the_callers_fault_not_an_out
     assert (answer.code, answer.http_status) == ("invalid_payload", 400)  # retrying cannot help
     outage = answer_for(translate_error(AutoReconnect("gone")), "broadcast", log)
     assert (outage.code, outage.http_status) == ("unavailable", 503)
+
+
+# -- the driver required (finding 6) --------------------------------------------------------
+
+
+def test_the_pymongo_required_retries_transactions_with_backoff_within_pymongo_timeout():
+    """PyMongo 4.17.0 is the first whose `with_transaction` waits (jittered, growing) between
+    retries and stops at `pymongo.timeout`'s deadline; 4.16.0 retries at once and stops by its
+    own 120 s limit alone (read from the released wheels)."""
+    setup = configparser.ConfigParser()
+    setup.read(os.path.join(os.path.dirname(__file__), "..", "setup.cfg"))
+    [pin] = re.findall(r"pymongo>=([0-9.]+)", setup["options"]["install_requires"])
+    assert tuple(map(int, pin.split("."))) >= (4, 17)
+    assert pymongo.version_tuple[:2] >= (4, 17)
+    assert driver_sessions._BACKOFF_INITIAL > 0
+    assert "_csot.remaining()" in inspect.getsource(driver_sessions._within_time_limit)

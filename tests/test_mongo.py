@@ -127,14 +127,39 @@ async def test_without_a_reachable_server_every_call_is_a_store_error_not_a_driv
 # -- what the adapter decides from the driver's real exceptions (none of these run MongoDB) --
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        OperationFailure("Failed to parse resume token", code=9),  # FailedToParse
-        OperationFailure("KeyString format error", code=50811),
-        OperationFailure("BadValue", code=2),
-    ],
-)
+# what the server raises while it reads a client's token (resume_token.cpp, key_string.cpp)
+UNREADABLE_TOKEN_ERRORS = [
+    OperationFailure("Failed to parse resume token", code=9),  # FailedToParse
+    OperationFailure("KeyString format error: Unknown type: 123", code=50811),
+    OperationFailure("BadValue", code=2),
+    OperationFailure("uuid must be a 16-byte binary field with UUID (4) subtype", code=207),
+    OperationFailure("invalid oversized resume token", code=40646),
+    OperationFailure("Bad resume token: _data of missing or of wrong type", code=40647),
+    OperationFailure("Bad resume token: _typeBits of wrong type", code=40648),
+    OperationFailure("invalid empty resume token", code=40649),
+    OperationFailure("Resume Token does not contain txnOpIndex", code=50793),
+    OperationFailure("Invalid Resume Token: txnOpIndex should be non-negative", code=50794),
+    OperationFailure("Invalid Resume Token: only supports version 0, 1 and 2", code=50795),
+    OperationFailure("Resume Token does not contain version", code=50796),
+    OperationFailure("Invalid resume token: wrong type for version", code=50854),
+    OperationFailure("Resume Token txnOpIndex is not an integer", code=50855),
+    OperationFailure("Resume Token fromInvalidate is not a boolean.", code=50870),
+    OperationFailure("Resume Token does not contain fromInvalidate", code=50872),
+    OperationFailure("Resume Token does not contain tokenType", code=51055),
+    OperationFailure("Resume Token tokenType is not an int.", code=51056),
+    OperationFailure("Token type 7 not recognized", code=51057),
+    OperationFailure("Expected UUID or null", code=6189500),
+    OperationFailure("Expected an eventIdentifier for an event resume token", code=6189501),
+    OperationFailure("Resume Token eventIdentifier is not an object", code=6189503),
+    OperationFailure("Invalid high water mark token", code=6189504),
+    OperationFailure("Resume token 'fragmentNum' must be a non-negative integer.", code=7182501),
+    # a KeyString check this list does not name: read by the message every one of them has
+    OperationFailure("KeyString format error: Failed to find null terminator", code=50816),
+    OperationFailure("KeyString format error: Invalid type bits for decimal", code=99999),
+]
+
+
+@pytest.mark.parametrize("error", UNREADABLE_TOKEN_ERRORS, ids=lambda e: str(e.code))
 async def test_without_mongodb_a_token_the_server_cannot_parse_is_history_lost(error):
     store = StandInStore(watch_error=error)
     with pytest.raises(ChangeHistoryLost):
@@ -154,6 +179,11 @@ async def test_without_mongodb_a_token_the_server_cannot_parse_is_history_lost(e
         OperationFailure("operation exceeded time limit", code=50),
         OperationFailure("interrupted", code=11601),
         OperationFailure("stale config", code=13388),
+        # raised when the server builds a token, not when it reads the client's
+        OperationFailure("Expected an eventIdentifier for an event resume token", code=6189502),
+        OperationFailure("Invalid high water mark token", code=6189505),
+        OperationFailure("Unexpected resume token with a eventIdentifier but no UUID", code=50788),
+        OperationFailure("Tokens of version 1 cannot have a fragmentNum", code=7182504),
         AutoReconnect("connection reset"),
     ],
 )

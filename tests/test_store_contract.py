@@ -177,6 +177,11 @@ async def test_an_unusable_token_is_history_lost(store):
     with pytest.raises(ChangeHistoryLost):
         stream = await store.watch(["bookings"], {"_data": "not hex"})
         await stream.try_next()
+    # empty, not a string, type bits of the wrong type (40649, 40647, 40648 on MongoDB)
+    for corrupt in ({"_data": ""}, {"_data": 7}, {"_data": "8200", "_typeBits": "x"}):
+        with pytest.raises(ChangeHistoryLost):
+            stream = await store.watch(["bookings"], corrupt)
+            await stream.try_next()
 
 
 async def test_resume_tokens_are_kept_by_name(store):

@@ -11,7 +11,7 @@ from typing import Any
 from pymongo.errors import OperationFailure
 
 from storage.base import ChangeHistoryLost, ChangeStream, Fence, ResumeToken
-from storage.mongo.errors import UNREADABLE_TOKEN_CODES, store_errors
+from storage.mongo.errors import store_errors, unreadable_token
 from storage.mongo.state import RESUME_TOKENS
 
 # named for the package, not the module: its log lines say `storage.mongo` whichever logs
@@ -55,7 +55,7 @@ class ChangeStreamMixin:
         try:
             stream = await self.db.watch(pipeline, **options)  # runs the aggregate (driver)
         except OperationFailure as exc:
-            if resume_after is not None and exc.code in UNREADABLE_TOKEN_CODES:
+            if resume_after is not None and unreadable_token(exc):
                 raise ChangeHistoryLost(
                     f"change stream cannot start after its token (code {exc.code}): {exc}"
                 ) from exc

@@ -3,6 +3,9 @@ errors), and recovering: /ready names the store, /broadcast is 503 `unavailable`
 nothing half-way, the change feed retries with backoff, and once the file works again every
 change and broadcast reaches real clients exactly once.
 
+The change feed's own policy is held to the same file: a resync the failing file refuses is
+told again, never lost (tests at the end).
+
 The failure is injected at the store's boundary: the real `SqliteStore` runs underneath, and
 while a switch is on the statements SQLite would refuse raise what SQLite raises
 (`sqlite3.OperationalError`) on the store's own connection thread.
@@ -12,13 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
+from realtime.backoff import Backoff
+from realtime.changes.feed import ChangeFeed
 from server.app import create_app
+from storage.base import NewEvent, StoreError
 from storage.sqlite.store import SqliteStore
 from tests.gateways import until
 
@@ -279,3 +287,48 @@ async def test_a_failure_longer_than_the_watcher_lease_stops_the_feed_and_it_res
         if e.name == "reservation_update"
     ]
     assert logged == written
+
+
+async def test_a_resync_the_failing_file_refuses_is_told_once_it_works_and_not_lost(tmp_path):
+    """History lost at start (a token ahead of the change log: the file was replaced) while the
+    log refuses the resync: the dead token is kept, so the feed finds the loss again, tells it
+    once the file works, and only then watches from now."""
+    store = FailingStore(str(tmp_path / "resync.db"), poll_ms=10)
+    await store.open()
+    await store.save_resume_token("changes", {"_data": "00000000000000ff"})
+    handled: list[str] = []
+
+    async def handle(changes, checkpoint) -> bool:
+        handled.extend(str(change.document_id) for change in changes)
+        return False
+
+    async def resync(reason, collections) -> None:  # logged, as the emitter does
+        payload = {"reason": reason, "rooms": list(collections)}
+        await store.append_events(
+            [NewEvent("resync", payload, ("everyone",), f"resync:{uuid.uuid4().hex}")]
+        )
+
+    feed = ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0.01, 0.05))
+    try:
+        store.fail(DISK_FULL, only={"_append"})
+        with contextlib.suppress(StoreError):  # as the watcher does: logged, then it runs
+            await feed.open()
+        feed.start()
+        await store.refusals("_append", 3)  # told and refused, again and again
+        assert await store.load_resume_token("changes") == {"_data": "00000000000000ff"}
+        store.recover()
+
+        async def told():
+            return [e for e in await store.events_after(0, 10) if e.name == "resync"]
+
+        [event] = await until(told, WAIT_S)
+        assert event.payload == {"reason": "change_history_lost", "rooms": ["bookings"]}
+        written = await store.insert_document("bookings", booking())
+
+        async def watched():
+            return written in handled
+
+        await until(watched, WAIT_S)  # from now on
+    finally:
+        await feed.stop()
+        await store.close()

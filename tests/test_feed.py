@@ -9,7 +9,7 @@ from pymongo.errors import AutoReconnect, OperationFailure
 
 from realtime.backoff import Backoff
 from realtime.changes.feed import ChangeFeed
-from storage.base import ChangeHistoryLost, ChangeStream, StoreError
+from storage.base import ChangeHistoryLost, ChangeStream, LeaseLost, StoreError
 from storage.mongo import translate_error
 
 NOW = dt.datetime(2026, 11, 21, 10, 0, 0, tzinfo=dt.UTC)
@@ -283,3 +283,68 @@ async def test_a_handled_change_saves_its_token_whatever_the_idle_interval():
     with pytest.raises(ScriptDone):
         await feed_for(store, [], [], idle_save_interval_s=3600).run()
     assert store.saved == [{"_data": "start"}, {"_data": "0001"}, {"_data": "0002"}]
+
+
+async def test_a_resync_that_cannot_be_told_is_told_again_before_the_token_is_forgotten():
+    lost = translate_error(OperationFailure("resume point no longer in the oplog", code=286))
+    store = ScriptedStore([event(1), lost], [event(9)])
+    handled, told, attempts = [], [], []
+
+    async def handle(changes, checkpoint):
+        handled.extend(change.document_id for change in changes)
+        return False
+
+    async def resync(why, which):
+        attempts.append(store.tokens.get("changes"))
+        if len(attempts) == 1:
+            raise StoreError("event log down")  # the resync is itself an event to log
+        told.append(why)
+
+    feed = ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0))
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert told == ["change_history_lost"]
+    # told while the old token was still saved, both times; forgotten only after
+    assert attempts == [{"_data": "0001"}, {"_data": "0001"}]
+    assert store.saved.index(None) > store.saved.index({"_data": "0001"})
+    assert store.watched_from == [None, None] and handled == ["b1", "b9"]
+
+
+async def test_a_resync_is_told_before_a_lost_lease_stops_the_feed():
+    class LosingStore(ScriptedStore):
+        async def save_resume_token(self, name, token, fence=None):
+            if token is None:
+                raise LeaseLost("another instance took the watcher lease")
+            await super().save_resume_token(name, token, fence)
+
+    store = LosingStore([event(4)], watch_errors=[ChangeHistoryLost("token too old")])
+    store.tokens["changes"] = {"_data": "dead"}
+    resyncs = []
+    feed = feed_for(store, [], resyncs)
+    await feed.run()  # ends: the lease is lost
+    assert feed.lease_lost
+    assert resyncs == ["change_history_lost"]  # told before; the next holder finds it again
+    assert store.tokens["changes"] == {"_data": "dead"}
+
+
+async def test_a_dead_token_at_start_is_kept_until_the_resync_is_told():
+    store = ScriptedStore(
+        [event(4)], watch_errors=[ChangeHistoryLost("token too old"), ChangeHistoryLost("again")]
+    )
+    store.tokens["changes"] = {"_data": "dead"}
+    told, attempts = [], []
+
+    async def resync(why, which):
+        attempts.append(store.tokens.get("changes"))
+        if len(attempts) == 1:
+            raise StoreError("event log down")
+        told.append(why)
+
+    async def handle(changes, checkpoint):
+        return False
+
+    feed = ChangeFeed(store, ["bookings"], handle, resync, backoff=Backoff(0, 0))
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert attempts == [{"_data": "dead"}, {"_data": "dead"}] and told == ["change_history_lost"]
+    assert store.watched_from == [{"_data": "dead"}, {"_data": "dead"}, None]

@@ -49,7 +49,9 @@ class ChangeFeed:
 
     `on_history_lost(reason, collections)` is told when changes of those collections can no
     longer be delivered: the token aged out or is unusable, the stream was invalidated, or a
-    collection was dropped or renamed.
+    collection was dropped or renamed. It is told before the token moves past what was lost,
+    so that a failure to tell (a `StoreError`, `LeaseLost`) leaves the loss to be found, and
+    told, again.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ChangeFeed:
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._stream: ChangeStream | None = None
         self._saved_token = None
+        self._lost: ChangeHistoryLost | None = None  # found while reading, not told yet
         self.fence: Fence | None = None  # the watcher lease this feed runs under, if any
         self.lease_lost = False
         self._idle_save_interval_s = idle_save_interval_s
@@ -113,6 +116,9 @@ class ChangeFeed:
         try:
             while not self._stopping:
                 try:
+                    if self._lost is not None:  # from now on, once clients are told
+                        await self._close_stream()
+                        await self._history_lost(self._lost)
                     if self._stream is None:
                         await self.open()
                     await self._consume(self._stream)
@@ -126,7 +132,7 @@ class ChangeFeed:
                     break
                 except ChangeHistoryLost as exc:
                     await self._close_stream()
-                    await self._history_lost(exc)
+                    self._lost = exc  # told at the top of the loop, retried like the rest
                 except StoreError as exc:
                     await self._close_stream()
                     delay_s = self._backoff.next_delay()
@@ -230,9 +236,12 @@ class ChangeFeed:
         self._stream = await self._store.watch(self._collections, change.token)
 
     async def _history_lost(self, exc: ChangeHistoryLost) -> None:
+        """Clients told first, then the dead token forgotten: a failure to tell leaves the
+        token, so that the loss is found again (at the next open) and told then."""
         logger.error("change history lost", extra={"feed": self.name, "error": str(exc)})
-        await self._save(None)
         await self._on_history_lost("change_history_lost", self._collections)
+        await self._save(None)
+        self._lost = None
 
     async def _collection_gone(self, change: Change) -> None:
         """A watched collection was dropped or renamed: the stream goes on (it watches the

@@ -17,6 +17,7 @@ import pytest
 from bson import ObjectId
 from bson.binary import Binary
 from bson.errors import InvalidDocument
+from pymongo import AsyncMongoClient, ReadPreference
 from pymongo import client_session_shared as driver_sessions
 from pymongo.errors import (
     AutoReconnect,
@@ -321,6 +322,34 @@ def test_a_value_mongodb_cannot_hold_is_answered_as_the_callers_fault_not_an_out
     assert (answer.code, answer.http_status) == ("invalid_payload", 400)  # retrying cannot help
     outage = answer_for(translate_error(AutoReconnect("gone")), "broadcast", log)
     assert (outage.code, outage.http_status) == ("unavailable", 503)
+
+
+# -- the gateway's own state on the primary (finding 2) -------------------------------------
+
+
+async def test_the_gateways_own_state_is_read_from_the_primary_whatever_the_url_says():
+    url = "mongodb://127.0.0.1:1/?readPreference=secondaryPreferred&serverSelectionTimeoutMS=50"
+    store = MongoStore(url, "booking")
+    store._client = AsyncMongoClient(url)  # the driver's own, never connected
+    try:
+        assert store.db.read_preference == ReadPreference.SECONDARY_PREFERRED  # as the URL says
+        assert store.state.read_preference == ReadPreference.PRIMARY
+        assert store.state["realtime_events"].read_preference == ReadPreference.PRIMARY
+        seen = []
+
+        class Stop(Exception):
+            pass
+
+        async def callback(session):
+            # what a `find` in the transaction is read with (driver, `_read_preference_for`)
+            seen.append(store.state["realtime_events"]._read_preference_for(session))
+            raise Stop
+
+        with pytest.raises(Stop):
+            await store._in_transaction(callback)
+        assert seen == [ReadPreference.PRIMARY]
+    finally:
+        await store._client.close()
 
 
 # -- the driver required (finding 6) --------------------------------------------------------

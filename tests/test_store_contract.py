@@ -604,3 +604,21 @@ async def test_revocations_are_kept_until_their_time_and_across_a_restart(stores
     assert sorted(await store.revocations(), key=str) == expected
     again = await stores()  # another instance, or this one restarted, on the same data
     assert sorted(await again.revocations(), key=str) == expected
+
+
+async def test_mongodb_keeps_its_state_on_the_primary_whatever_the_url_reads_from(mongo_store):
+    url = os.environ["MONGODB_URL"]
+    secondary = url + ("&" if "?" in url else "?") + "readPreference=secondaryPreferred"
+    store = MongoStore(secondary, mongo_store.db.name)
+    await store.open()
+    try:
+        token = {"_data": "00000000000000cc"}
+        [stored] = await store.append_events(
+            [NewEvent("notification", {}, ("user-u",), "primary:1")], Checkpoint("feed", token)
+        )
+        # read back at once: what this instance delivered is there to replay
+        assert await store.find_event("primary:1") == stored
+        assert await store.load_resume_token("feed") == token
+        assert [e.sequence for e in await store.room_events("user-u", 0, 10)] == [stored.sequence]
+    finally:
+        await store.close()

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference
 from pymongo.errors import CollectionInvalid, OperationFailure
 
 from storage.base import Store, StoreError
@@ -156,8 +156,13 @@ class MongoStore(
 
     @property
     def state(self):
-        """The gateway's own database."""
-        return self.client[self._state_database_name]
+        """The gateway's own database, read from the primary whatever the URL's
+        `readPreference`: a transaction must read there (driver: "read preference in a
+        transaction must be primary"), and the log, tokens and leases read from a secondary
+        could lag behind what this instance delivered."""
+        return self.client.get_database(
+            self._state_database_name, read_preference=ReadPreference.PRIMARY
+        )
 
     @store_errors
     async def ping(self) -> None:
@@ -172,4 +177,10 @@ class MongoStore(
         and every instance delivers them from there (realtime/delivery/emitter.py)."""
         with pymongo.timeout(self._transaction_timeout_s):
             async with self.client.start_session() as session:  # a plain call (driver)
-                return await session.with_transaction(callback, write_concern=LOG_WRITE_CONCERN)
+                # primary, or the transaction inherits the URL's readPreference and its reads
+                # are refused
+                return await session.with_transaction(
+                    callback,
+                    write_concern=LOG_WRITE_CONCERN,
+                    read_preference=ReadPreference.PRIMARY,
+                )

@@ -121,3 +121,15 @@ def test_an_idempotency_key_may_not_outlive_the_event_it_answers_with(tmp_path):
         load_settings({**environ, "IDEMPOTENCY_TTL": "7200", "EVENT_RETENTION": "3600"})
     assert error.value.variable == "IDEMPOTENCY_TTL"
     assert load_settings({**environ, "IDEMPOTENCY_TTL": "3600", "EVENT_RETENTION": "3600"})
+
+
+@pytest.mark.parametrize("value", ["0.5", "0.999", "0", "-1"])
+def test_an_event_retention_under_a_second_is_refused(tmp_path, value):
+    # MongoDB's TTL index counts whole seconds: 0.5 s would become 0, which deletes the log
+    environ = {"STORE_PATH": str(tmp_path / "r.db"), "JWT_SECRET": "x" * 32}
+    with pytest.raises(ConfigError) as error:
+        load_settings({**environ, "EVENT_RETENTION": value, "IDEMPOTENCY_TTL": "0.1"})
+    assert error.value.variable == "EVENT_RETENTION"
+    assert "at least 1 second" in str(error.value)
+    kept = load_settings({**environ, "EVENT_RETENTION": "1", "IDEMPOTENCY_TTL": "1"})
+    assert kept.event_retention_s == 1

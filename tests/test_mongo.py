@@ -279,12 +279,21 @@ class StandInStore(MongoStore):
     """A MongoStore whose databases are stand-ins raising the driver's real exceptions: only
     the calls these tests make (server 5.0, so no image check)."""
 
-    def __init__(self, watch_error=None, create_index_error=None):
+    def __init__(
+        self,
+        watch_error=None,
+        create_index_error=None,
+        command_error=None,
+        create_collection_error=None,
+    ):
         super().__init__("mongodb://127.0.0.1/", "booking")
         self.server_version = (5, 0)
         self.commands: list = []
+        self.indexes: list = []  # (keys, options) of each index made
         self._watch_error = watch_error
         self._create_index_error = create_index_error
+        self._command_error = command_error
+        self._create_collection_error = create_collection_error
 
     @property
     def db(self):
@@ -298,19 +307,35 @@ class StandInStore(MongoStore):
         store = self
 
         class Collection:
-            async def create_index(self, *args, **kwargs):
+            async def create_index(self, keys, **options):
                 if store._create_index_error is not None:
                     raise store._create_index_error
+                store.indexes.append((keys, options))
+
+            async def find_one(self, *args, **kwargs):
+                return None
+
+            async def update_one(self, *args, **kwargs):
+                pass
 
         class Database:
             def __getitem__(self, name):
                 return Collection()
 
+            async def create_collection(self, name):
+                if store._create_collection_error is not None:
+                    raise store._create_collection_error
+
             async def watch(self, pipeline, **options):
                 raise store._watch_error
 
-            async def command(self, name, value, **kwargs):
+            async def command(self, name, value=None, **kwargs):
                 store.commands.append((name, value, kwargs))
+                if name == "collMod" and store._command_error is not None:
+                    raise store._command_error
+                if name == "buildInfo":
+                    return {"versionArray": [*store.server_version, 0, 0]}
+                return {"ok": 1}
 
         return Database()
 
@@ -350,6 +375,43 @@ async def test_the_gateways_own_state_is_read_from_the_primary_whatever_the_url_
         assert seen == [ReadPreference.PRIMARY]
     finally:
         await store._client.close()
+
+
+# -- access, retention (finding 5) ----------------------------------------------------------
+
+
+async def test_a_changed_retention_without_the_role_for_collmod_fails_naming_the_role():
+    conflict = OperationFailure("IndexOptionsConflict: expireAfterSeconds differs", code=85)
+    refused = OperationFailure("not authorized on booking_realtime to execute command", code=13)
+    store = StandInStore(create_index_error=conflict, command_error=refused)
+    with pytest.raises(StoreError) as raised:
+        await store._ensure_ttl(EVENTS, "created", 3600)
+    message = str(raised.value)
+    assert "dbAdmin" in message and "booking_realtime" in message
+    assert 'collMod: "realtime_events"' in message and "expireAfterSeconds: 3600" in message
+
+
+async def test_a_user_who_may_not_set_up_the_state_database_is_told_which_roles_it_needs():
+    refused = OperationFailure("not authorized on booking_realtime", code=13)
+    store = StandInStore(create_collection_error=refused)
+    with pytest.raises(StoreError) as raised:
+        await store.open()
+    assert "readWrite on the state database" in str(raised.value)
+    anywhere = translate_error(OperationFailure("not authorized on booking", code=13))
+    assert "read on the watched database" in str(anywhere)
+
+
+def test_a_store_refuses_a_retention_under_one_second():
+    for seconds in (0, 0.5, -1):
+        with pytest.raises(ValueError):
+            MongoStore("mongodb://127.0.0.1/", "booking", event_retention_s=seconds)
+
+
+async def test_a_fractional_retention_keeps_the_log_the_next_whole_second():
+    store = StandInStore()
+    store._event_retention_s = 1.5
+    await store.open()
+    assert ("created", {"expireAfterSeconds": 2}) in store.indexes
 
 
 # -- the driver required (finding 6) --------------------------------------------------------

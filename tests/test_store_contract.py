@@ -622,3 +622,11 @@ async def test_mongodb_keeps_its_state_on_the_primary_whatever_the_url_reads_fro
         assert [e.sequence for e in await store.room_events("user-u", 0, 10)] == [stored.sequence]
     finally:
         await store.close()
+
+
+async def test_mongodb_rounds_a_fractional_retention_up_to_whole_seconds(stores):
+    store = await stores(retention_s=1.5)
+    if not isinstance(store, MongoStore):
+        pytest.skip("MongoDB only: the embedded store prunes by milliseconds, it has no index")
+    indexes = await store.state["realtime_events"].index_information()
+    assert indexes["created_1"]["expireAfterSeconds"] == 2

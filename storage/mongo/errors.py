@@ -1,7 +1,7 @@
 """Driver errors in the store's terms: `store_errors` wraps every MongoStore method so that
 whatever PyMongo or BSON raises leaves as a `StoreError` (`translate_error` decides which), the
-server error codes the adapter reads (`unreadable_token`: a token the server cannot parse), and
-`_index_of`, which says what a duplicate key hit."""
+server error codes the adapter reads (`unreadable_token`: a token the server cannot parse), the
+roles a refusal names, and `_index_of`, which says what a duplicate key hit."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ UNREADABLE_TOKEN_CODES = frozenset(
     | {50870, 50872, 51055, 51056, 51057, 6189500, 6189501, 6189503, 6189504, 7182501}
 )
 KEYSTRING_FORMAT_ERROR = "KeyString format error"
+UNAUTHORIZED = 13
+# what a refusal of authorization names (docs/mongodb.md, "Access"); collMod is dbAdmin's, not
+# readWrite's (manual, "Built-In Roles")
+ROLES = (
+    "The gateway's MongoDB user needs read on the watched database (readWrite for the store"
+    " commands and --demo), readWrite on the state database, and dbAdmin there to apply a"
+    " changed EVENT_RETENTION (collMod)"
+)
 INDEX_OPTIONS_CONFLICT = 85  # manual, createIndexes: same keys, other options
 NAMESPACE_EXISTS = 48
 DUPLICATE_KEY = 11000
@@ -59,6 +67,8 @@ def translate_error(exc: Exception) -> StoreError:
     MongoDB cannot hold, or transient."""
     if isinstance(exc, OperationFailure) and exc.code in UNUSABLE_TOKEN_CODES:
         return ChangeHistoryLost(f"change stream cannot resume (code {exc.code}): {exc}")
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        return StoreError(f"mongodb refused an operation: {exc} ({ROLES})")
     if isinstance(exc, (BSONError, OverflowError, UnicodeEncodeError)):
         return DocumentRejected(f"mongodb cannot store this value: {exc}")
     return StoreError(f"mongodb: {exc}")

@@ -5,6 +5,7 @@ it does per concern is in the mixin of that name, listed in its bases."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import pymongo
@@ -13,7 +14,13 @@ from pymongo.errors import CollectionInvalid, OperationFailure
 
 from storage.base import Store, StoreError
 from storage.mongo.documents import DocumentsMixin
-from storage.mongo.errors import INDEX_OPTIONS_CONFLICT, NAMESPACE_EXISTS, store_errors
+from storage.mongo.errors import (
+    INDEX_OPTIONS_CONFLICT,
+    NAMESPACE_EXISTS,
+    ROLES,
+    UNAUTHORIZED,
+    store_errors,
+)
 from storage.mongo.eventlog import EventLogMixin
 from storage.mongo.idempotency import IdempotencyMixin
 from storage.mongo.leases import LeasesMixin
@@ -66,6 +73,8 @@ class MongoStore(
         self._state_database_name = state_database or f"{database}_realtime"
         if self._state_database_name == database:
             raise ValueError("the state database must not be the watched database")
+        if not event_retention_s >= 1:  # a TTL index counts whole seconds: 0 deletes the log
+            raise ValueError(f"event retention must be at least 1 s, not {event_retention_s!r}")
         self._event_retention_s = event_retention_s
         self._transaction_timeout_s = transaction_timeout_s
         self._client: AsyncMongoClient | None = None
@@ -92,6 +101,16 @@ class MongoStore(
         await self.ping()
         info = await self.db.command("buildInfo")
         self.server_version = tuple(info.get("versionArray", [0])[:2])
+        try:
+            await self._set_up_state()
+        except OperationFailure as exc:
+            if exc.code != UNAUTHORIZED:
+                raise
+            raise StoreError(
+                f"mongodb refused to set up {self._state_database_name}: {exc}. {ROLES}"
+            ) from exc
+
+    async def _set_up_state(self) -> None:
         # transactions cannot create collections before 4.4, nor ever in parallel: make them now
         for name in STATE_COLLECTIONS:
             try:
@@ -104,7 +123,8 @@ class MongoStore(
         events = self.state[EVENTS]
         await events.create_index("source", unique=True)
         await events.create_index([("rooms", ASCENDING), ("_id", ASCENDING)])
-        await self._ensure_ttl(EVENTS, "created", int(self._event_retention_s))
+        # whole seconds, rounded up: a log kept a little longer, never shorter
+        await self._ensure_ttl(EVENTS, "created", math.ceil(self._event_retention_s))
         await self._ensure_ttl(IDEMPOTENCY_KEYS, "expires", 0)
         await self._ensure_ttl(REVOCATIONS, "until", 0)
         await self._counter_past_the_log()
@@ -118,11 +138,20 @@ class MongoStore(
         except OperationFailure as exc:
             if exc.code != INDEX_OPTIONS_CONFLICT:
                 raise
-            await self.state.command(
-                "collMod",
-                collection,
-                index={"keyPattern": {field: 1}, "expireAfterSeconds": seconds},
-            )
+            change = {"keyPattern": {field: 1}, "expireAfterSeconds": seconds}
+            try:
+                await self.state.command("collMod", collection, index=change)
+            except OperationFailure as refused:
+                if refused.code != UNAUTHORIZED:
+                    raise
+                # readWrite cannot collMod (manual, "Built-In Roles"): say what can
+                raise StoreError(
+                    f"{collection}'s TTL is to change to {seconds} s, which needs collMod:"
+                    f" grant the gateway's user dbAdmin on {self._state_database_name}, or have"
+                    f" an administrator run there once: db.runCommand({{collMod:"
+                    f' "{collection}", index: {{keyPattern: {{{field}: 1}},'
+                    f" expireAfterSeconds: {seconds}}}}}). {ROLES}"
+                ) from refused
             logger.info(
                 "TTL index changed", extra={"collection": collection, "expire_after_s": seconds}
             )

@@ -78,7 +78,11 @@ class StorageSchema(Schema):
         "none",
     )
     event_retention_s = _env(
-        fields.Float(validate=_positive),
+        # refused under a second, not rounded: MongoDB's TTL index counts whole seconds, and
+        # 0 would delete every logged event at once (docs/mongodb.md)
+        fields.Float(
+            validate=validate.Range(min=1, error="must be at least 1 second, not {input}")
+        ),
         "EVENT_RETENTION",
         "seconds the event log (and the embedded store's change log) keeps entries",
         "604800 (7 days)",

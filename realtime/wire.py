@@ -12,11 +12,15 @@ from typing import Any
 
 from bson import ObjectId
 from bson.binary import OLD_UUID_SUBTYPE, UUID_SUBTYPE, Binary
+from bson.datetime_ms import DatetimeMS
 
 from storage.base import StoredEvent
 
 EVENT_ID_DIGITS = 16  # zero-padded, so that ids sort as strings in emission order
 _EVENT_ID = re.compile(rf"[0-9]{{1,{EVENT_ID_DIGITS}}}")  # any sequence the stores can hold
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_GREGORIAN_CYCLE_MS = 146_097 * 86_400_000  # the calendar repeats every 400 years
+_JS_DATE_LIMIT_MS = 8_640_000_000_000_000  # a JavaScript Date's range either side of 1970
 
 
 def iso_timestamp(unix_s: float) -> str:
@@ -57,21 +61,39 @@ def id_string(value: Any) -> str | None:
 
 
 def time_string(value: Any) -> str | None:
-    """Times travel as ISO 8601 UTC strings; dates from MongoDB become `...000Z`."""
+    """Times travel as ISO 8601 UTC strings; dates from MongoDB become `...000Z`, those beyond
+    Python's years 1 to 9999 (read as `DatetimeMS`) with an expanded year."""
+    if isinstance(value, DatetimeMS):
+        return _any_year_timestamp(int(value))
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.UTC)
-        return iso_timestamp(value.timestamp())
+        # counted exactly (a float of seconds can round a millisecond down)
+        return _any_year_timestamp((value - _EPOCH) // dt.timedelta(milliseconds=1))
     if isinstance(value, str) and value:
         return value
     return None
+
+
+def _any_year_timestamp(ms: int) -> str | None:
+    """A MongoDB date (any 64-bit count of milliseconds) as ISO 8601, the year expanded to six
+    digits and signed outside 0000 to 9999 (`+010000-01-01T00:00:00.000Z`), as JavaScript's
+    `Date` reads it; None beyond what a `Date` can hold. Shifted by whole 400-year cycles into
+    Python's range, so the calendar is Python's."""
+    if abs(ms) > _JS_DATE_LIMIT_MS:
+        return None
+    cycles, within = divmod(ms, _GREGORIAN_CYCLE_MS)
+    moment = _EPOCH + dt.timedelta(milliseconds=within)
+    year = moment.year + 400 * cycles
+    digits = f"{year:04d}" if 0 <= year <= 9999 else f"{year:+07d}"
+    return digits + moment.strftime("-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def json_safe(value: Any) -> Any:
     """Document values as JSON can carry them: ids as strings, dates as ISO strings."""
     if isinstance(value, ObjectId):
         return str(value)
-    if isinstance(value, dt.datetime):
+    if isinstance(value, (dt.datetime, DatetimeMS)):
         return time_string(value)
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}

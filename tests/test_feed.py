@@ -8,7 +8,7 @@ import pytest
 from pymongo.errors import AutoReconnect, OperationFailure
 
 from realtime.backoff import Backoff
-from realtime.changes.feed import ChangeFeed
+from realtime.changes.feed import UNREADABLE, ChangeFeed
 from storage.base import ChangeHistoryLost, ChangeStream, LeaseLost, StoreError
 from storage.mongo import translate_error
 
@@ -283,6 +283,38 @@ async def test_a_handled_change_saves_its_token_whatever_the_idle_interval():
     with pytest.raises(ScriptDone):
         await feed_for(store, [], [], idle_save_interval_s=3600).run()
     assert store.saved == [{"_data": "start"}, {"_data": "0001"}, {"_data": "0002"}]
+
+
+def unreadable(n: int, coll: str | None = "bookings") -> dict:
+    """What a store hands on for a change it cannot read (storage/mongo/stream.py)."""
+    found = {"_id": {"_data": f"{n:04d}"}, "operationType": UNREADABLE}
+    if coll is not None:
+        found["ns"] = {"db": "d", "coll": coll}
+    return found
+
+
+@pytest.mark.parametrize(
+    "skipped, rooms",
+    [(unreadable(2), ["bookings"]), (unreadable(2, None), ["bookings", "payments"])],
+)
+async def test_an_unreadable_change_is_skipped_with_a_resync_of_its_collection(skipped, rooms):
+    store = ScriptedStore([event(1), skipped, event(3)], batches=True)
+    handled, told = [], []
+
+    async def handle(changes, checkpoint):
+        handled.extend(change.document_id for change in changes)
+        return False
+
+    async def resync(why, which):
+        told.append((why, list(which), list(handled)))
+
+    feed = ChangeFeed(store, ["bookings", "payments"], handle, resync, backoff=Backoff(0, 0))
+    with pytest.raises(ScriptDone):
+        await feed.run()
+    assert told == [("change_history_lost", rooms, ["b1"])]  # after what came before it
+    assert handled == ["b1", "b3"]
+    assert store.watched_from == [None]  # not a retry: the stream goes on past it
+    assert store.saved.index({"_data": "0002"}) < store.saved.index({"_data": "0003"})
 
 
 async def test_a_resync_that_cannot_be_told_is_told_again_before_the_token_is_forgotten():

@@ -6,19 +6,26 @@ driver failing to reach a server, come out as the store's own errors."""
 from __future__ import annotations
 
 import configparser
+import datetime as dt
 import inspect
 import logging
 import os
 import re
+import struct
 import uuid
 
+import bson
 import pymongo
 import pytest
-from bson import ObjectId
+from bson import Int64, ObjectId, Timestamp
 from bson.binary import Binary
+from bson.codec_options import DatetimeConversion
+from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient, ReadPreference
 from pymongo import client_session_shared as driver_sessions
+from pymongo.cursor_shared import _CURSOR_DOC_FIELDS
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -27,9 +34,11 @@ from pymongo.errors import (
     NetworkTimeout,
     OperationFailure,
 )
+from pymongo.message import _OpMsg
 
+from realtime.changes import feed
 from realtime.errors import answer_for
-from realtime.wire import id_string
+from realtime.wire import id_string, json_safe, time_string
 from storage.base import (
     ChangeHistoryLost,
     Checkpoint,
@@ -47,6 +56,7 @@ from storage.mongo import (
     id_filter,
     translate_error,
 )
+from storage.mongo.stream import SPLIT_LARGE_EVENTS_FROM, SPLIT_STAGE, UNREADABLE
 
 
 @pytest.mark.parametrize(
@@ -276,8 +286,10 @@ def test_the_state_database_is_never_the_watched_one():
 
 
 class StandInStore(MongoStore):
-    """A MongoStore whose databases are stand-ins raising the driver's real exceptions: only
-    the calls these tests make (server 5.0, so no image check)."""
+    """A MongoStore whose databases are stand-ins: they raise the driver's real exceptions, and
+    each change stream they open hands on one script of getMore replies as the driver decodes
+    them (`DriverStream`). Its client is the real one the store makes, never connected, so the
+    codec options are the store's own (server 5.0 unless told: no image check)."""
 
     def __init__(
         self,
@@ -285,25 +297,31 @@ class StandInStore(MongoStore):
         create_index_error=None,
         command_error=None,
         create_collection_error=None,
+        streams=(),
+        server_version=(5, 0, 0),
     ):
         super().__init__("mongodb://127.0.0.1/", "booking")
-        self.server_version = (5, 0)
+        self._client = self._new_client()
+        self.server_version = server_version
+        self.split_events = server_version >= SPLIT_LARGE_EVENTS_FROM
         self.commands: list = []
         self.indexes: list = []  # (keys, options) of each index made
-        self._watch_error = watch_error
+        self.watched: list = []  # (pipeline, start_after) of each stream opened
+        self._watch_error = watch_error  # every watch, or a function of the pipeline
         self._create_index_error = create_index_error
         self._command_error = command_error
         self._create_collection_error = create_collection_error
+        self._streams = list(streams)
 
     @property
     def db(self):
-        return self._stand_in()
+        return self._stand_in(self.client.codec_options)
 
     @property
     def state(self):
-        return self._stand_in()
+        return self._stand_in(self.client.codec_options)
 
-    def _stand_in(self):
+    def _stand_in(self, codec_options):
         store = self
 
         class Collection:
@@ -319,25 +337,116 @@ class StandInStore(MongoStore):
                 pass
 
         class Database:
+            def __init__(self):
+                self.codec_options = codec_options
+
             def __getitem__(self, name):
                 return Collection()
+
+            def with_options(self, codec_options):
+                return store._stand_in(codec_options)
+
+            async def list_collections(self, filter):
+                async def infos():  # every watched collection records its images
+                    for name in filter["name"]["$in"]:
+                        enabled = {"changeStreamPreAndPostImages": {"enabled": True}}
+                        yield {"name": name, "options": enabled}
+
+                return infos()
 
             async def create_collection(self, name):
                 if store._create_collection_error is not None:
                     raise store._create_collection_error
 
             async def watch(self, pipeline, **options):
-                raise store._watch_error
+                store.watched.append((pipeline, options.get("start_after")))
+                error = store._watch_error
+                error = error(pipeline) if callable(error) else error
+                if error is not None:
+                    raise error
+                script = store._streams.pop(0) if store._streams else []
+                return DriverStream(script, self.codec_options, options.get("start_after"))
 
             async def command(self, name, value=None, **kwargs):
                 store.commands.append((name, value, kwargs))
                 if name == "collMod" and store._command_error is not None:
                     raise store._command_error
                 if name == "buildInfo":
-                    return {"versionArray": [*store.server_version, 0, 0]}
+                    return {"versionArray": [*store.server_version, 0]}
                 return {"ok": 1}
 
         return Database()
+
+
+class DriverStream:
+    """Stands in for pymongo's AsyncChangeStream over scripted getMore replies (OP_MSG bytes,
+    or an exception to raise): each reply is decoded by the driver's own
+    `_OpMsg.unpack_response`, with the watched database's codec options and a cursor's
+    fields, then read as the driver reads it (driver, change_stream.py): `change["_id"]` is
+    the token, the post-batch token after a batch's last change."""
+
+    def __init__(self, script: list, codec_options, start_after):
+        self._script = list(script)
+        self._codec_options = codec_options
+        self._batch: list = []
+        self._post_batch_token = None
+        self.resume_token = start_after
+
+    async def try_next(self):
+        if not self._batch:
+            if not self._script:
+                return None
+            step = self._script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            [reply] = _OpMsg.unpack(step).unpack_response(
+                7, self._codec_options, user_fields=_CURSOR_DOC_FIELDS
+            )
+            self._batch = list(reply["cursor"]["nextBatch"])
+            self._post_batch_token = reply["cursor"]["postBatchResumeToken"]
+            if not self._batch:
+                self.resume_token = self._post_batch_token
+                return None
+        change = self._batch.pop(0)
+        self.resume_token = change["_id"] if self._batch else self._post_batch_token
+        return change
+
+    async def close(self):
+        pass
+
+
+def getmore(*events, token: str) -> bytes:
+    """A getMore's reply as the server sends it: OP_MSG flags, a body section, the document."""
+    reply = {
+        "cursor": {
+            "nextBatch": list(events),
+            "postBatchResumeToken": {"_data": token},
+            "id": Int64(7),
+            "ns": "booking.$cmd.aggregate",
+        },
+        "ok": 1.0,
+    }
+    return struct.pack("<IB", 0, 0) + bson.encode(reply)
+
+
+def change_event(n: int, collection: str = "bookings", **document) -> dict:
+    return {
+        "_id": {"_data": f"82{n:04d}"},
+        "operationType": "insert",
+        "clusterTime": Timestamp(1_800_000_000, n),
+        "wallTime": dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC),
+        "ns": {"db": "booking", "coll": collection},
+        "documentKey": {"_id": f"b{n}"},
+        "fullDocument": {"_id": f"b{n}", **document},
+    }
+
+
+def not_utf8(event: dict) -> RawBSONDocument:
+    """`event` with its text "MARK" replaced by bytes that are not UTF-8: another language's
+    driver can store them, Python's encoder cannot."""
+    data = bson.encode(event)
+    assert data.count(b"MARK") == 1
+    return RawBSONDocument(data.replace(b"MARK", b"\xff\xfe\xfd\xfc"))
 
 
 def test_a_value_mongodb_cannot_hold_is_answered_as_the_callers_fault_not_an_outage():
@@ -347,6 +456,158 @@ def test_a_value_mongodb_cannot_hold_is_answered_as_the_callers_fault_not_an_out
     assert (answer.code, answer.http_status) == ("invalid_payload", 400)  # retrying cannot help
     outage = answer_for(translate_error(AutoReconnect("gone")), "broadcast", log)
     assert (outage.code, outage.http_status) == ("unavailable", 503)
+
+
+# -- changes that can never be read (issue 24, finding 1) -----------------------------------
+
+
+async def test_a_date_python_cannot_hold_is_read_and_text_not_utf8_is_handed_on_unreadable():
+    year_zero = DatetimeMS(-62_200_000_000_000)  # 2 BC: beyond Python's years 1 to 9999
+    batch = getmore(
+        change_event(1, startsAt=year_zero),
+        not_utf8(change_event(2, note="MARK")),
+        change_event(3),
+        token="820004",
+    )
+    store = StandInStore(streams=[[batch]])
+    stream = await store.watch(["bookings", "payments"], None)
+    dated = await stream.try_next()
+    assert dated["fullDocument"]["startsAt"] == year_zero
+    assert dated["wallTime"] == dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.UTC)
+    unreadable = await stream.try_next()
+    assert unreadable == {
+        "_id": {"_data": "820002"},
+        "operationType": UNREADABLE,
+        "ns": {"db": "booking", "coll": "bookings"},
+    }
+    assert UNREADABLE == feed.UNREADABLE  # the feed skips it with a resync of its collection
+    assert stream.resume_token == {"_data": "820002"}  # past it: never read again
+    assert (await stream.try_next())["documentKey"] == {"_id": "b3"}
+    assert stream.resume_token == {"_data": "820004"}  # the post-batch token, a plain dict
+
+
+def test_the_client_reads_dates_beyond_pythons_years_instead_of_refusing_them():
+    client = MongoStore("mongodb://127.0.0.1/", "booking")._new_client()
+    assert client.codec_options.datetime_conversion == DatetimeConversion.DATETIME_AUTO
+    assert client.codec_options.tz_aware  # and the rest as before
+
+
+def test_a_date_beyond_pythons_years_travels_as_an_expanded_iso_year():
+    assert time_string(DatetimeMS(-62_200_000_000_000)) == "-000002-12-17T14:13:20.000Z"
+    assert time_string(DatetimeMS(253_402_300_800_000)) == "+010000-01-01T00:00:00.000Z"
+    assert time_string(DatetimeMS(-62_135_596_800_001)) == "0000-12-31T23:59:59.999Z"
+    assert time_string(DatetimeMS(8_640_000_000_000_001)) is None  # beyond a JavaScript Date
+    assert json_safe({"at": [DatetimeMS(0)]}) == {"at": ["1970-01-01T00:00:00.000Z"]}
+    moment = dt.datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=dt.UTC)
+    assert time_string(moment) == "2026-11-21T10:00:00.123Z"  # within them, as before
+
+
+async def test_an_event_over_16_mb_that_the_server_split_is_joined_again():
+    whole = change_event(5, status="confirmed")
+    whole["fullDocumentBeforeChange"] = {"_id": "b5", "status": "pending"}
+    first = {key: value for key, value in whole.items() if key != "fullDocumentBeforeChange"}
+    first.update(_id={"_data": "8200051A"}, splitEvent={"fragment": 1, "of": 2})
+    second = {
+        "_id": {"_data": "8200052A"},
+        "fullDocumentBeforeChange": whole["fullDocumentBeforeChange"],
+        "splitEvent": {"fragment": 2, "of": 2},
+    }
+    batches = [
+        getmore(first, token="8200051A"),
+        getmore(token="8200051A"),  # the next fragment not there yet
+        getmore(second, change_event(6), token="820006"),
+    ]
+    store = StandInStore(streams=[batches], server_version=(7, 0, 2))
+    stream = await store.watch(["bookings"], {"_data": "820004"})
+    assert store.watched[0][0][-1] == SPLIT_STAGE  # the last stage (manual)
+    assert await stream.try_next() is None
+    assert stream.resume_token == {"_data": "820004"}  # never in the middle of an event
+    joined = await stream.try_next()
+    assert joined == {**whole, "_id": {"_data": "8200052A"}}
+    assert stream.resume_token == {"_data": "8200052A"}
+    assert (await stream.try_next())["documentKey"] == {"_id": "b6"}
+
+
+async def test_a_split_event_missing_its_first_fragment_is_handed_on_unreadable():
+    middle = {
+        "_id": {"_data": "8200072A"},
+        "ns": {"db": "booking", "coll": "payments"},
+        "fullDocumentBeforeChange": {"_id": "p7"},
+        "splitEvent": {"fragment": 2, "of": 2},
+    }
+    store = StandInStore(streams=[[getmore(middle, token="8200072A")]], server_version=(7, 0, 0))
+    stream = await store.watch(["payments"], None)
+    assert await stream.try_next() == {
+        "_id": {"_data": "8200072A"},
+        "operationType": UNREADABLE,
+        "ns": {"db": "booking", "coll": "payments"},
+    }
+
+
+async def test_a_server_whose_feature_version_lacks_the_split_stage_is_watched_without_it(caplog):
+    unknown = OperationFailure("Unrecognized pipeline stage name", code=40324)
+    store = StandInStore(
+        watch_error=lambda pipeline: unknown if SPLIT_STAGE in pipeline else None,
+        streams=[[getmore(change_event(1), token="820001")]],
+        server_version=(6, 0, 9),
+    )
+    stream = await store.watch(["bookings"], None)
+    assert [SPLIT_STAGE in pipeline for pipeline, _ in store.watched] == [True, False]
+    assert store.split_events is False  # not asked again
+    assert (await stream.try_next())["documentKey"] == {"_id": "b1"}
+    assert "cannot be split" in caplog.text
+    older = StandInStore(server_version=(6, 0, 8))
+    await older.watch(["bookings"], None)
+    assert SPLIT_STAGE not in older.watched[0][0]
+
+
+def too_large(first_element: str) -> OperationFailure:
+    """BSONObjectTooLarge as the server words it for a change event over 16 MB."""
+    message = (
+        "PlanExecutor error during aggregation :: caused by :: BSONObj size: 17701268"
+        " (0x10E1994) is invalid. Size must be between 0 and 16793600(16MB) First element: "
+        + first_element
+    )
+    return OperationFailure(message, code=10334, details={"errmsg": message, "code": 10334})
+
+
+async def test_an_event_too_large_to_return_is_skipped_after_the_token_its_error_names(caplog):
+    refused = too_large('_id: { _data: "8263AA0001" }')
+    store = StandInStore(
+        streams=[
+            [getmore(change_event(1), token="820001"), refused],
+            [getmore(change_event(3), token="820003")],
+        ]
+    )
+    stream = await store.watch(["bookings"], {"_data": "820000"})
+    assert (await stream.try_next())["documentKey"] == {"_id": "b1"}
+    skipped = await stream.try_next()
+    assert skipped == {"_id": {"_data": "8263AA0001"}, "operationType": UNREADABLE}
+    assert stream.resume_token == {"_data": "8263AA0001"}
+    assert (await stream.try_next())["documentKey"] == {"_id": "b3"}
+    assert store.watched[-1][1] == {"_data": "8263AA0001"}  # started again after it
+    assert "too large" in caplog.text
+
+
+async def test_an_event_too_large_in_the_first_batch_is_skipped_once_handed_on():
+    store = StandInStore(streams=[[getmore(change_event(3), token="820003")]])
+    refused = [too_large('_id: { _data: "8263AA0002" }')]
+    store._watch_error = lambda pipeline: refused.pop() if refused else None
+    stream = await store.watch(["bookings"], {"_data": "820001"})
+    assert stream.resume_token == {"_data": "820001"}  # not past it before it is handed on
+    assert (await stream.try_next())["operationType"] == UNREADABLE
+    assert stream.resume_token == {"_data": "8263AA0002"}
+    assert (await stream.try_next())["documentKey"] == {"_id": "b3"}
+    assert store.watched[-1][1] == {"_data": "8263AA0002"}
+
+
+async def test_an_event_too_large_whose_token_is_not_named_is_retried_not_skipped():
+    with_type_bits = too_large('_id: { _data: "8263AA", _typeBits: BinData(0, 40) }')
+    store = StandInStore(streams=[[with_type_bits]])
+    stream = await store.watch(["bookings"], {"_data": "820001"})
+    with pytest.raises(StoreError) as raised:
+        await stream.try_next()
+    assert not isinstance(raised.value, ChangeHistoryLost)
 
 
 # -- the gateway's own state on the primary (finding 2) -------------------------------------

@@ -9,8 +9,12 @@ import os
 import time
 import uuid
 
+import bson
 import pytest
 from bson import ObjectId
+from bson.datetime_ms import DatetimeMS
+from bson.raw_bson import RawBSONDocument
+from pymongo.errors import OperationFailure
 
 from storage.base import (
     Change,
@@ -23,6 +27,7 @@ from storage.base import (
     StoreError,
 )
 from storage.mongo import MongoStore
+from storage.mongo.stream import UNREADABLE
 from storage.sqlite.store import SqliteStore
 
 WAIT_S = 10.0
@@ -604,6 +609,55 @@ async def test_revocations_are_kept_until_their_time_and_across_a_restart(stores
     assert sorted(await store.revocations(), key=str) == expected
     again = await stores()  # another instance, or this one restarted, on the same data
     assert sorted(await again.revocations(), key=str) == expected
+
+
+async def test_mongodb_reads_past_a_change_it_cannot_decode(mongo_store):
+    stream = await mongo_store.watch(["bookings"], None)
+    try:
+        year_zero = DatetimeMS(-62_200_000_000_000)  # beyond Python's years 1 to 9999
+        await mongo_store.db["bookings"].insert_one({"_id": "dated", "startsAt": year_zero})
+        dated = await next_change(stream)
+        assert dated.document["startsAt"] == year_zero
+        # text that is not UTF-8, as a writer in another language can store it
+        data = bson.encode({"_id": "garbled", "note": "MARK"}).replace(b"MARK", b"\xff\xfe\xfd\xfc")
+        try:
+            await mongo_store.db["bookings"].insert_one(RawBSONDocument(data))
+        except OperationFailure:  # this server keeps such text out: nothing to read past
+            garbled = None
+        else:
+            garbled = await next_change(stream)
+            assert garbled.operation == UNREADABLE and garbled.collection == "bookings"
+        after = await mongo_store.insert_document("bookings", {"status": "pending"})
+        assert str((await next_change(stream)).document_id) == after  # the stream goes on
+    finally:
+        await stream.close()
+    if garbled is not None:  # and a stream resumed from it starts after it
+        resumed = await mongo_store.watch(["bookings"], garbled.token)
+        try:
+            assert str((await next_change(resumed)).document_id) == after
+        finally:
+            await resumed.close()
+
+
+async def test_mongodb_reads_past_a_change_over_16_mb(mongo_store):
+    nine_mb = 9 * 1024 * 1024
+    await mongo_store.db["bookings"].insert_one({"_id": "big", "pad": "a" * nine_mb})
+    stream = await mongo_store.watch(["bookings"], None)
+    try:
+        # with both images, or the looked-up document, and the updated field: over 16 MB
+        await mongo_store.db["bookings"].update_one(
+            {"_id": "big"}, {"$set": {"pad": "b" * nine_mb}}
+        )
+        after = await mongo_store.insert_document("bookings", {"status": "pending"})
+        big = await next_change(stream)
+        if mongo_store.split_events:  # split by the server (6.0.9, 7.0), joined again
+            assert (big.operation, big.document_id) == ("update", "big")
+            assert big.document["pad"][:1] == "b" and len(big.document["pad"]) == nine_mb
+        else:  # refused by the server: skipped after the token its error names
+            assert big.operation == UNREADABLE
+        assert str((await next_change(stream)).document_id) == after
+    finally:
+        await stream.close()
 
 
 async def test_mongodb_keeps_its_state_on_the_primary_whatever_the_url_reads_from(mongo_store):

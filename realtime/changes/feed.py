@@ -34,6 +34,10 @@ BATCH_MAX = 100  # changes already read that are handed over together
 IDLE_SAVE_INTERVAL_S = 10.0
 # a watched collection dropped or renamed (away or onto): its history ends there
 COLLECTION_GONE = {"drop": "collection_dropped", "rename": "collection_renamed"}
+# a change the store can never read (storage/mongo/stream.py, UNREADABLE: text that is not UTF-8,
+# an event over 16 MB the server would not split): skipped, its collection's rooms resync (all
+# the feed's when the store cannot say which), with the reason clients already know
+UNREADABLE = "unreadable"
 
 
 class ChangeFeed:
@@ -48,10 +52,10 @@ class ChangeFeed:
     a backoff; any other exception is logged and the change skipped.
 
     `on_history_lost(reason, collections)` is told when changes of those collections can no
-    longer be delivered: the token aged out or is unusable, the stream was invalidated, or a
-    collection was dropped or renamed. It is told before the token moves past what was lost,
-    so that a failure to tell (a `StoreError`, `LeaseLost`) leaves the loss to be found, and
-    told, again.
+    longer be delivered: the token aged out or is unusable, the stream was invalidated, a
+    collection was dropped or renamed, or a change cannot be read. It is told before the token
+    moves past what was lost, so that a failure to tell (a `StoreError`, `LeaseLost`) leaves
+    the loss to be found, and told, again.
     """
 
     def __init__(
@@ -189,11 +193,14 @@ class ChangeFeed:
                         await self._handle_changes(changes, changes[-1].token)
                     await self._invalidated(change)
                     return
-                if change.operation in COLLECTION_GONE:
+                if change.operation in COLLECTION_GONE or change.operation == UNREADABLE:
                     if changes:
                         await self._handle_changes(changes, changes[-1].token)
                         changes = []
-                    await self._collection_gone(change)
+                    if change.operation == UNREADABLE:
+                        await self._unreadable(change)
+                    else:
+                        await self._collection_gone(change)
                     continue
                 changes.append(change)
             if not changes:
@@ -242,6 +249,18 @@ class ChangeFeed:
         await self._on_history_lost("change_history_lost", self._collections)
         await self._save(None)
         self._lost = None
+
+    async def _unreadable(self, change: Change) -> None:
+        """A change the store cannot read: skipped, and what clients hold of its collection
+        is history."""
+        known = change.collection in self._collections
+        which = [change.collection] if known else list(self._collections)
+        logger.error(
+            "unreadable change skipped",
+            extra={"feed": self.name, "collections": which, "token": str(change.token)[:120]},
+        )
+        await self._on_history_lost("change_history_lost", which)
+        await self._save(change.token)
 
     async def _collection_gone(self, change: Change) -> None:
         """A watched collection was dropped or renamed: the stream goes on (it watches the

@@ -44,6 +44,7 @@ UNREADABLE_TOKEN_CODES = frozenset(
     | {50870, 50872, 51055, 51056, 51057, 6189500, 6189501, 6189503, 6189504, 7182501}
 )
 KEYSTRING_FORMAT_ERROR = "KeyString format error"
+BSON_OBJECT_TOO_LARGE = 10334  # a change event over 16 MB (manual, $changeStreamSplitLargeEvent)
 UNAUTHORIZED = 13
 # what a refusal of authorization names (docs/mongodb.md, "Access"); collMod is dbAdmin's, not
 # readWrite's (manual, "Built-In Roles")

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import pymongo
+from bson.codec_options import DatetimeConversion
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReadPreference
 from pymongo.errors import CollectionInvalid, OperationFailure
 
@@ -34,7 +35,7 @@ from storage.mongo.state import (
     REVOCATIONS,
     STATE_COLLECTIONS,
 )
-from storage.mongo.stream import ChangeStreamMixin
+from storage.mongo.stream import SPLIT_LARGE_EVENTS_FROM, ChangeStreamMixin
 
 # named for the package, not the module: its log lines say `storage.mongo` whichever logs
 logger = logging.getLogger("storage.mongo")
@@ -81,6 +82,7 @@ class MongoStore(
         self._clock_offset_ms = 0
         self.server_version: tuple[int, ...] = ()
         self.images: bool | None = None  # pre- and post-images on every watched collection
+        self.split_events = False  # events over 16 MB split by the server, joined by the stream
 
     def describe(self) -> str:
         host = self._url.split("@")[-1].split("/")[0]  # never the credentials
@@ -94,13 +96,11 @@ class MongoStore(
 
     @store_errors
     async def open(self) -> None:
-        options: dict[str, Any] = {"tz_aware": True, "uuidRepresentation": "standard"}
-        if "serverselectiontimeoutms" not in self._url.lower():  # the URL's own value wins
-            options["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
-        self._client = AsyncMongoClient(self._url, **options)
+        self._client = self._new_client()
         await self.ping()
         info = await self.db.command("buildInfo")
-        self.server_version = tuple(info.get("versionArray", [0])[:2])
+        self.server_version = tuple(info.get("versionArray", [0])[:3])
+        self.split_events = self.server_version >= SPLIT_LARGE_EVENTS_FROM
         try:
             await self._set_up_state()
         except OperationFailure as exc:
@@ -109,6 +109,19 @@ class MongoStore(
             raise StoreError(
                 f"mongodb refused to set up {self._state_database_name}: {exc}. {ROLES}"
             ) from exc
+
+    def _new_client(self) -> AsyncMongoClient:
+        """Dates beyond Python's years 1 to 9999 read as `DatetimeMS` (driver, "Handling
+        Out-of-Range Datetimes"): a watched document holding one must not make its change, or
+        the document, unreadable."""
+        options: dict[str, Any] = {
+            "tz_aware": True,
+            "uuidRepresentation": "standard",
+            "datetime_conversion": DatetimeConversion.DATETIME_AUTO,
+        }
+        if "serverselectiontimeoutms" not in self._url.lower():  # the URL's own value wins
+            options["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
+        return AsyncMongoClient(self._url, **options)
 
     async def _set_up_state(self) -> None:
         # transactions cannot create collections before 4.4, nor ever in parallel: make them now

@@ -36,7 +36,7 @@ class Verdict:
 
 
 def rooms_by_id(log: list[StoredEvent]) -> dict[str, tuple[str, ...]]:
-    return {event_id(e.sequence): e.rooms for e in log if e.rooms != (EVERYONE,)}
+    return {event_id(e.sequence): tuple(e.rooms) for e in log if tuple(e.rooms) != (EVERYONE,)}
 
 
 def expected_ids(history: History, rooms_of: dict[str, tuple[str, ...]]) -> list[str]:
@@ -85,3 +85,49 @@ def percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     cut = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else [ordered[0]] * 99
     return {"p50": cut[49], "p99": cut[98], "max": ordered[-1]}
+
+
+def producers_problems(log: list[StoredEvent], broadcasts, bookings) -> list[str]:
+    """What the producers did against what the log holds: each accepted broadcast logged once,
+    under the id its 202 named, and no broadcast logged that was never sent; each booking's
+    statuses logged once each, in the order written; each payment once. (A change the watcher
+    never read, or read twice, shows here: no client would expect it otherwise.)"""
+    problems = []
+    by_n: dict[int, list[str]] = {}
+    statuses: dict[str, list[str]] = {}
+    payments: dict[str, int] = {}
+    for event in log:
+        payload = event.payload
+        if event.name == "notification":
+            by_n.setdefault(payload.get("n"), []).append(event_id(event.sequence))
+        elif event.name == "reservation_update":
+            statuses.setdefault(payload.get("reservationId"), []).append(payload.get("status"))
+        elif event.name == "payment_update":
+            booking = payload.get("reservationId")
+            payments[booking] = payments.get(booking, 0) + 1
+    for n, ids in sorted(by_n.items(), key=lambda item: str(item[0])):
+        if len(ids) > 1:
+            problems.append(f"broadcast {n} logged {len(ids)} times: {ids}")
+        if not isinstance(n, int) or not 1 <= n <= broadcasts.sent:
+            problems.append(f"a broadcast never sent is logged: {n} {ids}")
+    for n, accepted_id in sorted(broadcasts.accepted.items()):
+        if accepted_id not in by_n.get(n, []):
+            problems.append(f"broadcast {n} was accepted as {accepted_id}, logged as {by_n.get(n)}")
+    for booking, written in sorted(bookings.statuses.items()):
+        if statuses.get(booking, []) != written:
+            problems.append(f"booking {booking}: wrote {written}, logged {statuses.get(booking)}")
+    for booking in sorted(set(statuses) - set(bookings.statuses)):
+        problems.append(f"booking {booking} never written, logged {statuses[booking]}")
+    for booking in sorted(set(payments) | set(bookings.payments)):
+        if payments.get(booking, 0) != bookings.payments.get(booking, 0):
+            problems.append(
+                f"booking {booking}: {bookings.payments.get(booking, 0)} payment(s) written, "
+                f"{payments.get(booking, 0)} logged"
+            )
+    return problems
+
+
+def resyncs_logged(log: list[StoredEvent]) -> int:
+    """`resync`s in the log: none is due (nothing is lost from this log, no change stream
+    history either), and one never replayed would reach only the clients connected then."""
+    return sum(1 for e in log if tuple(e.rooms) == (EVERYONE,))

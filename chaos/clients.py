@@ -20,7 +20,7 @@ from typing import Any
 
 import socketio
 
-from chaos.cluster import ROOT
+from chaos.cluster import ROOT, dies_with_us
 
 JS_CLIENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js_clients.mjs")
 CALL_TIMEOUT_S = 10.0
@@ -64,6 +64,7 @@ class PyClient:
         self._resume_from: str | None = None  # a catch-up's cursor, kept until one completes
         self._buffer: dict[str, float] = {}  # held while catching up: id -> arrival ms
         self._catch_up: asyncio.Task | None = None
+        self.ready = asyncio.get_running_loop().create_future()  # its first catch-up done
         self.sio = socketio.AsyncClient(
             reconnection=True,
             reconnection_delay=0.2,
@@ -149,6 +150,8 @@ class PyClient:
         self._catching_up = False
         self._resume_from = None
         self.history.note(f"caught up to {self.cursor}")
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         self.history.note(f"disconnected: {reason}")
@@ -224,6 +227,7 @@ class JsClients:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
+                preexec_fn=dies_with_us(),
             )
         finally:
             log.close()
@@ -248,15 +252,20 @@ class JsClients:
             history = self.histories[report["client"]]
             if kind == "event":
                 history.delivered.append((report["eventId"], report["at"], report["replay"]))
+            elif kind == "duplicate":
+                history.duplicates.append((report["eventId"], report["phase"]))
             elif kind == "refetch":
                 history.refetches.append(report["detail"])
+            elif kind == "ready":  # connected, and its first joins answered
+                waiting.discard(report["client"])
+                if not waiting and not self._connected.done():
+                    self._connected.set_result(None)
             elif kind == "state":
                 history.note(f"{report['state']} {report.get('detail')}")
-                if report["state"] == "connected":
+                if report["state"] == "connected" and not (report.get("detail") or {}).get(
+                    "replayed"
+                ):
                     history.connects += 1
-                    waiting.discard(report["client"])
-                    if not waiting and not self._connected.done():
-                        self._connected.set_result(None)
             else:
                 history.note(json.dumps(report))
         if not self._connected.done():

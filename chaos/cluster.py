@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -28,6 +29,40 @@ START_TIMEOUT_S = 30.0
 
 def run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True)
+
+
+def dies_with_us(number: int = signal.SIGKILL) -> Callable[[], None]:
+    """For a child: the signal it gets when the soak dies, however it dies (a killed soak
+    leaves no gateway, Redis or nginx behind)."""
+
+    def set_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, number)  # PR_SET_PDEATHSIG
+
+    return set_death_signal
+
+
+def sweep_stale_runs() -> None:
+    """Take down what a soak that was killed left: its namespaces are named after its pid
+    (`chaos<pid>-...`), and a namespace's processes and veth go with it."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for namespace, pid in re.findall(r"^(chaos(\d+)-\S+)", listed, re.M):
+        if os.path.exists(f"/proc/{pid}"):
+            continue  # a soak still running
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        for leftover in pids.stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(leftover), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def free_subnets(count: int) -> int:
+    """The first n with 10.77.n to 10.77.n+count-1 used by no interface of this machine."""
+    used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    taken = {int(n) for n in re.findall(r"inet 10\.77\.(\d+)\.", used)}
+    for base in range(10, 250 - count, count):
+        if not taken.intersection(range(base, base + count)):
+            return base
+    raise RuntimeError("no free 10.77.x.0/24 subnets")
 
 
 def missing_tools() -> list[str]:
@@ -156,6 +191,9 @@ class Host:
 class Process:
     """A child process whose output is kept in a file; started, signalled, waited for."""
 
+    death_signal = signal.SIGKILL  # what it gets if the soak dies first
+    stop_signal = signal.SIGKILL  # how `stop()` ends it by default
+
     def __init__(self, name: str, log_path: str):
         self.name = name
         self.log_path = log_path
@@ -177,6 +215,7 @@ class Process:
                 env=dict(env) if env is not None else None,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
+                preexec_fn=dies_with_us(self.death_signal),
             )
         finally:
             log.close()
@@ -208,13 +247,13 @@ class Process:
             elif number == signal.SIGCONT:
                 self.paused = False
 
-    async def stop(self, number: int = signal.SIGKILL, within_s: float = 15.0) -> None:
+    async def stop(self, number: int | None = None, within_s: float = 15.0) -> None:
         if not self.alive:
             return
         assert self.process is not None
         if self.paused:
             self.send(signal.SIGCONT)
-        self.process.send_signal(number)
+        self.process.send_signal(self.stop_signal if number is None else number)
         try:
             await asyncio.wait_for(self.process.wait(), within_s)
         except TimeoutError:
@@ -293,6 +332,9 @@ class Redis(Process):
 class Nginx(Process):
     """docs/nginx.conf as shipped, with only its addresses changed: it listens on `port` and
     balances over the gateways."""
+
+    # its master stops its workers on SIGTERM; killed, it would leave them listening
+    death_signal = stop_signal = signal.SIGTERM
 
     def __init__(self, port: int, backends: list[str], workdir: str):
         super().__init__("nginx", os.path.join(workdir, "nginx.log"))

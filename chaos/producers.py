@@ -32,6 +32,11 @@ class Broadcasts:
         self.rng = rng
         self.counts: Counter[str] = Counter()
         self._sent = 0
+        self.accepted: dict[int, str] = {}  # broadcast n -> the eventId its 202 named
+
+    @property
+    def sent(self) -> int:
+        return self._sent
 
     async def run(self) -> None:
         in_flight: set[asyncio.Task] = set()
@@ -66,6 +71,7 @@ class Broadcasts:
                 async with http.post(f"{url}/broadcast", json=body, headers=headers) as answer:
                     if answer.status == 202:
                         self.counts["accepted" if attempt == 0 else "accepted after retry"] += 1
+                        self.accepted[body["data"]["n"]] = (await answer.json())["eventId"]
                         return
                     self.counts[f"answered {answer.status}"] += 1
             except (aiohttp.ClientError, TimeoutError):
@@ -94,6 +100,8 @@ class Bookings:
         self.rng = rng
         self.counts: Counter[str] = Counter()
         self._open: dict[str, dict[str, Any]] = {}
+        self.statuses: dict[str, list[str]] = {}  # booking id -> each status written, in order
+        self.payments: Counter[str] = Counter()  # booking id -> payments written for it
 
     async def run(self) -> None:
         while True:
@@ -119,6 +127,7 @@ class Bookings:
             }
             booking_id = await self.store.insert_document("bookings", booking)
             self._open[booking_id] = booking
+            self.statuses[booking_id] = ["pending"]
             self.counts["bookings created"] += 1
             return
         booking_id = self.rng.choice(sorted(self._open))
@@ -126,6 +135,7 @@ class Bookings:
         status = self.rng.choice(self.NEXT[booking["status"]])
         await self.store.update_document("bookings", booking_id, {"status": status})
         booking["status"] = status
+        self.statuses[booking_id].append(status)
         self.counts["bookings updated"] += 1
         if status == "completed":
             await self.store.insert_document(
@@ -140,6 +150,7 @@ class Bookings:
                 },
             )
             self.counts["payments"] += 1
+            self.payments[booking_id] += 1
         if status not in self.NEXT:
             del self._open[booking_id]
 

@@ -9,8 +9,8 @@ import gc
 import json
 import os
 import random
-import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +31,9 @@ from chaos.cluster import (
     Host,
     Nginx,
     Redis,
+    free_subnets,
     missing_tools,
+    sweep_stale_runs,
 )
 from chaos.faults import Faults
 from chaos.producers import Bookings, Broadcasts, stop
@@ -46,6 +48,7 @@ TRANSPORTS = {
 }
 SLOW_LINK = "rate 200kbit burst 32kbit latency 400ms"  # what the slow readers' link carries
 CATCH_UP_S = 120.0  # after the faults, how long the clients have to catch up
+QUIET_S = 5.0  # and how long they are watched once they have, before the check
 
 
 @dataclasses.dataclass
@@ -71,7 +74,13 @@ class Outcome:
 
     @property
     def passed(self) -> bool:
-        return not any(v.violated for v in self.verdicts)
+        report = self.report
+        return not (
+            any(v.violated for v in self.verdicts)
+            or report["producers vs the log"]
+            or report["resyncs logged"]
+            or report["caught up after the faults, s"] is None
+        )
 
 
 def _free_port() -> int:
@@ -103,20 +112,30 @@ async def soak(options: Options) -> Outcome:
     if lacking:
         raise RuntimeError(f"the soak needs {', '.join(lacking)}")
     rng = random.Random(options.seed)
-    run_id = secrets.token_hex(2)
+    sweep_stale_runs()
+    run_id = str(os.getpid())  # in the names of its namespaces: a killed run is swept by the next
     workdir = tempfile.mkdtemp(prefix=f"chaos-{run_id}-")
-    base = 10 + (os.getpid() % 40) * 5  # subnets of this run: 10.77.base+0 .. base+3
+    base = free_subnets(4)  # this run's: 10.77.base+0 .. base+3
     hosts = [Host(run_id, f"gw{n}", base + n) for n in range(3)]
     slow = Host(run_id, "slow", base + 3)
     forwarding = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    # the slow readers reach the gateways through this namespace: forwarded, whatever policy
+    # the machine's FORWARD chain has
+    forward_rules = [
+        ["FORWARD", "-s", "10.77.0.0/16", "-j", "ACCEPT"],
+        ["FORWARD", "-d", "10.77.0.0/16", "-j", "ACCEPT"],
+    ]
     cleanup: list = []
+    # a SIGTERM (a CI run cancelled) unwinds like Ctrl-C, through every `finally` below
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
     try:
         for host in (*hosts, slow):
+            cleanup.append(host.destroy)  # before it exists: a half-made host goes too
             host.create()
-            cleanup.append(host.destroy)
-        subprocess.run(
-            ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True
-        )  # slow ns <-> gateways
+        subprocess.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        for rule in forward_rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
+            cleanup.append(lambda rule=rule: subprocess.run(["iptables", "-D", *rule], check=False))
         subprocess.run(
             ["tc", "qdisc", "add", "dev", slow.outside, "root", "tbf", *SLOW_LINK.split()],
             check=True,
@@ -127,6 +146,7 @@ async def soak(options: Options) -> Outcome:
         for undo in reversed(cleanup):
             undo()
         subprocess.run(["sysctl", "-qw", f"net.ipv4.ip_forward={forwarding}"], check=False)
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         if not options.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -172,6 +192,7 @@ async def _run(
     py: list[PyClient] = []
     js_groups: list[JsClients] = []
     histories: dict[str, History] = {}
+    tasks: list[asyncio.Task] = []  # the producers and the faults
     try:
         await redis.start()
         for gateway in gateways:
@@ -190,6 +211,7 @@ async def _run(
                 PyClient(history, url, TRANSPORTS[transport], _token(user, role, shops), rooms)
             )
         await asyncio.gather(*(client.start() for client in py))
+        await asyncio.wait_for(asyncio.gather(*(client.ready for client in py)), 60)
         for prefix, count, label, group_urls in (
             ([], options.js_clients, "js", urls),
             (slow.command(), options.slow_clients, "slow", [g.url for g in gateways]),
@@ -233,7 +255,7 @@ async def _run(
         )
         faults = Faults(gateways, redis, py, random.Random(rng.random()), options.fault_every_s)
         started = time.time()
-        tasks = [asyncio.ensure_future(t.run()) for t in (broadcasts, bookings, faults)]
+        tasks += [asyncio.ensure_future(t.run()) for t in (broadcasts, bookings, faults)]
         await asyncio.sleep(options.minutes * 60)
         for task in tasks:
             await stop(task)  # the faults heal as they stop
@@ -248,6 +270,8 @@ async def _run(
         log = await _log(store)
         after = await _figures(gateways)
     finally:
+        for task in tasks:  # (already stopped, unless the run failed on the way)
+            await stop(task)
         for client in py:
             await client.stop()
         for group in js_groups:
@@ -287,12 +311,21 @@ async def _log(store) -> list:
 
 
 async def _caught_up(histories: dict[str, History], store, within_s: float) -> float | None:
-    """Seconds until every client has delivered every event of its rooms; None if not within."""
+    """Seconds until every client has delivered every event of its rooms, and still has
+    `QUIET_S` later with nothing new logged (what a healed gateway flushes late, duplicates
+    included, is seen before the check); None if not within `within_s`."""
     start = time.time()
+    quiet_since: tuple[float, int] | None = None  # (when, the log's length then)
     while time.time() - start < within_s:
-        rooms_of = check.rooms_by_id(await _log(store))
+        log = await _log(store)
+        rooms_of = check.rooms_by_id(log)
         if all(not check.judge(h, rooms_of).missing for h in histories.values()):
-            return round(time.time() - start, 1)
+            if quiet_since is None or quiet_since[1] != len(log):
+                quiet_since = (time.time(), len(log))
+            elif time.time() - quiet_since[0] >= QUIET_S:
+                return round(quiet_since[0] - start, 1)
+        else:
+            quiet_since = None
         await asyncio.sleep(1)  # looked at again: the clients report nothing to wait on
     return None
 
@@ -349,6 +382,8 @@ def _report(
         "reorders": sum(len(v.reorders) for v in verdicts),
         "outside its rooms": sum(len(v.extra) for v in verdicts),
         "gaps and resyncs": sum(v.refetches for v in verdicts),
+        "resyncs logged": check.resyncs_logged(log),
+        "producers vs the log": check.producers_problems(log, broadcasts, bookings)[:20],
         "reconnections": sum(max(0, h.connects - 1) for h in histories.values()),
         "caught up after the faults, s": caught_up,
         "delivery delay ms": {k: round(v, 1) for k, v in delays.items()},
@@ -366,8 +401,11 @@ def print_outcome(outcome: Outcome, out=sys.stdout) -> None:
     report = outcome.report
     print(json.dumps(report, indent=2), file=out)
     violated = [v for v in outcome.verdicts if v.violated]
-    if not violated:
+    if outcome.passed:
         print(f"PASSED: seed {report['how']['seed']}, no client saw a violation", file=out)
+        return
+    if not violated:
+        print(f"FAILED: seed {report['how']['seed']}: see the report above", file=out)
         return
     first = violated[0]
     history = outcome.histories[first.client]

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from chaos.check import judge, rooms_by_id
+from chaos.check import judge, producers_problems, rooms_by_id
 from chaos.clients import History
 from chaos.cluster import missing_tools
 from realtime.wire import event_id
@@ -68,6 +68,56 @@ def test_an_event_of_two_rooms_replayed_by_both_rejoins_is_the_protocols_own():
     assert not verdict.violated and verdict.explained_duplicates == 1
 
 
+class Produced:
+    """What the producers say they did (the shape `producers_problems` reads)."""
+
+    def __init__(self, sent: int, accepted: dict[int, str], statuses: dict, payments: dict):
+        self.sent, self.accepted, self.statuses, self.payments = sent, accepted, statuses, payments
+
+
+def booking(sequence: int, booking_id: str, status: str) -> StoredEvent:
+    payload = {"reservationId": booking_id, "status": status}
+    return StoredEvent(
+        sequence, 1_000, "reservation_update", payload, (f"reservation-{booking_id}",)
+    )
+
+
+def broadcast(sequence: int, n: int) -> StoredEvent:
+    return StoredEvent(sequence, 1_000, "notification", {"n": n}, ("shop-s1",))
+
+
+PRODUCED = Produced(2, {1: event_id(1), 2: event_id(2)}, {"b1": ["pending", "confirmed"]}, {})
+
+
+def test_what_the_producers_did_is_what_the_log_holds():
+    log = [
+        broadcast(1, 1),
+        broadcast(2, 2),
+        booking(3, "b1", "pending"),
+        booking(4, "b1", "confirmed"),
+    ]
+    assert producers_problems(log, PRODUCED, PRODUCED) == []
+
+
+B1, B2 = broadcast(1, 1), broadcast(2, 2)
+PENDING, CONFIRMED = booking(3, "b1", "pending"), booking(4, "b1", "confirmed")
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        [B1, PENDING, CONFIRMED],
+        [B1, B2, broadcast(5, 2), PENDING, CONFIRMED],
+        [B1, B2, PENDING],
+        [B1, B2, PENDING, CONFIRMED, booking(5, "b1", "confirmed")],
+        [B1, B2, broadcast(6, 3), PENDING, CONFIRMED],
+    ],
+    ids=["accepted-not-logged", "logged-twice", "change-lost", "change-twice", "never-sent"],
+)
+def test_a_change_or_broadcast_lost_or_logged_twice_is_caught(log):
+    assert producers_problems(log, PRODUCED, PRODUCED)
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(bool(missing_tools()), reason=f"the soak needs {', '.join(missing_tools())}")
 def test_a_short_soak_with_every_kind_of_fault_loses_nothing(tmp_path):
@@ -86,5 +136,8 @@ def test_a_short_soak_with_every_kind_of_fault_loses_nothing(tmp_path):
     assert report["deliveries seen"] == report["deliveries expected"] > 0
     for violation in ("duplicates", "missing", "reorders", "outside its rooms", "gaps and resyncs"):
         assert report[violation] == 0, violation
+    assert report["resyncs logged"] == 0
+    assert report["producers vs the log"] == []
+    assert report["caught up after the faults, s"] is not None
     assert sum(report["faults injected"].values()) >= 8
     assert report["reconnections"] > 0

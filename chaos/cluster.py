@@ -329,6 +329,19 @@ class Redis(Process):
         await self.spawn(command, "Ready to accept connections")
 
 
+def shipped_nginx_config(port: int, backends: list[str]) -> str:
+    """docs/nginx.conf with only its addresses changed: listening on 127.0.0.1:`port`,
+    balancing over `backends` ("host:port")."""
+    with open(NGINX_CONF) as shipped:
+        text = shipped.read()
+    servers = "".join(f"        server {backend};\n" for backend in backends)
+    text, count = re.subn(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
+    assert count == 1, "docs/nginx.conf: no upstream servers found"
+    text, count = re.subn(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{port};", text)
+    assert count == 1, "docs/nginx.conf: no listen directive found"
+    return text
+
+
 class Nginx(Process):
     """docs/nginx.conf as shipped, with only its addresses changed: it listens on `port` and
     balances over the gateways."""
@@ -344,14 +357,7 @@ class Nginx(Process):
         self.directory = os.path.join(workdir, "nginx")
 
     def config(self) -> str:
-        with open(NGINX_CONF) as shipped:
-            text = shipped.read()
-        servers = "".join(f"        server {backend};\n" for backend in self.backends)
-        text, count = re.subn(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
-        assert count == 1, "docs/nginx.conf: no upstream servers found"
-        text, count = re.subn(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{self.port};", text)
-        assert count == 1, "docs/nginx.conf: no listen directive found"
-        return text
+        return shipped_nginx_config(self.port, self.backends)
 
     async def start(self) -> None:
         os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Callable
 
 import aiohttp
 
+from chaos.cluster import shipped_nginx_config
 from tests.clients import ROOT, Client
 
 SERVICE_TOKEN = "scale-out-service-token-0123456789"  # BROADCAST_TOKEN of gateway processes
@@ -88,9 +88,6 @@ class RedisServer:
             await self._drain
 
 
-NGINX_CONF = os.path.join(ROOT, "docs", "nginx.conf")
-
-
 class Nginx:
     """nginx running docs/nginx.conf as shipped, with only its ports changed: it listens on
     `port` and balances over `backends` (ports on 127.0.0.1)."""
@@ -103,14 +100,7 @@ class Nginx:
         self._process: asyncio.subprocess.Process | None = None
 
     def config(self) -> str:
-        with open(NGINX_CONF) as shipped:
-            text = shipped.read()
-        servers = "".join(f"        server 127.0.0.1:{port};\n" for port in self.backends)
-        text, count = re.subn(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
-        assert count == 1, "docs/nginx.conf: no upstream servers found"
-        text, count = re.subn(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{self.port};", text)
-        assert count == 1, "docs/nginx.conf: no listen directive found"
-        return text
+        return shipped_nginx_config(self.port, [f"127.0.0.1:{port}" for port in self.backends])
 
     def write_config(self) -> str:
         os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)

@@ -93,7 +93,7 @@ def fits(max_payload_bytes: int, *values: Any) -> None:
 
 
 def unencodable_token(payload: Any) -> bool:
-    """A token with a lone surrogate: realtime/auth.py answers it `internal` today (PyJWT
+    """A token with a lone surrogate: realtime/access/auth.py answers it `internal` today (PyJWT
     encodes the token as UTF-8); tests/test_fuzz_tokens.py holds that case as a strict xfail
     until it is answered `invalid_token`, so the fuzzing here leaves it out."""
     token = payload.get("token") if isinstance(payload, dict) else None

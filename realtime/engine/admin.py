@@ -93,6 +93,8 @@ class AdminReport:
         # process; the gateway's sockets do not take those paths
         put_back_socket_calls(kept)
         self._report_safely()
+        if not read_only:
+            self._check_room_orders()
         self._reporting = 0  # reports of delivered events under way
         sio.instrumented = True
 
@@ -167,6 +169,39 @@ class AdminReport:
             }
 
         self._server.serialize_socket = serialize_socket
+
+    def _check_room_orders(self) -> None:
+        """With its full powers the UI joins and leaves sockets to and from any room it names:
+        a room that is no name (None is every socket's connection room, whose loss makes a
+        socket never forgotten; a number breaks every sort of room names) or another socket's
+        own room is refused and logged, not carried out (python-socketio would act on it, or
+        raise inside the UI's connection and end it)."""
+        orders = self._sio.handlers.get(ADMIN_NAMESPACE, {})
+        manager = self._sio.manager
+        for event in ("join", "leave"):
+            carry_out = orders.get(event)
+            if carry_out is None:
+                continue
+
+            async def checked(
+                sid: str,
+                namespace: Any = None,
+                room: Any = None,
+                *rest: Any,
+                _event: str = event,
+                _carry_out: Any = carry_out,
+            ) -> Any:
+                if (
+                    not isinstance(namespace, str)
+                    or not isinstance(room, str)
+                    or not room
+                    or manager.is_sid_room(namespace, room)
+                ):
+                    logger.warning("admin ui order refused", extra={"order": _event})
+                    return None
+                return await _carry_out(sid, namespace, room, *rest)
+
+            orders[event] = checked
 
     async def _login(self, reporting: Callable[..., Awaitable[Any]], sid: str, *args: Any) -> Any:
         """The Admin UI's namespace connecting: its login's allowance taken, then its

@@ -16,6 +16,8 @@ from typing import Any
 
 import socketio
 
+from tests.tools import require
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JS_DRIVER = os.path.join(ROOT, "tests", "js", "driver.mjs")
 WAIT_S = 10.0
@@ -167,7 +169,7 @@ class JsClient(Client):
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._process = await asyncio.create_subprocess_exec(
-            "node",
+            require("node"),
             JS_DRIVER,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

@@ -12,6 +12,7 @@ import aiohttp
 
 from chaos.cluster import shipped_nginx_config
 from tests.clients import ROOT, Client
+from tests.tools import require
 
 SERVICE_TOKEN = "scale-out-service-token-0123456789"  # BROADCAST_TOKEN of gateway processes
 WAIT_S = 20.0
@@ -66,7 +67,7 @@ class RedisServer:
 
     async def start(self) -> RedisServer:
         self._process = await asyncio.create_subprocess_exec(
-            *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+            *(require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"),
             *("--save", "", "--appendonly", "no"),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -112,7 +113,7 @@ class Nginx:
     async def start(self) -> Nginx:
         conf = self.write_config()
         self._process = await asyncio.create_subprocess_exec(
-            "nginx",
+            require("nginx"),
             *("-p", self.directory, "-c", conf),
             *("-g", f"daemon off; pid {self.directory}/nginx.pid; error_log stderr warn;"),
         )

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
+
+from tests.tools import require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join("clients", "js", "test")
@@ -17,11 +18,7 @@ NODE_RUN_S = 100  # the Node run takes about 20 s
 
 @pytest.mark.timeout(NODE_RUN_S + 20)
 def test_js_client_library() -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (Node 20 runs the JS client's tests)")
-    if not os.path.isdir(os.path.join(ROOT, "node_modules", "socket.io-client")):
-        pytest.fail("socket.io-client is not installed: run `npm ci` (scripts/test does)")
+    node = require("node")
     env = {**os.environ, "GATEWAY_PYTHON": sys.executable}
     env.pop("GATEWAY_ROOT", None)  # the gateway of this checkout
     run = subprocess.run(

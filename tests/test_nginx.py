@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from tests.gateways import Nginx, post, received
+from tests.tools import require
 
 
 @pytest.fixture
 async def nginx(gateways, tmp_path, free_port):
+    require("nginx")  # before the gateways start
     first, second = await gateways(), await gateways()
     proxy = await Nginx(str(tmp_path / "nginx"), free_port(), [first.port, second.port]).start()
     yield proxy, first, second

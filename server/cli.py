@@ -7,6 +7,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -18,7 +20,14 @@ from aiohttp import web
 from realtime.access.auth import ROLES, issue_token
 from realtime.changes.demo import DemoWriter
 from realtime.changes.mapping import DocumentMapping
-from realtime.config import ConfigError, Settings, describe_variables, load_settings
+from realtime.config import (
+    DEV_SECRET_SUFFIX,
+    ConfigError,
+    Settings,
+    describe_variables,
+    load_settings,
+    with_demo_credentials,
+)
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
 from server.app import create_app, make_store
@@ -55,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="also write a demo stream of bookings and payments to the store",
+        help="also write a demo stream of bookings and payments to the store, and turn "
+        "everything on: a broadcast token and an Admin UI login (each made once and kept "
+        "beside the store unless BROADCAST_TOKEN or ADMIN_UI_* are set), printed at start",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -100,12 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(host=args.host, port=args.port)
+        # a token is signed with the secret a gateway uses: the command makes none of its own
+        settings = load_settings(
+            host=args.host, port=args.port, make_secret=args.command != "token"
+        )
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     if args.command == "token":
+        if settings.jwt_secret_generated:
+            where = os.path.abspath(settings.store_path + DEV_SECRET_SUFFIX)
+            print(f"signed with the development secret in {where}", file=sys.stderr)
         print(issue_token(settings, args.sub, args.role, args.shop, args.ttl))
         return 0
     if args.command == "store":
@@ -171,6 +188,12 @@ def _json_object(text: str | None) -> dict[str, Any]:
 
 
 def _serve(settings: Settings, demo: bool = False) -> int:
+    if demo:
+        try:
+            settings = with_demo_credentials(settings)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
     if settings.jwt_secret_generated:
         warning = (
             f"JWT_SECRET is not set: using the development secret kept in "
@@ -210,6 +233,59 @@ def event_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | N
     return uvloop.new_event_loop, "uvloop"
 
 
+def banner(settings: Settings, origin: str, demo: bool) -> str:
+    """What a person starting the gateway needs next: the pages that are on (and how to
+    turn on those that are off), how to get a token, and with the demo a ready-to-paste
+    broadcast and the Admin UI's login."""
+    lines = []
+    if demo:
+        lines.append("demo mode: a sample booking or payment is written every second")
+    if settings.serves_test_page:
+        lines.append(f"  test page:  {origin}/websocket-test")
+    else:
+        lines.append("  test page:  off (TEST_PAGE=true turns it on)")
+    if not settings.admin_ui:
+        lines.append("  Admin UI:   off (ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD, or --demo)")
+    elif settings.admin_ui_password_generated:
+        lines.append(
+            f"  Admin UI:   {origin}/admin-ui/  user {settings.admin_ui_username}, password "
+            f"{settings.admin_ui_password}"
+        )
+    else:
+        lines.append(f"  Admin UI:   {origin}/admin-ui/  (ADMIN_UI_USERNAME's login)")
+    if settings.jwt_secret_generated:
+        command = _token_command(settings.store_path)
+        lines.append(f"  token:      {command} --sub staff-1 --role staff --shop 1")
+    if settings.broadcast_token_generated:
+        body = '{"event": "notification", "data": {"title": "hello"}, "rooms": ["shop-1"]}'
+        lines.append(
+            f"  broadcast:  curl -X POST {origin}/broadcast -H 'Authorization: Bearer "
+            f"{settings.broadcast_token}' -H 'Content-Type: application/json' -d '{body}'"
+        )
+    return "\n".join(lines)
+
+
+def _browsable(host: str) -> str:
+    """Where a browser on this machine reaches a gateway listening on `host`."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _token_command(store_path: str) -> str:
+    """The token command that signs with this gateway's secret (kept beside its store):
+    `scripts/token` when the gateway runs from the project's directory (it runs there too, in
+    the project's environment), otherwise this very interpreter; with the store's absolute
+    path unless it is the default one there."""
+    if os.path.exists(os.path.join("scripts", "token")):
+        command = "scripts/token"
+    else:
+        command = f"{shlex.quote(sys.executable)} -m realtime token"
+    if os.path.abspath(store_path) != os.path.abspath(Settings.store_path):
+        command = f"STORE_PATH={shlex.quote(os.path.abspath(store_path))} {command}"
+    return command
+
+
 async def _run(settings: Settings, demo: bool, loop_name: str = "asyncio") -> None:
     await serve(create_app(settings, demo=demo), settings, loop_name, demo)
 
@@ -238,12 +314,7 @@ async def serve(
         flush=True,
     )
     logger.info("listening", extra={"host": host, "port": port, "store": where, "loop": loop_name})
-    if demo:
-        print(
-            "demo mode: bookings and payments are written every second; watch them with a "
-            "token from `python -m realtime token --sub admin-1 --role admin`",
-            flush=True,
-        )
+    print(banner(settings, f"http://{_browsable(host)}:{port}", demo), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

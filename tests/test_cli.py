@@ -12,7 +12,7 @@ import sys
 import jwt
 import pytest
 
-from realtime.config import describe_variables
+from realtime.config import describe_variables, development_secret
 from storage.sqlite.store import SqliteStore
 from tests.clients import ROOT, make_client
 
@@ -56,6 +56,7 @@ def test_a_bad_configuration_stops_start_up_with_one_clear_line(cli_env, variabl
 
 
 def test_token_is_signed_with_the_development_secret(cli_env, tmp_path):
+    development_secret(str(tmp_path / "cli.db"))  # as the gateway on that store made it
     result = run(
         "token",
         "--sub",
@@ -75,6 +76,34 @@ def test_token_is_signed_with_the_development_secret(cli_env, tmp_path):
     claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
     assert (claims["sub"], claims["role"], claims["shop_ids"]) == ("u1", "staff", ["s1", "s2"])
     assert claims["exp"] - claims["iat"] == 120
+    assert str(tmp_path / "cli.db.jwt-secret") in result.stderr  # which secret signed it
+
+
+def test_token_makes_no_secret_that_no_gateway_uses(cli_env, tmp_path):
+    # run before any gateway made one (or from another directory): a token signed with a
+    # secret of its own would be refused with nothing pointing at why
+    result = run("token", "--sub", "u1", "--role", "customer", env=cli_env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert str(tmp_path / "cli.db.jwt-secret") in result.stderr
+    assert "start the gateway first" in result.stderr and "scripts/token" in result.stderr
+    assert not (tmp_path / "cli.db.jwt-secret").exists()
+
+
+def test_without_the_projects_environment_the_command_says_which_to_use(tmp_path):
+    # an interpreter that lacks the dependencies, run in the project's directory (as a
+    # system python is): one line naming the environment, not a traceback
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    result = subprocess.run(
+        [str(bare / "bin" / "python"), "-m", "realtime", "token", "--sub", "u1", "--role", "admin"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "aiohttp" in result.stderr and ".venv/bin/python -m realtime" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_store_commands_write_documents(cli_env, tmp_path):
@@ -115,7 +144,6 @@ async def test_store_commands_write_documents(cli_env, tmp_path):
 
 
 async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
-    token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -132,6 +160,8 @@ async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
         assert line.startswith("realtime gateway listening on http://127.0.0.1:")
         assert "(store: sqlite:" in line and "cli.db" in line
         url = line.split(" on ")[1].split(" ")[0]
+        # signed with the secret the gateway made beside its store
+        token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
         client = make_client("py-websocket", url)
         await client.connect({"token": token})
         assert (await client.next_event("auth_success"))["userId"] == "u1"

@@ -24,6 +24,12 @@ from storage.paths import set_at, value_at
 
 logger = logging.getLogger(__name__)
 
+DEV_SECRET_HINT = (
+    " with this gateway's development secret (kept beside its store): make tokens with "
+    "scripts/token, or `python -m realtime token` run where the gateway runs, or the test "
+    "page's dev token"
+)
+
 ROLES = ("customer", "staff", "admin")
 JWKS_TIMEOUT_S = 5.0  # one fetch of the JWKS; a handshake waits for it at most this long
 JTI_MAX = 256
@@ -254,7 +260,11 @@ class TokenVerifier:
         except jwt.InvalidIssuerError:
             raise GatewayError("invalid_token", "the token's issuer is not accepted") from None
         except jwt.InvalidSignatureError:
-            raise GatewayError("invalid_token", "the token's signature does not verify") from None
+            message = "the token's signature does not verify"
+            if self._settings.jwt_secret_generated:
+                # the usual cause: a token made with another store's development secret
+                message += DEV_SECRET_HINT
+            raise GatewayError("invalid_token", message) from None
         except jwt.PyJWTError:
             raise GatewayError("invalid_token", "the token cannot be decoded") from None
         return self._principal(claims)

@@ -1,8 +1,9 @@
 """Demo mode: a plausible stream of bookings and payments, so a person sees live events at once.
 
-Three shops (`shop-1` .. `shop-3`), five customers (`customer-1` ..), two therapists per shop.
-Bookings are created pending, then confirmed, started, completed (and paid), cancelled or
-rescheduled, one write per interval.
+Three shops (ids `1` .. `3`, so their rooms are `shop-1` and `availability-1`, the names the
+test page and the README use), five customers (`customer-1` ..), two therapists per shop
+(`therapist-1-1` ..). Bookings are created pending, then confirmed, started, completed (and
+paid), cancelled or rescheduled, one write per interval.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from storage.base import Store
 
 logger = logging.getLogger(__name__)
 
-SHOPS = ("shop-1", "shop-2", "shop-3")
+SHOPS = ("1", "2", "3")
 CUSTOMERS = tuple(f"customer-{n}" for n in range(1, 6))
 NEXT_STATUS = {
     "pending": ("confirmed", "cancelled"),
@@ -85,7 +86,7 @@ class DemoWriter:
         booking = {
             "customerId": self._rng.choice(CUSTOMERS),
             "shopId": shop,
-            "therapistId": f"{shop}-therapist-{self._rng.randint(1, 2)}",
+            "therapistId": f"therapist-{shop}-{self._rng.randint(1, 2)}",
             "status": "pending",
             "startsAt": iso_timestamp(
                 (start + dt.timedelta(hours=self._rng.randint(2, 72))).timestamp()

@@ -6,7 +6,8 @@ naming the variable, which `__main__` prints as one line.
 
 A map: `settings` holds the `Settings` dataclass; `fields` how a variable is declared (`_env`)
 and parsed; `schema` the variables, one module per concern, combined into `SettingsSchema`;
-`loading` the checks across variables, the keys and the development secret. Import from here.
+`loading` the checks across variables, the keys, the development secret
+and the demo's credentials. Import from here.
 """
 
 from realtime.config.loading import (
@@ -14,6 +15,7 @@ from realtime.config.loading import (
     ConfigError,
     development_secret,
     load_settings,
+    with_demo_credentials,
 )
 from realtime.config.schema import SettingsSchema, describe_variables
 from realtime.config.schema.auth import SUPPORTED_JWT_ALGORITHMS
@@ -31,4 +33,5 @@ __all__ = [
     "describe_variables",
     "development_secret",
     "load_settings",
+    "with_demo_credentials",
 ]

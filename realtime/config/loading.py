@@ -24,6 +24,9 @@ from realtime.config.schema.auth import SUPPORTED_JWT_ALGORITHMS
 from realtime.config.settings import Settings
 
 DEV_SECRET_SUFFIX = ".jwt-secret"
+DEMO_BROADCAST_SUFFIX = ".broadcast-token"
+DEMO_ADMIN_UI_SUFFIX = ".admin-ui-password"
+DEMO_ADMIN_UI_USERNAME = "admin"
 
 
 class ConfigError(Exception):
@@ -35,8 +38,13 @@ class ConfigError(Exception):
         super().__init__(f"{variable}: {message}")
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read, validate and complete the settings; raise `ConfigError` on the first bad value."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, make_secret: bool = True, **overrides: Any
+) -> Settings:
+    """Read, validate and complete the settings; raise `ConfigError` on the first bad value.
+
+    Without `make_secret`, a development secret is only read, never made: a token signed
+    with one that no gateway uses would be refused with nothing pointing at why."""
     environ = os.environ if environ is None else environ
     schema = SettingsSchema()
     # Empty variables count as unset, as shells and .env files often leave them.
@@ -69,7 +77,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     if (settings.admin_ui_username is None) != (settings.admin_ui_password is None):
         missing = "ADMIN_UI_PASSWORD" if settings.admin_ui_password is None else "ADMIN_UI_USERNAME"
         raise ConfigError(missing, "ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD go together")
-    return _complete_keys(settings)
+    return _complete_keys(settings, make_secret)
 
 
 def _trusted_url(url: str) -> bool:
@@ -85,7 +93,7 @@ def _trusted_url(url: str) -> bool:
         return False
 
 
-def _complete_keys(settings: Settings) -> Settings:
+def _complete_keys(settings: Settings, make_secret: bool) -> Settings:
     public_key = settings.jwt_public_key
     if public_key and "-----BEGIN" not in public_key:
         try:
@@ -111,7 +119,7 @@ def _complete_keys(settings: Settings) -> Settings:
             raise ConfigError(
                 "JWT_SECRET", "required with MONGODB_URL (or set JWT_PUBLIC_KEY or JWT_JWKS_URL)"
             )
-        secret, generated = development_secret(settings.store_path), True
+        secret, generated = _development_secret(settings.store_path, make_secret), True
     return settings.replace(
         jwt_public_key=public_key,
         jwt_algorithms=tuple(algorithms),
@@ -122,18 +130,55 @@ def _complete_keys(settings: Settings) -> Settings:
 
 def development_secret(store_path: str) -> str:
     """The embedded store's development JWT secret: made once, kept beside the store (0600)."""
-    path = store_path + DEV_SECRET_SUFFIX
+    return _kept_secret(store_path + DEV_SECRET_SUFFIX)
+
+
+def _development_secret(store_path: str, make: bool) -> str:
+    if make:
+        return development_secret(store_path)
+    path = os.path.abspath(store_path + DEV_SECRET_SUFFIX)
+    secret = _read_secret(path)
+    if secret is None:
+        raise ConfigError(
+            "JWT_SECRET",
+            f"no development secret at {path}: start the gateway first (it makes one beside "
+            "its store), or give this command the gateway's STORE_PATH (run it from the "
+            "directory the gateway runs in, as scripts/token does) or its JWT_SECRET",
+        )
+    return secret
+
+
+def with_demo_credentials(settings: Settings) -> Settings:
+    """`--demo` turns everything on: a broadcast token and an Admin UI login, each the
+    operator's own when set, otherwise made once and kept beside the store (0600), so a
+    pasted curl keeps working across restarts."""
+    changes: dict[str, Any] = {}
+    if settings.broadcast_token is None:
+        changes["broadcast_token"] = _kept_secret(settings.store_path + DEMO_BROADCAST_SUFFIX)
+        changes["broadcast_token_generated"] = True
+    if settings.admin_ui_username is None:
+        changes["admin_ui_username"] = DEMO_ADMIN_UI_USERNAME
+        changes["admin_ui_password"] = _kept_secret(settings.store_path + DEMO_ADMIN_UI_SUFFIX)
+        changes["admin_ui_password_generated"] = True
+    return settings.replace(**changes)
+
+
+def _read_secret(path: str) -> str | None:
     try:
         with open(path, encoding="ascii") as handle:
             existing = handle.read().strip()
-        if len(existing) >= 32:
-            return existing
     except FileNotFoundError:
-        pass
+        return None
     except OSError as exc:
-        raise ConfigError(
-            "STORE_PATH", f"cannot read the development secret {path}: {exc}"
-        ) from None
+        raise ConfigError("STORE_PATH", f"cannot read {path}: {exc}") from None
+    return existing if len(existing) >= 32 else None
+
+
+def _kept_secret(path: str) -> str:
+    """A secret read from `path`, or made and written there (0600) if it holds none."""
+    existing = _read_secret(path)
+    if existing is not None:
+        return existing
     secret = secrets.token_urlsafe(48)
     try:
         directory = os.path.dirname(os.path.abspath(path))
@@ -142,7 +187,5 @@ def development_secret(store_path: str) -> str:
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secret + "\n")
     except OSError as exc:
-        raise ConfigError(
-            "STORE_PATH", f"cannot write the development secret {path}: {exc}"
-        ) from None
+        raise ConfigError("STORE_PATH", f"cannot write {path}: {exc}") from None
     return secret

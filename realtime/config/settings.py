@@ -36,6 +36,7 @@ class Settings:
     store_path: str = "./realtime.db"
     redis_url: str | None = None
     broadcast_token: str | None = None
+    broadcast_token_generated: bool = False  # the demo's, kept beside the store
     cors_origins: tuple[str, ...] = ()
     auth_timeout_s: float = 10.0
     ping_interval_s: float = 25.0
@@ -74,6 +75,8 @@ class Settings:
     admin_ui_username: str | None = None
     admin_ui_password: str | None = None
     admin_ui_read_only: bool = True
+    admin_ui_password_generated: bool = False  # the demo's, kept beside the store
+    staff_shop_rooms: bool = True
 
     @property
     def serves_test_page(self) -> bool:

@@ -11,7 +11,8 @@ from typing import Any
 
 from realtime.errors import GatewayError
 
-ADMIN_ROOMS = ("admin-general", "admin-reservations", "admin-payments")
+ADMIN_GENERAL = "admin-general"  # every admin is put in it on authentication
+ADMIN_ROOMS = (ADMIN_GENERAL, "admin-reservations", "admin-payments")
 # ids in room names: what ObjectId hex, UUIDs, numbers and most provider ids are made of
 # (matched whole, with `fullmatch`: `$` would also match before a trailing newline)
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.:@|-]{0,127}"

@@ -15,6 +15,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from realtime.config import load_settings
 from realtime.gateway import GATEWAY
 from realtime.wire import event_id
@@ -454,6 +456,7 @@ async def test_lost_history_reaches_sockets_on_every_instance_in_order(
             await customer.close()
 
 
+@pytest.mark.env(STAFF_SHOP_ROOMS="false")  # in shop-s1 by its join only
 async def test_a_client_ahead_of_the_instance_it_joins_gets_nothing_twice(
     aiohttp_server, settings, token
 ):

@@ -92,6 +92,7 @@ async def test_join_room_replays_before_the_ack_and_gives_a_cursor(gateway, conn
     assert [p["eventId"] for n, p in staff.log if n == "notification"][1:] == later
 
 
+@pytest.mark.env(STAFF_SHOP_ROOMS="false")  # not in shop-s1 before its join
 async def test_live_events_during_a_replay_arrive_after_it_without_gap_or_duplicate(
     gateway, connect
 ):

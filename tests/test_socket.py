@@ -40,7 +40,7 @@ async def test_authenticate_event_after_connecting(clients, token, client_kind):
     answer = await client.call("authenticate", {"token": token("bob", "staff", ["s1"])})
     assert answer["ok"] is True
     assert answer["userId"] == "bob" and answer["role"] == "staff"
-    assert answer["rooms"] == ["user-bob"]
+    assert answer["rooms"] == ["shop-s1", "user-bob"]  # a staff member's shop's room too
     event = await client.next_event("auth_success")
     assert event == {k: v for k, v in answer.items() if k != "ok"}
 

@@ -10,14 +10,14 @@ from typing import Any
 
 from realtime import events
 from realtime.access.auth import Principal
-from realtime.access.policy import ReservationHistory, RoomPolicy
+from realtime.access.policy import ReservationHistory, RoomPolicy, home_rooms
 from realtime.access.socket import SocketSession
 from realtime.config import Settings
 from realtime.delivery.emitter import Emitter
 from realtime.engine import Engine
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.rooms import parse_room, parties_in
+from realtime.rooms import ADMIN_GENERAL, parse_room, parties_in, user_room
 from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class Joins:
         visible = None
         if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
             visible = await self._reservation_history(principal, room.name, last_event_id)
+        upto = self.sent_from(session, room.name)
         replay = await self._emitter.enter_with_replay(
             sid,
             room.name,
@@ -77,7 +78,9 @@ class Joins:
             lambda: self.enter(session, room.name),
             recheck if room.kind == "reservation" else None,
             visible,
+            upto,
         )
+        self.sent_since(session, room.name, replay.sent_from, upto)
         logger.info(
             "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
         )
@@ -106,6 +109,38 @@ class Joins:
         )
         return lambda event: history.allows(parties_in(event.payload), event.name == update)
 
+    def home_rooms(self, principal: Principal, sid: str) -> list[str]:
+        """The rooms the socket is put in when it authenticates as `principal` (`home_rooms`),
+        within what the rooms it joined besides leave of MAX_ROOMS_PER_SOCKET (a refresh)."""
+        most = self._settings.max_rooms_per_socket
+        rooms = home_rooms(principal, self._settings.staff_shop_rooms, most)
+        joined = sum(1 for room in self._engine.rooms_of(sid) if room not in rooms)
+        return rooms[: max(most - joined, 1)]  # the user's own room first, always
+
+    async def replay_home(self, session: SocketSession) -> dict[str, Any]:
+        """Replay the user's room and a staff member's shops' rooms from the handshake's
+        cursor, one after the other (the client dedupes by eventId, as after joins with
+        lastEventId); `admin-general` is entered without, as the spec has it. Returns the
+        `replayed` and `gap` that `auth_success` carries."""
+        cursor, session.replay_from = session.replay_from, None
+        replayed, gap = 0, False
+        assert session.principal is not None
+        for room in self.home_rooms(session.principal, session.sid):
+            if room == ADMIN_GENERAL:
+                continue
+            replay = await self._emitter.enter_with_replay(
+                session.sid,
+                room,
+                cursor,
+                lambda room=room: self.enter(session, room),
+                upto=self.sent_from(session, room),
+            )
+            self.sent_since(session, room, replay.sent_from)
+            replayed, gap = replayed + replay.replayed, gap or replay.gap
+            if self._registry.get(session.sid) is not session:
+                break  # it went while its replay was sent
+        return {"replayed": replayed, "gap": gap}
+
     async def leave(self, sid: str, room_id: str) -> str:
         room = parse_room(room_id)
         await self.leave_room(sid, room.name)
@@ -128,11 +163,32 @@ class Joins:
         return disallowed
 
     async def enter(self, session: SocketSession, room: str) -> None:
-        """Put the socket in the room, unless it has gone meanwhile (after an await)."""
+        """Put the socket in the room, unless it has gone meanwhile (after an await). It
+        gets the room's events live from the next one delivered (a replay says sooner)."""
         if self._registry.get(session.sid) is not session:
             raise GatewayError("unauthenticated", "this connection is closing")
         if room not in self._engine.rooms_of(session.sid):
-            await self._engine.enter(session.sid, room)
+            await self._engine.enter(session.sid, room)  # does not suspend: no event between
+            if self._emitter.delivered is not None:
+                self.sent_since(session, room, self._emitter.delivered)
+
+    def sent_from(self, session: SocketSession, room: str) -> int | None:
+        """For a room the socket is in (its shops', put in on authentication, or joined
+        before), where it has had all the room's events since: a join with a cursor sends
+        nothing twice. Not for the user's own room, which a join replays whole after the
+        cursor, as the handshake's does; nor where unknown (the Admin UI put it there)."""
+        if session.principal is not None and room == user_room(session.principal.user_id):
+            return None
+        return self._engine.sent_from(session.sid, room)
+
+    def sent_since(
+        self, session: SocketSession, room: str, sequence: int | None, before: int | None = None
+    ) -> None:
+        """The socket has been sent all the room's events after `sequence` (None: unknown;
+        `before`: what was known when it was already in the room)."""
+        if sequence is not None:
+            sequence = sequence if before is None else min(before, sequence)
+            self._engine.mark_sent_from(session.sid, room, sequence)
 
     async def leave_room(self, sid: str, room: str) -> None:
         if room in self._engine.rooms_of(sid):

@@ -7,14 +7,26 @@ from typing import Protocol
 
 from realtime.access.auth import Principal
 from realtime.errors import GatewayError
-from realtime.rooms import ReservationParties, Room, user_room
+from realtime.rooms import (
+    ADMIN_GENERAL,
+    ReservationParties,
+    Room,
+    is_room_key,
+    shop_room,
+    user_room,
+)
 
 
-def home_rooms(principal: Principal) -> list[str]:
-    """The rooms a socket is put in when it authenticates."""
+def home_rooms(principal: Principal, shop_rooms: bool = True, most: int = 100) -> list[str]:
+    """The rooms a socket is put in when it authenticates: its user's, `admin-general` for
+    an admin, and with `shop_rooms` (STAFF_SHOP_ROOMS) a staff member's shops' rooms, which
+    the policy lets it join anyway, up to `most` rooms in all (MAX_ROOMS_PER_SOCKET)."""
     rooms = [user_room(principal.user_id)]
     if principal.is_admin:
-        rooms.append("admin-general")
+        rooms.append(ADMIN_GENERAL)
+    elif shop_rooms and principal.role == "staff":
+        shops = sorted(shop for shop in principal.shop_ids if is_room_key(shop))
+        rooms.extend(shop_room(shop) for shop in shops[: max(most - len(rooms), 0)])
     return rooms
 
 

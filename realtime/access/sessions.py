@@ -21,7 +21,7 @@ from realtime.access.admission import ConnectionLimits
 from realtime.access.auth import Principal, TokenVerifier
 from realtime.access.expiry import TokenExpiry
 from realtime.access.joins import Joins
-from realtime.access.policy import RoomPolicy, home_rooms
+from realtime.access.policy import RoomPolicy
 from realtime.access.revocations import Revocations
 from realtime.access.socket import SocketSession
 from realtime.config import Settings
@@ -29,7 +29,7 @@ from realtime.delivery.emitter import Emitter
 from realtime.engine import Engine
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.rooms import ReservationParties, user_room
+from realtime.rooms import ADMIN_GENERAL, ReservationParties
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class Sessions:
         if session is None:
             return
         session.cancel_deadline()
+        session.replayed()  # what waits for its replay goes on, to find it gone
         if session.principal is not None:
             self.limits.user_socket_gone(session.principal.user_id, sid)
         if session.principal is not None and session.connection in self.limits.open:
@@ -218,7 +219,7 @@ class Sessions:
         `last_event_id` (a handshake's), the user's room is entered by `announce`, after the
         events it missed are replayed.
         """
-        session = self.get(sid)
+        session = await self._after_replay(sid)
         current = session.principal
         try:
             if last_event_id is not None:
@@ -251,8 +252,10 @@ class Sessions:
         for room in revoked:
             await self._joins.leave_room(sid, room)
         session.replay_from = last_event_id
-        for room in home_rooms(principal):
-            if last_event_id is None or room != user_room(principal.user_id):
+        if last_event_id is not None:
+            session.replaying = asyncio.get_running_loop().create_future()
+        for room in self._joins.home_rooms(principal, sid):
+            if last_event_id is None or room == ADMIN_GENERAL:  # else `announce` replays it
                 await self._joins.enter(session, room)
         if revoked:
             self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
@@ -268,7 +271,7 @@ class Sessions:
         return {
             "userId": principal.user_id,
             "role": principal.role,
-            "rooms": sorted({*self._engine.rooms_of(sid), *home_rooms(principal)}),
+            "rooms": sorted({*self._engine.rooms_of(sid), *self._joins.home_rooms(principal, sid)}),
             "expiresAt": principal.expires_at_iso(),
         }
 
@@ -286,21 +289,28 @@ class Sessions:
         session = self._sessions.get(sid)
         if session is None or session.principal is None:
             return payload
-        if session.replay_from is not None:
-            room = user_room(session.principal.user_id)
-            replay = await self._emitter.enter_with_replay(
-                sid, room, session.replay_from, lambda: self._joins.enter(session, room)
-            )
-            session.replay_from = None
-            payload = {**payload, "replayed": replay.replayed, "gap": replay.gap}
-            if self._sessions.get(sid) is not session:
-                return payload  # it went while its replay was sent
-        # A cursor for a client that has seen nothing yet: everything up to it that its user
-        # room was sent is already in its queue, ahead of this message.
+        try:
+            if session.replay_from is not None:
+                payload = {**payload, **await self._joins.replay_home(session)}
+                if self._sessions.get(sid) is not session:
+                    return payload  # it went while its replay was sent
+        finally:
+            session.replayed()
+        # A cursor for a client that has seen nothing yet: everything up to it that its home
+        # rooms were sent is already in its queue, ahead of this message.
         payload = {**payload, "lastEventId": self._emitter.delivered_event_id()}
         self._emitter.send_control(sid, events.AUTH_SUCCESS, payload)
         self._expiry.warn(session)
         return payload
+
+    async def _after_replay(self, sid: str) -> SocketSession:
+        """The socket's session, once a handshake's replay under way has ended (see
+        `SocketSession.replaying`)."""
+        session = self.get(sid)
+        if session.replaying is not None:
+            await asyncio.wait((session.replaying,))  # its end, without cancelling it
+            self._still_open(session)
+        return session
 
     # -- operators ---------------------------------------------------------------------------
     async def cut(self, choose: Callable[[str, Principal | None], str | None]) -> int:
@@ -343,8 +353,9 @@ class Sessions:
     ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
         returns the acknowledgement's fields (`Joins.join`)."""
+        session = await self._after_replay(sid)
         principal = self.principal_of(sid)
-        return await self._joins.join(self.get(sid), principal, room_id, last_event_id)
+        return await self._joins.join(session, principal, room_id, last_event_id)
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from realtime import events
+from realtime.delivery.replay import Replay, event_id_or_none, send_replayed
 from realtime.engine import Engine
 from realtime.errors import GatewayError
 from realtime.rooms import ReservationParties, parties_in, reservation_room
@@ -38,15 +38,6 @@ ROOM_CURSORS_MAX = 100_000  # rooms whose newest delivered id is remembered
 # `resync` goes through the log like a data event, so that every instance sends it in order;
 # it is addressed to no room (never replayed) and sent to every socket without an eventId
 EVERYONE = "*"
-
-
-@dataclasses.dataclass(frozen=True)
-class Replay:
-    replayed: int  # events sent before the socket entered the room
-    last_event_id: str | None  # the room's newest event id when it entered
-    # events after the client's id are gone (retention), were never in this log (an id ahead
-    # of it: the store was replaced), or are too many to replay: the client must refetch
-    gap: bool
 
 
 class Emitter:
@@ -210,14 +201,9 @@ class Emitter:
             self._trim_room_cursors()
         self.delivered = event.sequence
         self.emitted[event.name] = self.emitted.get(event.name, 0) + 1
-        logger.debug(
-            "event emitted",
-            extra={
-                "event": event.name,
-                "event_id": event_id(event.sequence),
-                "rooms": list(event.rooms),
-            },
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # per event: nothing built unless logged
+            extra = {"event": event.name, "event_id": event_id(event.sequence)}
+            logger.debug("event emitted", extra={**extra, "rooms": list(event.rooms)})
         if event.name == events.RESERVATION_UPDATE:
             await self._recheck_reservation(event.payload)
 
@@ -240,7 +226,7 @@ class Emitter:
 
     def delivered_event_id(self) -> str | None:
         """The id of the newest event delivered here (every older one is too), or None."""
-        return _event_id_or_none(self.delivered)
+        return event_id_or_none(self.delivered)
 
     def _trim_room_cursors(self) -> None:
         while len(self._room_cursors) > ROOM_CURSORS_MAX:  # the least recently used go
@@ -254,9 +240,11 @@ class Emitter:
         enter: Callable[[], Awaitable[None]],
         recheck: Callable[[], Awaitable[None]] | None = None,
         visible: Callable[[StoredEvent], bool] | None = None,
+        upto: int | None = None,
     ) -> Replay:
         """Send the socket the room's events after `last_event_id`, oldest first, then
         `enter()` the room: replayed and live events arrive in order, none twice, none missed.
+        `upto`, for a socket already in the room, is its `Replay.sent_from`: it has the rest.
         `recheck()`, if given, decides again just before entering, with no event going out
         meanwhile (it may refuse by raising). `visible(event)`, if given, is asked of each
         event in order: those it refuses (the socket was not allowed them when they were
@@ -269,7 +257,11 @@ class Emitter:
         """
         if last_event_id is None:
             return await self._enter_now(room, enter, recheck, gap=False)
-        cursor = events.last_event_sequence(last_event_id)
+        cursor = sent_from = events.last_event_sequence(last_event_id)
+        if upto is not None and upto <= cursor <= (self.delivered or 0):
+            # in the room since before the cursor (one beyond what was delivered here is
+            # judged below: a gap, or a catch-up first)
+            return await self._enter_now(room, enter, recheck, gap=False)
         bounds = await self._store.event_bounds(room)
         # Only what was delivered here is replayed: what comes after reaches the socket live,
         # once it is in the room.
@@ -295,10 +287,10 @@ class Emitter:
                 raise GatewayError(
                     "rate_limited", "the client stopped reading its replay"
                 ) from None
-            batch = await self._replay_slice(room, cursor, read, slice_events, slice_bytes)
+            batch = await self._replay_slice(room, cursor, read, (slice_events, slice_bytes), upto)
             if not batch:
                 break
-            cursor, replayed = self._send(sid, batch, cursor, replayed, visible)
+            cursor, replayed = send_replayed(self._engine, sid, batch, cursor, replayed, visible)
             read += len(batch)
         async with self._lock:
             if self.delivered is not None and cursor > self.delivered:
@@ -307,27 +299,41 @@ class Emitter:
                 await self._fill_from_log()
             # what was delivered since the last slice, then the room: nothing slips in between
             if read < self._replay_max:
-                batch = await self._replay_slice(room, cursor, read, slice_events, slice_bytes)
-                cursor, replayed = self._send(sid, batch, cursor, replayed, visible)
+                slices = (slice_events, slice_bytes)
+                batch = await self._replay_slice(room, cursor, read, slices, upto)
+                cursor, replayed = send_replayed(
+                    self._engine, sid, batch, cursor, replayed, visible
+                )
             # more than can be replayed: the client must refetch
-            gap = gap or bool(await self._store.room_events(room, cursor, 1, until=self.delivered))
+            until = self._until(upto)
+            gap = gap or bool(await self._store.room_events(room, cursor, 1, until=until))
             if recheck is not None:
                 await recheck()
             await enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
-        return Replay(replayed, _event_id_or_none(bounds.room_newest), gap)
+            if gap:  # it lacks some of what came after its cursor: only what comes now is had
+                sent_from = self.delivered
+        return Replay(replayed, event_id_or_none(bounds.room_newest), gap, sent_from)
+
+    def _until(self, upto: int | None) -> int | None:
+        """Where a replay ends: at what this instance delivered (what comes later reaches
+        the socket live), or sooner where the socket has had the rest (`upto`)."""
+        if upto is None or self.delivered is None:
+            return self.delivered if upto is None else upto
+        return min(self.delivered, upto)
 
     async def _replay_slice(
-        self, room: str, cursor: int, read: int, slice_events: int, slice_bytes: int
+        self, room: str, cursor: int, read: int, slices: tuple[int, int], upto: int | None
     ) -> list[StoredEvent]:
-        """The room's next logged events after `cursor`, up to what this instance delivered
-        (what comes later reaches the socket live) and within the replay's bounds."""
+        """The room's next logged events after `cursor`, up to `_until(upto)`, within the
+        replay's bounds (`slices`: events and bytes)."""
+        slice_events, slice_bytes = slices
         return await self._store.room_events(
             room,
             cursor,
             min(slice_events, self._replay_max - read),
             slice_bytes,
-            until=self.delivered,
+            until=self._until(upto),
         )
 
     async def _enter_now(
@@ -340,7 +346,8 @@ class Emitter:
         """Enter with nothing to replay; the room's newest id is the client's cursor."""
         if recheck is None and room in self._room_cursors:
             await enter()  # without suspending: no event goes out between it and the cursor
-            return Replay(0, _event_id_or_none(self._room_cursors.get(room)), gap)
+            cursor = event_id_or_none(self._room_cursors.get(room))
+            return Replay(0, cursor, gap, self.delivered)
         async with self._lock:
             if recheck is not None:
                 await recheck()
@@ -349,23 +356,8 @@ class Emitter:
             if self.delivered is not None:
                 self._room_cursors.setdefault(room, bounds.room_newest)
                 self._trim_room_cursors()
-        return Replay(0, _event_id_or_none(bounds.room_newest), gap)
-
-    def _send(
-        self,
-        sid: str,
-        batch: list[StoredEvent],
-        cursor: int,
-        replayed: int,
-        visible: Callable[[StoredEvent], bool] | None,
-    ) -> tuple[int, int]:
-        for event in batch:
-            if visible is None or visible(event):
-                self._engine.send(sid, event.name, wire_payload(event))
-                replayed += 1
-        if batch:
-            cursor = batch[-1].sequence
-        return cursor, replayed
+            sent_from = self.delivered
+        return Replay(0, event_id_or_none(bounds.room_newest), gap, sent_from)
 
     async def newest_room_event(
         self, room: str, name: str, until: int | None = None
@@ -392,7 +384,3 @@ class Emitter:
 
 def _nothing(reservation_id: str) -> None:
     pass
-
-
-def _event_id_or_none(sequence: int | None) -> str | None:
-    return event_id(sequence) if sequence is not None else None

@@ -16,7 +16,7 @@ Library internals touched: none (the manager's and the server's public calls, an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -126,9 +126,20 @@ class Engine:
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)
 
-    def rooms_of(self, sid: str) -> frozenset[str] | set[str]:
+    def rooms_of(self, sid: str) -> Collection[str]:
         """The rooms the socket entered (read in place: copy it to keep it)."""
         return self._rooms_by_sid.get(sid, NO_ROOMS)
+
+    def sent_from(self, sid: str, room: str) -> int | None:
+        """The sequence after which the socket has had all the room's events, as marked
+        since it entered the room (None: not in it, or not marked)."""
+        return self._rooms_by_sid.get(sid, NO_ROOMS).get(room)
+
+    def mark_sent_from(self, sid: str, room: str, sequence: int) -> None:
+        """Mark it (`sent_from`), while the socket is in the room: it goes when it leaves."""
+        rooms = self._rooms_by_sid.get(sid)
+        if rooms is not None and room in rooms:
+            rooms[room] = sequence
 
     def members(self, room: str) -> list[str]:
         """The sids of this instance's sockets in the room."""

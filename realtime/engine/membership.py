@@ -12,33 +12,37 @@ Library internals touched: `BaseManager.rooms` (read), `basic_enter_room` and
 from __future__ import annotations
 
 import heapq
+import types
+from collections.abc import Mapping
 from typing import Any
 
 import socketio
 
-NO_ROOMS: frozenset[str] = frozenset()
+NO_ROOMS: Mapping[str, int | None] = types.MappingProxyType({})
 
 
 class RoomIndex:
     """Mixed into a python-socketio manager: `named_rooms[sid]`, the rooms a socket entered
-    (neither its connection's None room nor the room named after its sid)."""
+    (neither its connection's None room nor the room named after its sid), each with the
+    sequence after which the gateway knows it has had all the room's events (None: unknown,
+    as after an Admin UI's JOIN): kept with the membership, it goes when the socket leaves."""
 
     rooms: dict[str, dict[Any, Any]]
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.named_rooms: dict[str, set[str]] = {}
+        self.named_rooms: dict[str, dict[str, int | None]] = {}
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         if room is not None and room != sid:
-            self.named_rooms.setdefault(sid, set()).add(room)
+            self.named_rooms.setdefault(sid, {}).setdefault(room, None)
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
         rooms = self.named_rooms.get(sid)
         if rooms is not None:
-            rooms.discard(room)
+            rooms.pop(room, None)
             if not rooms:
                 del self.named_rooms[sid]
 

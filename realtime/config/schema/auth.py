@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from realtime.config.fields import _CommaList, _env, _positive
+from realtime.config.fields import _Boolean, _CommaList, _env, _positive
 
 SUPPORTED_JWT_ALGORITHMS = frozenset(
     {
@@ -118,4 +118,11 @@ class AuthSchema(Schema):
         "AUTH_EXPIRING_LEAD",
         "seconds before a token's exp that `auth_expiring` is sent",
         "60",
+    )
+    staff_shop_rooms = _env(
+        _Boolean(),
+        "STAFF_SHOP_ROOMS",
+        "put staff in their shops' rooms (`shop-{shopId}`) when they authenticate, as admins "
+        "are put in `admin-general`; false: they join them with `join_room`",
+        "true",
     )

@@ -70,8 +70,11 @@ def create_app(
     admin_view = AdminView(
         received=admin_ui.received,
         sent=admin_ui.sent,
+        socket=admin_ui.socket,
         logins=LoginGuard(trusted_networks(settings.trusted_proxies)),
         refused=lambda reason, _: metrics.admin_logins_refused.labels(reason).inc(),
+        # `sessions` is made after the engine; the UI asks only once sockets connect
+        identity=lambda sid: admin_ui.identity(sessions.principal_of, sid),
     )
     engine = create_engine(settings, tasks, admin_view)
     emitter = Emitter(engine, store, settings.replay_max_events, settings.client_stall_timeout_s)

@@ -162,6 +162,14 @@ async def test_no_token_reaches_the_admin_ui(admin, base_url, token, gateway):
             ["leave_room", {"roomId": "availability-1"}],
         ]
         assert reported["handshake"]["query"] == {"EIO": "4"}  # one value, and a known one
+        # its user, once it has authenticated: an id and a role, nothing of the token
+        assert reported["data"] == {"userId": None, "role": None}
+        updated = await ui.next_event("socket_updated")
+        assert updated == {
+            "id": reported["id"],
+            "nsp": "/",
+            "data": {"userId": "c1", "role": "customer"},
+        }
         assert set(reported["handshake"]["headers"]) <= {"origin"}
         shown = json.dumps(ui.log)
         assert secret not in shown
@@ -206,6 +214,192 @@ async def test_nothing_the_ui_shows_opens_a_users_session(
     # the victim's session is untouched: what is addressed to it still reaches it
     assert await post_notification(http, users=["victim"]) == 202
     await victim.next_event("notification")
+
+
+@pytest.fixture
+def stats_every_tenth(gateway):
+    """The Admin UI's `server_stats` every 0.1 s (2 s in production): set before the first
+    connection starts them."""
+    gateway.engine.admin.stats_interval_s = 0.1
+
+
+@WITH_ADMIN_UI
+async def test_the_stats_list_the_gateways_namespace_and_its_sockets(
+    stats_every_tenth, admin, connect
+):
+    """python-socketio lists the namespaces of decorated handlers, once: the gateway's `/` (a
+    namespace class) was missing, and the UI's dashboard showed `/admin` alone."""
+    await connect("py-websocket", sub="c1")
+    await connect("js-polling", sub="c2")
+    ui = await admin()
+    stats = await ui.next_event("server_stats")
+    assert set(stats) == {  # python-socketio's fields (tests/test_engine_internals.py)
+        "serverId",
+        "hostname",
+        "pid",
+        "uptime",
+        "clientsCount",
+        "pollingClientsCount",
+        "aggregatedEvents",
+        "namespaces",
+    }
+    assert stats["namespaces"] == [
+        {"name": "/", "socketsCount": 2},
+        {"name": "/admin", "socketsCount": 1},
+    ]
+    assert stats["clientsCount"] == 3 and stats["pollingClientsCount"] == 1
+    third = await connect("py-polling", sub="c3")
+    await third.disconnect()
+    await connect("py-websocket", sub="c4")
+    while (await ui.next_event("server_stats"))["namespaces"][0]["socketsCount"] != 3:
+        pass  # counted anew at each report (bounded: next_event times out)
+
+
+@WITH_ADMIN_UI
+async def test_a_sockets_data_is_its_user_kept_up_to_date(admin, clients, connect, token):
+    """Each gateway socket's `data` is its user's id and role (the keys are always there: the
+    UI redraws only the keys it had); it follows a socket that authenticates after it was
+    listed, and a refresh that changes its role."""
+    await connect("py-websocket", sub="c1")
+    ui = await admin()
+    sockets = await ui.next_event("all_sockets")
+    [listed] = [s for s in sockets if s["nsp"] == "/"]
+    assert listed["data"] == {"userId": "c1", "role": "customer"}
+    [viewer] = [s for s in sockets if s["nsp"] == "/admin"]
+    assert viewer["data"] == {}
+    # connected without a token: listed as nobody, then its user once it authenticates
+    later = clients("js-websocket")
+    await later.connect({})
+    while True:
+        reported, _at = await ui.next_event("socket_connected")
+        if reported["nsp"] == "/":
+            break
+    assert reported["data"] == {"userId": None, "role": None}
+    # (an update sent for nothing would be the next one taken here)
+    answer = await later.call("authenticate", {"token": token("s1", role="staff", shops=["a"])})
+    assert answer["ok"] is True
+    updated = await ui.next_event("socket_updated")
+    assert updated == {"id": reported["id"], "nsp": "/", "data": {"userId": "s1", "role": "staff"}}
+    # a refresh as the same user with another role
+    answer = await later.call("authenticate", {"token": token("s1", role="admin")})
+    assert answer["ok"] is True
+    updated = await ui.next_event("socket_updated")
+    assert updated["data"] == {"userId": "s1", "role": "admin"}
+    # a refresh that changes nothing shown is not reported
+    assert (await later.call("authenticate", {"token": token("s1", role="admin")}))["ok"]
+    assert (await later.call("join_room", {"roomId": "availability-1"}))["ok"]
+    while True:  # (the join's report comes after any update of the refresh before it)
+        _namespace, _sid, (event, *_args), _at = await ui.next_event("event_received")
+        if event == "join_room":
+            break
+    assert ui.pending("socket_updated") == 0
+
+
+async def reported_bytes(ui, exchange) -> tuple[int, int, tuple[int, int]]:
+    """The bytes received and sent that the UI's stats report while `exchange()` runs (each
+    report counts since the one before: those after the last one before it starts, to the
+    second after it ends), and what `exchange` returned."""
+    while ui.pending("server_stats"):
+        await ui.next_event("server_stats")
+    await ui.next_event("server_stats")  # what came before is reported
+    exchanged = await exchange()
+    reports = [await ui.next_event("server_stats") for _ in range(ui.pending("server_stats") + 2)]
+    counts = {"bytesIn": 0, "bytesOut": 0}
+    for report in reports:
+        for aggregated in report["aggregatedEvents"]:
+            if aggregated["type"] in counts:
+                counts[aggregated["type"]] += aggregated["count"]
+    return counts["bytesIn"], counts["bytesOut"], exchanged
+
+
+BIG = "x" * 10_000
+
+
+@WITH_ADMIN_UI
+async def test_the_bytes_of_a_websocket_client_are_counted(
+    stats_every_tenth, admin, base_url, http, token
+):
+    ui = await admin()
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect({"token": token("c1")})).startswith("40{")
+        await raw.next_event("auth_success")
+
+        async def exchange() -> tuple[int, int]:
+            sent = received = 0
+            for n in range(10):
+                frame = f'42{n}["unknown-{n}",' + json.dumps(BIG) + "]"
+                await raw.send(frame)
+                sent += len(frame)
+                await post_notification(http, users=["c1"], data={"title": BIG})
+                received += len(await raw.next_frame(lambda f: BIG in f))
+                received += len(await raw.next_frame(lambda f, n=n: f.startswith(f"43{n}")))
+            return sent, received
+
+        bytes_in, bytes_out, (sent, received) = await reported_bytes(ui, exchange)
+    finally:
+        await raw.close()
+    # every frame with its header (a client's masked); what else the window held is small
+    assert sent <= bytes_in < sent + 5_000
+    # what the client read, and the UI's own reports of the events sent (with their payload)
+    assert received <= bytes_out < 2 * received + 20_000
+
+
+@WITH_ADMIN_UI
+async def test_the_bytes_of_a_long_polling_client_are_counted(
+    stats_every_tenth, admin, base_url, http, token
+):
+    ui = await admin()
+    raw = await RawPolling(base_url).open()
+    try:
+        assert await raw.post("40" + json.dumps({"token": token("c1")})) == 200
+        await raw.poll_until(lambda packet: "auth_success" in packet)
+
+        async def exchange() -> tuple[int, int]:
+            sent = received = 0
+            for n in range(10):
+                packets = [f'42["unknown-{n}",' + json.dumps(BIG) + "]", '42["nope"]']
+                assert await raw.post(*packets) == 200
+                sent += len("\x1e".join(packets))
+                await post_notification(http, users=["c1"], data={"title": BIG})
+                await raw.poll_until(lambda _, n=n: sum(BIG in p for p in raw.received) > n)
+            received = sum(len(packet) for packet in raw.received if BIG in packet)
+            return sent, received
+
+        bytes_in, bytes_out, (sent, received) = await reported_bytes(ui, exchange)
+    finally:
+        await raw.close()
+    assert sent <= bytes_in < sent + 5_000  # the POSTs' bodies (and pongs)
+    assert received <= bytes_out < 2 * received + 20_000
+
+
+@WITH_ADMIN_UI
+async def test_a_sockets_own_room_is_what_the_ui_labels_private(stats_every_tenth, admin, connect):
+    """The UI calls a room private when it is named after a socket it lists (python-socketio's
+    notion), public otherwise; a room it first hears of in a `room_joined` is public. A
+    socket's own room is listed with the socket, before any `room_joined` names it, so that
+    label holds; the gateway's rooms, whoever may join them, are all labelled public
+    (docs/security.md says so)."""
+    ui = await admin()
+    await ui.next_event("all_sockets")
+    await connect("py-websocket", sub="c1")
+    while True:
+        reported, _at = await ui.next_event("socket_connected")
+        if reported["nsp"] == "/":
+            break
+    assert reported["id"] in reported["rooms"]
+    joined = set()
+    while not {reported["id"], "user-c1"} <= joined:
+        _namespace, room, sid, _at = await ui.next_event("room_joined")
+        if sid == reported["id"]:
+            joined.add(room)
+    order = [
+        event
+        for event, args in ui.log
+        if (event == "socket_connected" and args[0]["id"] == reported["id"])
+        or (event == "room_joined" and args[1:3] == [reported["id"], reported["id"]])
+    ]
+    assert order == ["socket_connected", "room_joined"]
 
 
 # -- logging in -----------------------------------------------------------------------------------
@@ -334,12 +528,46 @@ async def test_a_few_wrong_passwords_do_not_lock_the_operator_out(base_url):
     assert (await login(base_url, ADMIN)).startswith("40/admin,{")
 
 
+ACTING_FEATURES = {"EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT"}
+
+
+async def next_refusal(ui) -> dict:
+    """The next `order_refused` the UI got, and the report of it that the UI lists (an event
+    sent to its own socket, in namespace `/admin`)."""
+    refusal = await ui.next_event("order_refused")
+    while True:
+        namespace, _sid, (event, *args), _at = await ui.next_event("event_sent")
+        if event == "order_refused":
+            break
+    assert namespace == "/admin" and args == [refusal]
+    return refusal
+
+
 @WITH_ADMIN_UI
-async def test_it_is_read_only_by_default(admin):
+async def test_it_is_read_only_by_default(admin, connect, gateway, caplog):
+    customer = await connect("py-websocket", sub="c1")
     ui = await admin()
     features = (await ui.next_event("config"))["supportedFeatures"]
     assert "AGGREGATED_EVENTS" in features
-    assert not {"EMIT", "JOIN", "LEAVE", "DISCONNECT"} & set(features)
+    assert not ACTING_FEATURES & set(features)
+    ours = next(s for s in await ui.next_event("all_sockets") if s["nsp"] == "/")
+    # the UI's join form is shown whatever the features: what it sends is refused, visibly
+    await ui.emit("join", "/", "vip", ours["id"])
+    refusal = await next_refusal(ui)
+    assert refusal["order"] == "join" and refusal["reason"] == "read_only"
+    assert "read-only" in refusal["message"]
+    assert "vip" not in gateway.engine.rooms_of(ours["id"])
+    for order, args in [
+        ("leave", ["/", "user-c1", ours["id"]]),
+        ("emit", ["/", ours["id"], "notification", {"title": "forged"}]),
+        ("_disconnect", ["/", False, ours["id"]]),
+    ]:
+        await ui.emit(order, *args)
+        assert (await next_refusal(ui))["order"] == order
+    assert "user-c1" in gateway.engine.rooms_of(ours["id"])
+    assert customer.pending("notification") == 0 and not customer.disconnected.is_set()
+    refused = [r for r in caplog.records if r.getMessage() == "admin ui order refused"]
+    assert [r.order for r in refused] == ["join", "leave", "emit", "_disconnect"]
 
 
 @WITH_ADMIN_UI
@@ -366,6 +594,17 @@ async def test_a_room_the_operator_puts_a_socket_in_is_not_the_policys_to_revoke
     ui = await admin()
     sockets = await ui.next_event("all_sockets")
     ours = next(s for s in sockets if s["nsp"] == "/")
+    # a socket's own room is no room to put another in: refused, where the UI shows it
+    other = await connect("py-websocket", sub="c2")
+    while True:
+        reported, _at = await ui.next_event("socket_connected")
+        if reported["nsp"] == "/":
+            break
+    other_sid = reported["id"]
+    await ui.emit("join", "/", other_sid, ours["id"])
+    assert (await next_refusal(ui))["reason"] == "room"
+    assert other_sid not in gateway.engine.rooms_of(ours["id"])
+    await other.disconnect()
     await ui.emit("join", "/", "vip", ours["id"])
     await eventually(lambda: "vip" in gateway.engine.rooms_of(ours["id"]))
     refreshed = await customer.call("authenticate", {"token": token("c1")})
@@ -414,10 +653,10 @@ async def test_the_ui_is_served_from_the_package(http):
         assert response.headers["Location"] == "/admin-ui/"
 
 
-async def post_notification(http, **audience) -> int:
+async def post_notification(http, data=None, **audience) -> int:
     async with http.post(
         "/broadcast",
-        json={"event": "notification", "data": {"title": "hello"}, **audience},
+        json={"event": "notification", "data": data or {"title": "hello"}, **audience},
         headers={"Authorization": f"Bearer {SERVICE_TOKEN}"},
     ) as response:
         return response.status

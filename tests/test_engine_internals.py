@@ -6,6 +6,7 @@ library is then read module by module, against the docstring that names the same
 from __future__ import annotations
 
 import inspect
+import re
 
 import engineio
 import engineio.async_drivers.aiohttp as engineio_aiohttp
@@ -14,6 +15,7 @@ import engineio.base_socket
 import engineio.json
 import engineio.payload
 import socketio
+import socketio.admin
 import socketio.async_manager
 import socketio.async_server
 import socketio.base_manager
@@ -137,3 +139,28 @@ def test_admin(settings):
     assert "def serialize_socket" in source
     for name in ("self.stats_task", "manager._timestamps"):
         assert name in source, name
+    # the UI's orders, registered by name (none when read-only), each checked
+    for order in ("emit", "join", "leave", "_disconnect"):
+        assert f"self.sio.on('{order}'" in inspect.getsource(InstrumentedAsyncServer.instrument)
+    # the stats loop, replaced: started by name, with the state it reads, and sending what the
+    # library's sends (a field it adds fails here)
+    assert "self._emit_server_stats" in inspect.getsource(
+        InstrumentedAsyncServer._handle_eio_connect
+    )
+    for name in ("stop_stats_event", "event_buffer", "admin_queue", "server_id"):
+        assert f"self.{name} =" in inspect.getsource(InstrumentedAsyncServer.__init__), name
+    assert "self.server_stats_interval" in source
+    library_stats = inspect.getsource(InstrumentedAsyncServer._emit_server_stats)
+    assert set(re.findall(r"'(\w+)':", library_stats)) == {
+        "serverId",
+        "hostname",
+        "pid",
+        "uptime",
+        "clientsCount",
+        "pollingClientsCount",
+        "aggregatedEvents",
+        "namespaces",
+        "name",
+        "socketsCount",
+    }
+    assert {"push", "get_and_clear"} <= set(vars(socketio.admin.EventBuffer))

@@ -1,15 +1,17 @@
 """The Socket.IO Admin UI (`sio.instrument()`), made safe to expose.
 
 Adjusts python-socketio's instrumentation: the UI is shown what an allow-list chooses (a
-keyed digest in place of each Engine.IO id, the Origin header and two query keys of each
-handshake, client events by the gateway's `AdminView`), never a session id or a token; its
-logins are bounded (`LoginGuard`) and a connection whose login was refused takes no other;
-refused sockets are reported gone; delivered events (which bypass `sio.emit`) are reported
-as a sample.
+keyed digest for each Engine.IO id; sockets, their user and client events as the gateway's
+`AdminView` shows them), never a session id or a token; logins are bounded (`LoginGuard`), a
+connection whose login was refused takes no other; refused sockets are reported gone,
+delivered events (which bypass `sio.emit`) as a sample, a socket whose user changed again;
+the stats list every namespace and the bytes of the engine's own transports; an order the UI
+may not give is refused where it shows.
 
-Library internals touched: `AsyncServer._trigger_event` and the instrumentation's own
-(`_InstrumentedAsyncServer__trigger_event`, `serialize_socket`, `stats_task`), and the
-manager's `_timestamps`.
+Library internals touched: `AsyncServer._trigger_event`, the instrumentation's own
+(`_InstrumentedAsyncServer__trigger_event`, `serialize_socket`, `stats_task`,
+`_emit_server_stats` (replaced), `stop_stats_event`, `event_buffer`, `admin_queue`,
+`server_id`) and the manager's `_timestamps`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import hmac
 import itertools
 import logging
 import os
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import socketio
 
 from realtime.engine.dispatch import ADMIN_NAMESPACE, NAMESPACE, GatewayServer
+from realtime.engine.endpoint import Traffic
 from realtime.engine.socket import kept_socket_calls, put_back_socket_calls
 from realtime.limits import LoginGuard
 from realtime.tasks import TaskKeeper
@@ -37,29 +42,30 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class AdminView:
-    """What the Admin UI is shown of the sockets' traffic and how its logins are bounded
-    (the gateway's policies, handed to the engine): `received(event, args)` gives a client
-    event as shown (`[name, *args]`), `sent(event, payload)` an event sent; `logins` bounds
-    failed logins; `refused(reason, address)` is told of each refused login."""
+    """What the Admin UI is shown and how its logins are bounded (the gateway's policies,
+    handed to the engine): `received(event, args)` a client event (`[name, *args]`),
+    `sent(event, payload)` an event sent, `socket(described, client_id, data)` a socket from
+    the library's description, `identity(sid)` a gateway socket's data (None: nothing);
+    `logins` bounds failed logins; `refused(reason, address)` hears of each refused one."""
 
     received: Callable[[Any, list[Any]], list[Any]]
     sent: Callable[[str, Any], Any]
+    socket: Callable[[Mapping[str, Any], str, dict[str, Any]], dict[str, Any]]
+    identity: Callable[[str], dict[str, Any] | None]
     logins: LoginGuard
     refused: Callable[[str, str], None]
 
 
 class AdminReport:
     """The Socket.IO Admin UI (`sio.instrument()`), on namespace `/admin`, for the right
-    username and password only, at a bounded rate of failed logins. The library sees
-    connections, rooms and received events itself; what the gateway delivers without
-    `sio.emit` is reported here. What the UI is shown is chosen field by field: nothing that
-    acts as a user (a session id, a token wherever a client put it)."""
+    credentials only (`authorised`), at a bounded rate of failed logins. The library sees
+    connections, rooms and received events; the rest is reported here. What the UI is shown
+    is chosen field by field: nothing that acts as a user (a session id, a token)."""
 
     def __init__(
         self,
         sio: GatewayServer,
-        username: str,
-        password: str,
+        authorised: Callable[[Any], bool],
         read_only: bool,
         tasks: TaskKeeper,
         view: AdminView,
@@ -67,24 +73,8 @@ class AdminReport:
         self._sio = sio
         self._tasks = tasks
         self._view = view
-        # a client's Engine.IO id is its session's credential (a long-polling client's whole
-        # one): the UI gets a keyed digest of it, which groups a client's sockets and no more
-        self._client_key = os.urandom(32)
-        expected = (username.encode(), password.encode())
-
-        def authorised(auth: Any) -> bool:
-            if not isinstance(auth, dict):
-                return False
-            given = (auth.get("username"), auth.get("password"))
-            if not all(isinstance(part, str) for part in given):
-                return False
-            # both compared, in constant time: the answer says nothing of which was wrong
-            matches = [
-                hmac.compare_digest(g.encode(), e) for g, e in zip(given, expected, strict=True)
-            ]
-            return all(matches)
-
-        self._authorised = authorised
+        self._client_key = os.urandom(32)  # of the digests of Engine.IO ids (`client_id`)
+        self._authorised = authorised  # whether a login's `auth` holds the credentials
         kept = kept_socket_calls()
         self._server = sio.instrument(
             auth=authorised, read_only=read_only, namespace=ADMIN_NAMESPACE
@@ -93,19 +83,20 @@ class AdminReport:
         # process; the gateway's sockets do not take those paths
         put_back_socket_calls(kept)
         self._report_safely()
-        if not read_only:
-            self._check_room_orders()
+        self._check_orders(read_only)
         self._reporting = 0  # reports of delivered events under way
+        self.traffic = Traffic()  # what the engine's transports carry (the endpoint counts)
+        self.stats_interval_s = self._server.server_stats_interval  # read at each report
+        self._server._emit_server_stats = self._report_stats
         sio.instrumented = True
 
     def _watching(self) -> bool:
-        """Whether an Admin UI is connected to this instance (what it does not watch is not
-        reported: a report is an emit per recipient)."""
+        """Whether an Admin UI is connected here (nothing is reported to nobody)."""
         return bool(self._sio.manager.rooms.get(ADMIN_NAMESPACE, {}).get(None))
 
     def client_id(self, eio_sid: str) -> str:
-        """What the UI is shown for a client's Engine.IO id: the same for all its sockets,
-        useless as a session id."""
+        """A client's Engine.IO id (its session's credential, a long-polling client's whole
+        one) as the UI is shown it: a keyed digest, which groups its sockets and no more."""
         return hmac.new(self._client_key, eio_sid.encode(), "sha256").hexdigest()[:20]
 
     def _report_safely(self) -> None:
@@ -123,18 +114,20 @@ class AdminReport:
         async def trigger_event(event: str, namespace: str, *args: Any) -> Any:
             if event == "disconnect":
                 return await reporting(event, namespace, *args)
-            if event != "connect":
-                if namespace != ADMIN_NAMESPACE and self._watching():
-                    at = datetime.datetime.now(datetime.UTC).isoformat()
-                    received = view.received(event, list(args[1:]))
-                    await sio.emit(
-                        "event_received",
-                        (namespace, args[0], received, at),
-                        namespace=ADMIN_NAMESPACE,
-                    )
-                return await dispatching(event, namespace, *args)
             if namespace == ADMIN_NAMESPACE:
-                return await self._login(reporting, *args)
+                if event == "connect":
+                    return await self._login(reporting, *args)
+                return await dispatching(event, namespace, *args)
+            watched = self._watching()
+            shown = self._data(args[0], namespace) if watched else None  # as the UI has it
+            if event != "connect":
+                if watched:
+                    received = view.received(event, list(args[1:]))
+                    await self._tell("event_received", (namespace, args[0], received, _now()))
+                answer = await dispatching(event, namespace, *args)
+                if watched:  # an `authenticate` may have changed its user
+                    await self._data_changed(args[0], namespace, shown)
+                return answer
             try:
                 accepted = await reporting(event, namespace, *args)
             except socketio.exceptions.ConnectionRefusedError:
@@ -142,6 +135,8 @@ class AdminReport:
                 raise
             if accepted is False:
                 await self._refused(namespace, args[0])
+            elif watched:  # reported before the namespace ran: authenticated since
+                await self._data_changed(args[0], namespace, shown)
             return accepted
 
         sio._trigger_event = trigger_event
@@ -149,59 +144,49 @@ class AdminReport:
 
         def serialize_socket(sid: str, namespace: str, eio_sid: str | None = None) -> dict:
             described = serialize(sid, namespace, eio_sid)
-            handshake = described["handshake"]
-            return {
-                "id": described["id"],
-                "clientId": self.client_id(described["clientId"]),
-                "transport": described["transport"],
-                "nsp": described["nsp"],
-                "data": {},
-                "handshake": {
-                    "address": handshake["address"],
-                    "headers": _shown(handshake["headers"], _SHOWN_HEADERS),
-                    "query": _shown(handshake["query"], _SHOWN_QUERY),
-                    "secure": handshake["secure"],
-                    "url": handshake["url"],
-                    "issued": handshake["issued"],
-                    "time": handshake["time"],
-                },
-                "rooms": described["rooms"],
-            }
+            client_id = self.client_id(described["clientId"])
+            return view.socket(described, client_id, self._data(sid, namespace))
 
         self._server.serialize_socket = serialize_socket
 
-    def _check_room_orders(self) -> None:
-        """With its full powers the UI joins and leaves sockets to and from any room it names:
-        a room that is no name (None is every socket's connection room, whose loss makes a
-        socket never forgotten; a number breaks every sort of room names) or another socket's
-        own room is refused and logged, not carried out (python-socketio would act on it, or
-        raise inside the UI's connection and end it)."""
-        orders = self._sio.handlers.get(ADMIN_NAMESPACE, {})
-        manager = self._sio.manager
-        for event in ("join", "leave"):
-            carry_out = orders.get(event)
-            if carry_out is None:
-                continue
+    def _data(self, sid: str, namespace: str) -> dict[str, Any]:
+        """A socket's data as the UI is shown it: a gateway socket's user, else nothing."""
+        return (self._view.identity(sid) or {}) if namespace == NAMESPACE else {}
 
-            async def checked(
-                sid: str,
-                namespace: Any = None,
-                room: Any = None,
-                *rest: Any,
-                _event: str = event,
-                _carry_out: Any = carry_out,
-            ) -> Any:
-                if (
-                    not isinstance(namespace, str)
-                    or not isinstance(room, str)
-                    or not room
-                    or manager.is_sid_room(namespace, room)
-                ):
-                    logger.warning("admin ui order refused", extra={"order": _event})
-                    return None
-                return await _carry_out(sid, namespace, room, *rest)
+    async def _data_changed(self, sid: str, namespace: str, shown: Any) -> None:
+        data = self._data(sid, namespace)
+        if data != shown and self._sio.manager.eio_sid_from_sid(sid, namespace) is not None:
+            await self._tell("socket_updated", {"id": sid, "nsp": namespace, "data": data})
 
-            orders[event] = checked
+    def _check_orders(self, read_only: bool) -> None:
+        """The UI's orders checked: read-only, the library answers none (the UI offers its join
+        form still); with full powers, it would join or leave a room that is no name (None,
+        every socket's connection room: left, the socket is never forgotten; a number breaks
+        room sorts) or another socket's own room. Those are refused, where the UI shows it."""
+        orders = self._sio.handlers[ADMIN_NAMESPACE]
+        for event in ("emit", "join", "leave", "_disconnect"):
+            carry_out = orders.get(event)  # the library's (none when read-only)
+
+            async def order(sid: str, *args: Any, _event: str = event, _do: Any = carry_out) -> Any:
+                if _do is None:
+                    return await self._refuse_order(sid, _event, "read_only")
+                if _event in ("join", "leave") and not self._nameable(*args[:2]):
+                    return await self._refuse_order(sid, _event, "room")
+                return await _do(sid, *args)
+
+            orders[event] = order
+
+    def _nameable(self, namespace: Any = None, room: Any = None) -> bool:
+        named = isinstance(namespace, str) and isinstance(room, str) and bool(room)
+        return named and not self._sio.manager.is_sid_room(namespace, room)
+
+    async def _refuse_order(self, sid: str, order: str, reason: str) -> None:
+        """An order not carried out: logged, answered `order_refused`, and that answer listed
+        among the UI's events of namespace `/admin` (it has no place for a message)."""
+        logger.warning("admin ui order refused", extra={"order": order, "reason": reason})
+        refusal = {"order": order, "reason": reason, "message": _ORDER_REFUSALS[reason]}
+        await self._tell("order_refused", refusal, to=sid)
+        await self._tell("event_sent", (ADMIN_NAMESPACE, sid, ["order_refused", refusal], _now()))
 
     async def _login(self, reporting: Callable[..., Awaitable[Any]], sid: str, *args: Any) -> Any:
         """The Admin UI's namespace connecting: its login's allowance taken, then its
@@ -233,10 +218,7 @@ class AdminReport:
 
     async def _refused(self, namespace: str, sid: str) -> None:
         self._sio.manager._timestamps.pop(sid, None)
-        at = datetime.datetime.now(datetime.UTC).isoformat()
-        await self._sio.emit(
-            "socket_disconnected", (namespace, sid, "refused", at), namespace=ADMIN_NAMESPACE
-        )
+        await self._tell("socket_disconnected", (namespace, sid, "refused", _now()))
 
     def sent(self, event: str, recipients: Callable[[], Iterable[str]], payload: Any) -> None:
         """Report a delivered event while an Admin UI watches: to its first
@@ -252,13 +234,45 @@ class AdminReport:
 
     async def _report_sent(self, event: str, payload: Any, sids: list[str]) -> None:
         try:
-            at = datetime.datetime.now(datetime.UTC).isoformat()
+            at = _now()
             for sid in sids:
-                await self._sio.emit(
-                    "event_sent", (NAMESPACE, sid, [event, payload], at), namespace=ADMIN_NAMESPACE
-                )
+                await self._tell("event_sent", (NAMESPACE, sid, [event, payload], at))
         finally:
             self._reporting -= 1
+
+    async def _report_stats(self) -> None:
+        """python-socketio's `server_stats` loop (`_emit_server_stats`), with every namespace
+        (it read those of decorated handlers once: not `/`) and the bytes of the engine's own
+        transports (its counts see only the library's)."""
+        server, sio, traffic = self._server, self._sio, self.traffic
+        started = time.time()
+        while not server.stop_stats_event.is_set():
+            await sio.sleep(self.stats_interval_s)
+            buffer = server.event_buffer
+            for kind, count in (("bytesIn", traffic.received), ("bytesOut", traffic.sent)):
+                if count:
+                    buffer.push(kind, count)
+            traffic.received = traffic.sent = 0
+            rooms = sio.manager.rooms
+            stats = {
+                "serverId": server.server_id,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "uptime": time.time() - started,
+                "clientsCount": len(sio.eio.sockets),
+                "pollingClientsCount": sum(not s.upgraded for s in sio.eio.sockets.values()),
+                "aggregatedEvents": buffer.get_and_clear(),
+                "namespaces": [
+                    {"name": name, "socketsCount": len(rooms.get(name, {}).get(None, ()))}
+                    for name in sorted({*sio.handlers, *sio.namespace_handlers} - {"*"})
+                ],
+            }
+            await self._tell("server_stats", stats)
+            while server.admin_queue:  # the library's reports of rooms joined and left
+                await self._tell(*server.admin_queue.pop(0))
+
+    async def _tell(self, event: str, data: Any, to: str | None = None) -> None:
+        await self._sio.emit(event, data, to=to, namespace=ADMIN_NAMESPACE)
 
     async def shutdown(self) -> None:
         # the library's own shutdown waits out the stats task's sleep (two seconds)
@@ -272,15 +286,11 @@ class AdminReport:
 
 ADMIN_REPORTED_RECIPIENTS = 50  # of one delivered event, reported to the Admin UI
 ADMIN_REPORTS_UNDER_WAY = 8  # past it, delivered events go unreported until some are sent
-# of a socket's handshake, what the UI is shown (browsers set these; clients put tokens in
-# other headers and query keys, the User-Agent included)
-_SHOWN_HEADERS = {"origin": None}
-_SHOWN_QUERY = {"EIO": {"4"}, "transport": {"polling", "websocket"}}  # and only these values
+_ORDER_REFUSALS = {
+    "read_only": "the Admin UI is read-only here (ADMIN_UI_READ_ONLY): nothing was done",
+    "room": "not a room the Admin UI may name (none, or a socket's own room): nothing was done",
+}
 
 
-def _shown(values: Mapping[str, Any], keys: Mapping[str, set[str] | None]) -> dict[str, Any]:
-    return {
-        key: values[key]
-        for key, allowed in keys.items()
-        if isinstance(values.get(key), str) and (allowed is None or values[key] in allowed)
-    }
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()

@@ -1,4 +1,4 @@
-"""The Engine.IO endpoint: the route, handshakes and WebSocket opens, origin and admission.
+"""The Engine.IO endpoint: the route, handshakes, WebSocket opens, origin, admission, traffic.
 
 Replaces python-engineio's request handling (`handle_request`, `_handle_connect`, its aiohttp
 driver's WebSocket) for what clients do every day: a GET is served here with the library's
@@ -40,6 +40,30 @@ from realtime.limits import Admission
 logger = logging.getLogger(__name__)
 
 
+class Traffic:
+    """The bytes one endpoint's transports carried each way while an Admin UI is on (its stats
+    read them): WebSocket frames as on the wire (headers in, before per-message compression)
+    and long-polling bodies (HTTP headers out). An integer add per frame, where the engine
+    writes or reads it: the library's counts (`sio.instrument()`) see none of those paths."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = self.sent = 0
+
+    def frame_sent(self, data: str | bytes) -> None:
+        self.sent += _frame_size(data)
+
+    def frame_received(self, data: str | bytes) -> None:
+        self.received += _frame_size(data) + 4  # a client's frames carry a mask
+
+
+def _frame_size(data: str | bytes) -> int:
+    # a str of ASCII (what a str knows of itself) weighs its length: no encoding made
+    size = len(data) if type(data) is not str or data.isascii() else len(data.encode())
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)
+
+
 class Endpoint:
     """Serves the Engine.IO endpoint of one server."""
 
@@ -50,6 +74,7 @@ class Endpoint:
         self.admit: Callable[[Mapping[str, str]], Admission] = _admitted
         # the TCP transport under each WebSocket, to cut a stalled one off
         self.connections: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.traffic: Traffic | None = None  # counted while an Admin UI is on
         self._install_driver()
 
     def attach(self, app: web.Application, path: str) -> None:
@@ -178,6 +203,7 @@ class Endpoint:
         eio = self._eio
         sid = eio.generate_id()
         socket = GatewaySocket(eio, sid)
+        socket.queue.traffic = self.traffic
         eio.sockets[sid] = socket
         socket.queue.put_nowait(
             engineio.packet.Packet(

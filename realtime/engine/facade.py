@@ -76,8 +76,10 @@ class Engine:
 
     def report_to(self, admin: AdminReport) -> None:
         """Report to the Admin UI; `sio.instrument()` has put its own handlers of Engine.IO's
-        connection events in place of the lifecycle's (which now wrap them)."""
+        connection events in place of the lifecycle's (which now wrap them); the endpoint
+        counts the bytes its transports carry for it."""
         self.admin = admin
+        self._endpoint.traffic = admin.traffic
         self._lifecycle.install()
 
     def attach(self, app: web.Application, path: str) -> None:

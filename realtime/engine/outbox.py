@@ -50,9 +50,10 @@ class Outbox:
 
     Once the socket is on a WebSocket (`attach`), a packet put while nothing waits before it is
     written to the connection at once, as one frame, unless the connection's write buffer is
-    past `DIRECT_WRITE_LIMIT`; otherwise it waits here and a drain task sends what waits,
-    in order, through aiohttp (which waits for the client to read). Before that (long-polling,
-    an upgrade under way) packets wait for `get()`; a poll takes at most `PACKETS_PER_POLL`.
+    past `DIRECT_WRITE_LIMIT`; otherwise it waits here and a drain task sends what waits, in
+    order, through aiohttp (which waits for the client to read); with a `traffic` (an Admin UI
+    on), the frames' bytes are counted in it. Before that (long-polling, an upgrade under way)
+    packets wait for `get()`; a poll takes at most `PACKETS_PER_POLL`.
     """
 
     __slots__ = (
@@ -70,6 +71,7 @@ class Outbox:
         "_ws",
         "bytes",
         "overflowed",
+        "traffic",
     )
 
     def __init__(self, bounds: Bounds, overflow: Callable[[Outbox], None]):
@@ -87,6 +89,7 @@ class Outbox:
         self._direct = False  # whether frames may be written straight to the transport
         self._draining: asyncio.Task | None = None
         self._ended = False  # its WebSocket is closed: nothing more will be sent
+        self.traffic: Any = None  # the endpoint's `Traffic` while an Admin UI is on
 
     # -- asyncio.Queue's calls, as python-engineio makes them -------------------------------
     def qsize(self) -> int:
@@ -120,10 +123,7 @@ class Outbox:
             if self._draining is None:
                 self._draining = asyncio.get_running_loop().create_task(self._drain())
         elif self._getters:
-            for getter in self._getters:
-                if not getter.done():
-                    getter.set_result(None)
-                    break
+            self._wake_getter(None)
 
     def get_nowait(self) -> Any:
         if not self._items or self._taken >= PACKETS_PER_POLL:
@@ -229,6 +229,8 @@ class Outbox:
             return False
         frame = item.frame if type(item) is SharedPacket else websocket_frame(item.encode())
         transport.write(frame)
+        if self.traffic is not None:
+            self.traffic.sent += len(frame)
         return True
 
     async def _drain(self) -> None:
@@ -244,10 +246,9 @@ class Outbox:
                     await ws.close()
                     break
                 encoded = item.encode()
-                if isinstance(encoded, str):
-                    await ws.send_str(encoded)
-                else:
-                    await ws.send_bytes(encoded)
+                await (ws.send_str if isinstance(encoded, str) else ws.send_bytes)(encoded)
+                if self.traffic is not None:
+                    self.traffic.frame_sent(encoded)
         except Exception:
             self._detach()
             self._items = None
@@ -283,12 +284,11 @@ class Outbox:
         return item
 
     def _notify_emptied(self) -> None:
-        if self._emptied is not None:
-            if not self._emptied.done():
-                self._emptied.set_result(None)
-            self._emptied = None
+        if self._emptied is not None and not self._emptied.done():
+            self._emptied.set_result(None)
+        self._emptied = None
 
-    def _wake_getter(self, woken: asyncio.Future) -> None:
+    def _wake_getter(self, woken: asyncio.Future | None) -> None:
         for getter in self._getters or ():
             if getter is not woken and not getter.done():
                 getter.set_result(None)

@@ -4,7 +4,8 @@ Replaces python-engineio's `handle_post_request` and its long-poll answer (`hand
 `handle_get_request`, `_ok`) for the requests `endpoint.py` routes here: a POST's body is read
 to its length (the library took what had arrived), one POST of a session at a time and none
 once it upgraded (the library ran them at once, so a socket's events raced); a poll is
-answered without building the request's environ.
+answered without building the request's environ. Both count their bodies' bytes while an
+Admin UI is on (the library's count, `sio.instrument()`, never sees them).
 
 Library internals touched: `AsyncServer._gzip` and `_deflate` (a poll's compression).
 """
@@ -64,6 +65,8 @@ async def post(eio: engineio.AsyncServer, request: web.Request) -> web.StreamRes
         if body is None:
             await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
             return await refuse_and_close(eio, request, "body refused")
+        if socket.queue.traffic is not None:  # an Admin UI is on
+            socket.queue.traffic.received += len(body)
         if socket.closed or socket.closing:
             return bad_request(eio, request, "session closed")
         try:
@@ -127,4 +130,6 @@ async def poll(
                 body = getattr(eio, "_" + encoding)(body)
                 headers["Content-Encoding"] = encoding
                 break
+    if socket.queue.traffic is not None:  # an Admin UI is on
+        socket.queue.traffic.sent += len(body)
     return web.Response(body=body, headers=headers)

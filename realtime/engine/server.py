@@ -3,12 +3,16 @@
 Chooses what python-socketio is given: `GatewayServer` (dispatch), the packet class that
 writes JSON with orjson, a client manager that indexes rooms (the Redis one with REDIS_URL),
 a socket's events handled one at a time, in order; then the engine around it, and the Admin
-UI's namespace when settings turn it on.
+UI's namespace (with its credentials check) when settings turn it on.
 
 Library internals touched: none.
 """
 
 from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
 
 from realtime.config import Settings
 from realtime.engine.admin import AdminReport, AdminView
@@ -52,11 +56,27 @@ def create_engine(
             raise ValueError("the Admin UI needs a view of the gateway's events")
         admin = AdminReport(
             sio,
-            settings.admin_ui_username,
-            settings.admin_ui_password,
+            credentials_check(settings.admin_ui_username, settings.admin_ui_password),
             settings.admin_ui_read_only,
             tasks,
             admin_view,
         )
         engine.report_to(admin)
     return engine
+
+
+def credentials_check(username: str, password: str) -> Callable[[Any], bool]:
+    """Whether an Admin UI login's `auth` holds these credentials: both compared, in constant
+    time (the answer says nothing of which was wrong)."""
+    expected = (username.encode(), password.encode())
+
+    def authorised(auth: Any) -> bool:
+        if not isinstance(auth, dict):
+            return False
+        given = (auth.get("username"), auth.get("password"))
+        if not all(isinstance(part, str) for part in given):
+            return False
+        matches = [hmac.compare_digest(g.encode(), e) for g, e in zip(given, expected, strict=True)]
+        return all(matches)
+
+    return authorised

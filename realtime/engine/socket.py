@@ -46,10 +46,8 @@ class _ClientPayload(engineio.payload.Payload):
 
 
 class GatewaySocket(engineio.async_socket.AsyncSocket):
-    """python-engineio's socket (each one becomes this when it opens), costing less per
-    connection: a timer for its pings rather than a sleeping task, polls answered without a
-    timer when packets wait, and a WebSocket loop with neither a writer task (the `Outbox`
-    writes) nor a task per message received."""
+    """python-engineio's socket, costing less per connection (each one becomes this when it
+    opens; how, the module's docstring says)."""
 
     upgrade_transport: asyncio.Transport | None = None  # the connection of an upgrade under way
     opened_at = 0.0  # when it opened (time.monotonic())
@@ -187,6 +185,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         outbox = self.queue
         outbox.attach(response, transport)
         handle_message = self.server.handlers["message"]  # python-socketio's
+        traffic = outbox.traffic  # the endpoint's, while an Admin UI is on
         try:
             if self.receiving is not None:
                 # a POST still handled: its packets first, one socket's events one at a time
@@ -199,6 +198,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 data = message.data
                 if not isinstance(data, (str, bytes)) or self.closed:
                     break  # closed, closing or failed; or the socket closed meanwhile
+                if traffic is not None:
+                    traffic.frame_received(data)
                 try:
                     if type(data) is str and data[:1] == "4":  # MESSAGE: what `receive` does
                         await handle_message(self.sid, data[1:])
@@ -209,8 +210,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                 except engineio.exceptions.SocketIsClosedError:
                     break
                 except (ValueError, IndexError, RecursionError):
-                    # not a packet (python-engineio's loop ends there too): an unknown type, or
-                    # JSON nested past what the decoder reads
+                    # not a packet (an unknown type, JSON nested too deep): the library's ends too
                     logger.info("malformed packet: connection closed", extra={"eio_sid": self.sid})
                     break
                 except Exception:

@@ -1,7 +1,8 @@
 """The pages people open in a browser: the live test page (`TEST_PAGE`) and the Socket.IO Admin
 UI (`ADMIN_UI_USERNAME`), both served from files inside the package, so they work offline.
 
-Only the files listed here are served: no directory is exposed to a request's path.
+Only the files listed here are served: no directory is exposed to a request's path. A page
+that is off answers its address with a coded 404 saying how to turn it on.
 """
 
 from __future__ import annotations
@@ -72,17 +73,51 @@ class StaticFile:
         return response
 
 
+# what a page that is off answers instead of a bare 404: how to turn it on
+TEST_PAGE_OFF = (
+    "the live test page is off on this gateway: set TEST_PAGE=true to serve it (it is on by "
+    "default with the embedded store, off with MONGODB_URL)"
+)
+ADMIN_UI_OFF = (
+    "the Admin UI is off on this gateway: set ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD to serve "
+    "it, or start a demo with `python -m realtime --demo`, which makes a login"
+)
+
+
 def setup_pages(app: web.Application, settings: Settings) -> None:
     if settings.serves_test_page:
         _add_test_page(app, settings)
+    else:
+        _add_hint(app, (TEST_PAGE_PATH, TEST_PAGE_PATH + "/"), TEST_PAGE_OFF)
     if settings.admin_ui:
         _add_admin_ui(app, settings)
+    else:
+        _add_hint(app, (ADMIN_UI_PATH, ADMIN_UI_PATH.rstrip("/")), ADMIN_UI_OFF)
+
+
+def _add_hint(app: web.Application, paths: tuple[str, ...], message: str) -> None:
+    """The page's own addresses answer a coded 404 saying how to turn it on; its files stay
+    unserved."""
+
+    async def hint(request: web.Request) -> web.Response:
+        raise GatewayError("not_found", message)
+
+    for path in paths:
+        app.router.add_get(path, hint)
 
 
 def _add_test_page(app: web.Application, settings: Settings) -> None:
     page_config = {
         "socketioPath": "/" + settings.socketio_path.strip("/") + "/",
         "devTokens": settings.issues_dev_tokens,
+        "devBroadcastToken": settings.broadcast_token_generated,
+        "broadcastEvents": sorted(app[GATEWAY].broadcaster.allowed_events),
+        # to read the connected token's shops (the gateway's answers do not list them)
+        "claims": {
+            "userId": settings.jwt_claim_user_id,
+            "role": settings.jwt_claim_role,
+            "shopIds": settings.jwt_claim_shop_ids,
+        },
     }
     # `</` cannot end the script element the configuration sits in
     config_json = json.dumps(page_config).replace("</", "<\\/")
@@ -97,6 +132,8 @@ def _add_test_page(app: web.Application, settings: Settings) -> None:
         )
     if settings.issues_dev_tokens:
         app.router.add_post(f"{TEST_PAGE_PATH}/dev-token", _dev_token)
+    if settings.broadcast_token_generated:
+        app.router.add_post(f"{TEST_PAGE_PATH}/dev-broadcast-token", _dev_broadcast_token)
 
 
 async def _dev_token(request: web.Request) -> web.Response:
@@ -118,6 +155,17 @@ async def _dev_token(request: web.Request) -> web.Response:
         settings, wanted["sub"], wanted["role"], wanted["shopIds"], ttl_s=DEV_TOKEN_TTL_S
     )
     return web.json_response({"token": token, "expiresIn": DEV_TOKEN_TTL_S})
+
+
+async def _dev_broadcast_token(request: web.Request) -> web.Response:
+    """The BROADCAST_TOKEN `--demo` made, for the test page's broadcast box: answered only to a
+    browser on this machine (the route exists only with a demo-made token)."""
+    if not _from_this_machine(request):
+        raise GatewayError(
+            "forbidden", "the demo's broadcast token is given only to a browser on this machine"
+        )
+    token = request.app[GATEWAY].settings.broadcast_token
+    return web.json_response({"token": token}, headers={"Cache-Control": "no-store"})
 
 
 def _from_this_machine(request: web.Request) -> bool:
@@ -143,11 +191,14 @@ def _is_loopback(address: str) -> bool:
 def _add_admin_ui(app: web.Application, settings: Settings) -> None:
     # the UI asks for the server's URL: offer this gateway, on its Socket.IO path
     path = "/" + settings.socketio_path.strip("/")
+    # read-only here: the UI's own read-only switch on from the start, so that its join form
+    # is disabled rather than sending orders that are refused (the UI reads it as it loads)
+    read_only = "localStorage.setItem('readonly','true');" if settings.admin_ui_read_only else ""
     preset = (
         "<script>try{if(!localStorage.getItem('server_url'))"
         "localStorage.setItem('server_url',location.origin);"
-        f"if(!localStorage.getItem('path'))localStorage.setItem('path',{json.dumps(path)})"
-        "}catch(e){}</script><title>"
+        f"if(!localStorage.getItem('path'))localStorage.setItem('path',{json.dumps(path)});"
+        f"{read_only}}}catch(e){{}}</script><title>"
     )
     index = StaticFile(os.path.join(ADMIN_UI_DIR, "index.html"), {"<title>": preset})
     app.router.add_get(ADMIN_UI_PATH, index.answer)

@@ -7,10 +7,10 @@ ignores), for a person to look at.
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import os
-import shutil
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,11 +24,11 @@ from handlers.web_assets import (
     pinned_versions,
 )
 from realtime.config import load_settings
+from server.app import create_app
 from tests.clients import ROOT
 from tests.gateways import GatewayProcess
+from tests.tools import require
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-HAVE_CHROMIUM = os.path.exists(CHROMIUM)
 # as root, in a sandbox with no network: no sandbox of its own, nothing fetched in the background
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -76,15 +76,40 @@ def test_the_test_page_is_on_with_the_embedded_store_and_off_with_mongodb(tmp_pa
     assert load_settings({**mongo, "TEST_PAGE": "true"}).serves_test_page
 
 
-@pytest.mark.env(TEST_PAGE="false")
+async def off_hint(response: aiohttp.ClientResponse) -> str:
+    """The coded 404 a page that is off answers: its message says how to turn it on."""
+    assert response.status == 404
+    assert response.content_type == "application/json"
+    error = (await response.json())["error"]
+    assert error["code"] == "not_found"
+    return error["message"]
+
+
+@pytest.mark.env(TEST_PAGE="false", JWT_SECRET="")  # a dev secret: the dev routes would be on
 async def test_with_test_page_false_nothing_of_it_is_served(http):
-    for path in (
-        "/websocket-test",
-        "/websocket-test/websocket-test.js",
-        "/websocket-test/dev-token",
-    ):
+    for path in ("/websocket-test", "/websocket-test/"):
+        async with http.get(path) as response:
+            assert "TEST_PAGE=true" in await off_hint(response), path
+    for path in ("/websocket-test/websocket-test.js", "/websocket-test/gateway-client.js"):
         async with http.get(path) as response:
             assert response.status == 404, path
+            assert "TEST_PAGE" not in await response.text()
+    for path in ("/websocket-test/dev-token", "/websocket-test/dev-broadcast-token"):
+        async with http.post(path, json={"sub": "a", "role": "admin"}) as response:
+            assert response.status in (404, 405), path
+
+
+async def test_without_credentials_the_admin_ui_says_how_to_turn_it_on(http):
+    for path in ("/admin-ui/", "/admin-ui"):
+        async with http.get(path, allow_redirects=False) as response:
+            message = await off_hint(response)
+        for hint in ("ADMIN_UI_USERNAME", "ADMIN_UI_PASSWORD", "--demo"):
+            assert hint in message, (path, message)
+    # nothing of the UI itself is served
+    for path in ("/admin-ui/favicon.png", "/admin-ui/mdi/css/materialdesignicons.min.css"):
+        async with http.get(path) as response:
+            assert response.status == 404, path
+            assert "ADMIN_UI" not in await response.text()
 
 
 async def test_the_page_and_its_files_are_served_with_their_types(http):
@@ -94,6 +119,7 @@ async def test_the_page_and_its_files_are_served_with_their_types(http):
         assert response.headers["Referrer-Policy"] == "no-referrer"
         page = await response.text()
     assert '"devTokens": false' in page and "{{PAGE_CONFIG}}" not in page
+    assert '"devBroadcastToken": false' in page and '"shopIds": "shop_ids"' in page
     for name in ("websocket-test.js", "gateway-client.js", "vendor/socket.io.esm.min.js"):
         async with http.get(f"/websocket-test/{name}") as response:
             assert response.status == 200
@@ -164,6 +190,49 @@ async def test_no_dev_tokens_with_a_configured_secret(http):
         assert r.status in (404, 405)
 
 
+# -- the demo's broadcast token ----------------------------------------------------------------
+@pytest.fixture
+async def demo_http(aiohttp_server, settings) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client on a gateway whose BROADCAST_TOKEN `--demo` made."""
+    server = await aiohttp_server(create_app(settings.replace(broadcast_token_generated=True)))
+    async with aiohttp.ClientSession(str(server.make_url(""))) as session:
+        yield session
+
+
+async def test_the_demos_broadcast_token_is_given_to_a_browser_on_this_machine(demo_http):
+    async with demo_http.get("/websocket-test") as response:
+        assert '"devBroadcastToken": true' in await response.text()
+    async with demo_http.post("/websocket-test/dev-broadcast-token") as response:
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        assert await response.json() == {"token": SERVICE_TOKEN}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Forwarded-Host": "rt.example.com"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"Host": "rebound.example.com"},
+    ],
+    ids=["through-a-proxy", "forwarded", "forwarded-host", "real-ip", "another-host"],
+)
+async def test_the_demos_broadcast_token_goes_only_to_this_machine(demo_http, headers):
+    async with demo_http.post("/websocket-test/dev-broadcast-token", headers=headers) as response:
+        assert response.status == 403
+        body = await response.json()
+    assert body["error"]["code"] == "forbidden" and SERVICE_TOKEN not in json.dumps(body)
+
+
+async def test_an_operators_broadcast_token_is_never_given(http):
+    """BROADCAST_TOKEN set by the operator (not made by `--demo`): no route gives it."""
+    async with http.post("/websocket-test/dev-broadcast-token") as response:
+        assert response.status in (404, 405)
+        assert SERVICE_TOKEN not in await response.text()
+
+
 # -- in Chromium -------------------------------------------------------------------------------
 class Browser:
     """One headless Chromium page, with the console errors it printed."""
@@ -191,22 +260,29 @@ class Browser:
     async def screenshot(self, name: str) -> str:
         os.makedirs(ARTIFACTS, exist_ok=True)
         path = os.path.join(ARTIFACTS, name)
+        await self.page.evaluate("window.scrollTo(0, 0)")  # the page as it opens, whole
         await self.page.screenshot(path=path, full_page=True)
         return path
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        pytest.fail("Chromium is not installed: apt-get install chromium (.ci/run does)")
+@contextlib.asynccontextmanager
+async def chromium_page(**page_options) -> AsyncIterator[Browser]:
+    """A page of a headless Chromium, closed on the way out."""
+    executable = require("chromium")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
-            yield Browser(await chromium.new_page())
+            yield Browser(await chromium.new_page(**page_options))
         finally:
             await chromium.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium_page() as opened:
+        yield opened
 
 
 async def broadcast(url: str, **audience) -> str:
@@ -271,10 +347,10 @@ async def test_the_dev_token_button_and_the_room_form(browser, base_url):
     refusal = await browser.logged("forbidden")
     assert "shop-10" not in await page.inner_text("#rooms")
     assert refusal is not None
-    await page.click('#rooms li[data-room="shop-9"] button')
+    await page.click('#rooms li[data-room="shop-9"] button.leave')
     await page.wait_for_selector('#rooms li[data-room="shop-9"]', state="detached")
     await page.click("#disconnect")
-    await browser.state("offline")
+    await browser.state("closed")
     # a failed join is logged by the page, not thrown into the console
     assert browser.errors == []
 
@@ -350,4 +426,11 @@ async def test_the_admin_ui_loads_and_connects(browser, base_url, connect):
     await page.get_by_role("link", name="Rooms").click()
     await page.wait_for_selector("text=user-c1", timeout=WAIT_MS)
     await browser.screenshot("admin-ui.png")
+    # read-only here: a socket's page shows who it is, and its join form is disabled (the
+    # UI's own read-only switch is on from the start)
+    await page.get_by_role("link", name="Sockets").click()
+    await page.locator("tbody tr").first.click()
+    await page.wait_for_selector("text=userId", timeout=WAIT_MS)
+    join = page.locator("form").filter(has_text="Join a room")
+    assert await join.locator("input").first.is_disabled()
     assert browser.errors == []

@@ -22,18 +22,20 @@ from realtime.ops import health
 
 logger = logging.getLogger(__name__)
 
-# aiohttp's own refusals, in the catalogue's words
+# aiohttp's own refusals, in the catalogue's words (`GatewayError` refuses a code it lacks)
 _STATUS_CODES = {
     400: "invalid_payload",
     401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
-    405: "invalid_payload",
+    405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
 }
 IDEMPOTENCY_KEY_MAX = 200
+# on an answer that an earlier call with the same Idempotency-Key got first (nothing emitted)
+IDEMPOTENT_REPLAYED = "Idempotent-Replayed"
 # the routes whose answers are counted by status (`setup_routes` says which)
 COUNTED_BY_STATUS = web.AppKey("counted_by_status", dict[str, Counter])
 
@@ -59,10 +61,7 @@ async def _answered(request: web.Request, handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _STATUS_CODES.get(exc.status, "internal" if exc.status >= 500 else "invalid_payload")
-        body = {"error": {"code": code, "message": (exc.reason or code).lower()}}
-        allow = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        response = web.json_response(body, status=exc.status, headers=allow)
+        response = _refusal(request, exc)
     except Exception as exc:
         response = error_response(answer_for(exc, "request", logger, path=request.path))
     counted = request.app.get(COUNTED_BY_STATUS, {}).get(request.path)
@@ -78,6 +77,23 @@ async def _answered(request: web.Request, handler) -> web.StreamResponse:
         },
     )
     return response
+
+
+def _refusal(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own refusal (no such route, a method the route does not take, ...) as a
+    catalogue error, with its status and its `Allow` header."""
+    code = _STATUS_CODES.get(exc.status, "internal" if exc.status >= 500 else "invalid_payload")
+    allow = exc.headers.get("Allow")
+    if exc.status == 405 and allow:
+        message = f"{request.method[:16]} is not allowed on {request.path}; use {allow}"
+    else:
+        message = (exc.reason or code).lower()
+    error = GatewayError(code, message)
+    return web.json_response(
+        {"error": error.to_dict()},
+        status=exc.status,
+        headers={"Allow": allow} if allow is not None else None,
+    )
 
 
 def json_body(raw: bytes, charset: str | None) -> Any:
@@ -141,8 +157,9 @@ async def broadcast(request: web.Request) -> web.Response:
             "invalid_payload",
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable characters",
         )
-    result = await request.app[GATEWAY].broadcaster.broadcast(body, key)
-    return web.json_response(result, status=202)
+    answer = await request.app[GATEWAY].broadcaster.answer(body, key)
+    headers = {IDEMPOTENT_REPLAYED: "true"} if answer.replayed else None
+    return web.json_response(answer.body, status=202, headers=headers)
 
 
 async def disconnect(request: web.Request) -> web.Response:
@@ -202,6 +219,7 @@ def setup_routes(app: web.Application, cors_origins: tuple[str, ...]) -> None:
                 origin: aiohttp_cors.ResourceOptions(
                     allow_headers=("Authorization", "Content-Type", "Idempotency-Key"),
                     allow_methods=("GET", "POST"),
+                    expose_headers=(IDEMPOTENT_REPLAYED,),
                     max_age=3600,
                 )
                 for origin in cors_origins

@@ -18,6 +18,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "unknown_room": (400, "no such room name"),
     "forbidden": (403, "not allowed"),
     "not_found": (404, "not found"),
+    "method_not_allowed": (405, "this route does not take this method"),
     "payload_too_large": (413, "the payload is too large"),
     "unsupported_media_type": (415, "the body must be JSON (application/json)"),
     "idempotency_conflict": (422, "this Idempotency-Key was used with another body"),

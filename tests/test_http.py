@@ -64,6 +64,13 @@ async def test_a_broadcast_reaches_exactly_its_rooms_and_users(http, connect, cl
     assert titles(bystander) == ["end"]
 
 
+async def replayed(http, body, key: str) -> str | None:
+    """The `Idempotent-Replayed` header of a broadcast with this Idempotency-Key."""
+    response = await http.post("/broadcast", json=body, headers={**AUTH, "Idempotency-Key": key})
+    assert response.status == 202, await response.text()
+    return response.headers.get("Idempotent-Replayed")
+
+
 async def test_an_idempotent_retry_returns_the_first_answer_and_emits_once(http, connect):
     customer = await connect(sub="c1")
     body = {"event": "payout_update", "data": {"amount": 10}, "users": ["c1"]}
@@ -78,6 +85,33 @@ async def test_an_idempotent_retry_returns_the_first_answer_and_emits_once(http,
     await post(http, {"event": "notification", "data": {"title": "end"}, "users": ["c1"]})
     await customer.next_event("notification")
     assert [p["eventId"] for n, p in customer.log if n == "payout_update"] == [first[1]["eventId"]]
+
+
+async def test_a_replayed_answer_says_so_and_a_first_one_does_not(http):
+    body = {"event": "payout_update", "data": {"amount": 3}, "users": ["c1"]}
+    assert await replayed(http, body, "payout-43") is None
+    assert await replayed(http, body, "payout-43") == "true"
+    assert await replayed(http, body, "payout-43") == "true"
+    assert await replayed(http, body, "payout-44") is None  # another key: a new event
+    without_key = await http.post("/broadcast", json=body, headers=AUTH)
+    assert without_key.status == 202 and "Idempotent-Replayed" not in without_key.headers
+
+
+async def test_a_method_a_route_does_not_take_is_405_with_allow(http):
+    for method, path, allowed in [
+        ("GET", "/broadcast", "POST"),
+        ("PUT", "/disconnect", "POST"),
+        ("DELETE", "/revoke", "POST"),
+        ("POST", "/health", "GET,HEAD"),
+        ("PATCH", "/status", "GET,HEAD"),
+    ]:
+        response = await http.request(method, path, headers=AUTH)
+        assert response.status == 405, (method, path)
+        assert response.headers["Allow"] == allowed
+        error = (await response.json())["error"]
+        assert error["code"] == "method_not_allowed" and path in error["message"]
+    unknown = await http.get("/no-such-route")
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_found"
 
 
 @pytest.mark.parametrize(
@@ -154,7 +188,8 @@ async def test_health_status_and_metrics_count_what_happened(http, connect):
     await http.post("/broadcast", json={})  # 401
     status = await (await http.get("/status", headers=AUTH)).json()
     assert status["connections"] == 2 and status["authenticated"] == 2 and status["users"] == 2
-    assert status["rooms"] == {"user-c1": 1, "user-st1": 1}
+    # staff are put in their shops' rooms too (STAFF_SHOP_ROOMS, true by default)
+    assert status["rooms"] == {"user-c1": 1, "user-st1": 1, "shop-s1": 1}
     assert status["watcher"]["running"] is True
     assert status["watcher"]["heldHere"] is True and status["watcher"]["fence"] == 1
     assert status["watcher"]["holder"] == status["instance"]
@@ -232,6 +267,14 @@ async def test_cors_allows_only_the_configured_origins(http):
         "/broadcast", headers={"Origin": "https://evil.example", **preflight}
     )
     assert "Access-Control-Allow-Origin" not in refused.headers
+    # a browser's script may read whether an answer was replayed
+    body = {"event": "notification", "data": {}, "users": ["c1"]}
+    cross = await http.post(
+        "/broadcast", json=body, headers={**AUTH, "Origin": "https://app.example"}
+    )
+    assert cross.status == 202
+    exposed = cross.headers["Access-Control-Expose-Headers"].lower().replace(" ", "").split(",")
+    assert "idempotent-replayed" in exposed
     handshake = "/socket.io/?EIO=4&transport=polling"
     ok = await http.get(handshake, headers={"Origin": "https://app.example"})
     assert ok.status == 200
@@ -306,6 +349,7 @@ async def test_a_key_reused_after_its_time_is_a_new_request(http, connect, setti
     assert got == [first[1]["eventId"], again[1]["eventId"]]
     retried = await post(http, body, {"Idempotency-Key": "payout-7"})  # within the new time
     assert retried == again
+    assert await replayed(http, body, "payout-7") == "true"
 
 
 async def test_a_retry_after_an_unanswered_attempt_returns_the_logged_event_once(
@@ -322,6 +366,7 @@ async def test_a_retry_after_an_unanswered_attempt_returns_the_logged_event_once
     body = {"event": "payout_update", "data": {"amount": 5}, "users": ["c1"]}
     failed = await post(http, body, {"Idempotency-Key": "payout-8"})
     assert failed[0] == 503
+    assert await replayed(http, body, "payout-8") == "true"  # the first attempt's event
     retried = await post(http, body, {"Idempotency-Key": "payout-8"})
     assert retried[0] == 202
     await post(http, {"event": "notification", "data": {"title": "end"}, "users": ["c1"]})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from realtime import events
@@ -17,6 +18,12 @@ from realtime.wire import event_id
 from storage.base import NewEvent, Store
 
 _SCHEMA = events.BroadcastSchema()
+
+
+@dataclass(frozen=True)
+class BroadcastAnswer:
+    body: dict[str, Any]  # `{eventId, rooms}`
+    replayed: bool  # the answer of an earlier attempt with the same key: nothing emitted now
 
 
 class Broadcaster:
@@ -31,8 +38,12 @@ class Broadcaster:
         )
 
     async def broadcast(self, body: Any, idempotency_key: str | None) -> dict[str, Any]:
-        """Validate, log and emit; returns `{eventId, rooms}`. A key seen before (within
-        `IDEMPOTENCY_TTL`) returns the first answer without emitting; with another body it is
+        """Validate, log and emit; returns `{eventId, rooms}` (`answer` says more)."""
+        return (await self.answer(body, idempotency_key)).body
+
+    async def answer(self, body: Any, idempotency_key: str | None) -> BroadcastAnswer:
+        """Validate, log and emit. A key seen before (within `IDEMPOTENCY_TTL`) gets the first
+        answer again, `replayed`, without emitting; with another body it is
         `idempotency_conflict`. A key reused after its time is a new request."""
         request = events.load(_SCHEMA, body, unknown_fields="refuse")
         rooms = self._rooms(request)
@@ -49,11 +60,12 @@ class Broadcaster:
             if claim.fingerprint != fingerprint:
                 raise GatewayError("idempotency_conflict")
             if claim.response is not None:
-                return claim.response
+                return BroadcastAnswer(claim.response, replayed=True)
             source = f"broadcast:{idempotency_key}:{claim.nonce}"
         [stored] = await self._emitter.publish(
             [NewEvent(request["event"], request["data"], rooms, source)]
         )
+        replayed = stored is None
         if stored is None:  # logged by an earlier attempt with this key that did not answer
             stored = await self._store.find_event(source)
             if stored is None:  # IDEMPOTENCY_TTL <= EVENT_RETENTION: only if pruned by hand
@@ -61,7 +73,7 @@ class Broadcaster:
         response = {"eventId": event_id(stored.sequence), "rooms": list(stored.rooms)}
         if claim is not None:
             await self._store.complete_request(idempotency_key, claim.nonce, response)
-        return response
+        return BroadcastAnswer(response, replayed)
 
     def _rooms(self, request: dict[str, Any]) -> tuple[str, ...]:
         errors: dict[str, list[str]] = {}

@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import shlex
 import signal
 import sys
@@ -217,6 +218,50 @@ def _serve(settings: Settings, demo: bool = False) -> int:
 # start-up made is frozen out of those passes, and the young generation is collected less
 # often, so full passes become rare.
 GC_THRESHOLDS = (50_000, 20, 100)
+# Connections the kernel holds for the gateway to accept (aiohttp's default is 128): a
+# long-polling client without keep-alive (socket.io-client in Node; a proxy without upstream
+# keep-alive) opens a connection per request, a whole room's at once after a broadcast, and
+# past the backlog the kernel drops their SYNs: each retries a second later (a p99 of ~1 s
+# with 200 such clients). The kernel caps it at net.core.somaxconn (4096 since Linux 5.4).
+LISTEN_BACKLOG = 4096
+
+
+# Each connection holds an open file (its socket; a long-polling session, its pending request),
+# and so does the store, Redis and the listener: the open-files limit caps the connections.
+# Many systems start a process with a soft limit of 1,024 and a hard one far above it, so the
+# soft one is raised to the hard one here; the hard one is the operator's to raise.
+FILES_RESERVED = 100  # the store, Redis, the listener, logs: what is not a connection
+FILES_RECOMMENDED = 65_536
+HOW_TO_RAISE_FILES = (
+    "raise the hard open-files limit: LimitNOFILE= (systemd), --ulimit nofile=N:N (Docker), "
+    "nofile in /etc/security/limits.conf, or ulimit -Hn before starting"
+)
+
+
+def raise_file_limit() -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (to the kernel's per-process ceiling,
+    fs.nr_open, when the hard one is unlimited). Returns the soft limit before, the soft limit
+    now and the hard limit."""
+    before, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        with open("/proc/sys/fs/nr_open") as ceiling:
+            wanted = int(ceiling.read())
+    if before != resource.RLIM_INFINITY and before < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("open files limit not raised", extra={"detail": str(exc)})
+    return before, resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard
+
+
+def file_limit_line(limit: int) -> str:
+    """The banner's line on the open-files limit: the connections it allows and, below the
+    recommended limit, what an operator must raise."""
+    line = f"  open files: {limit:,} (about {max(0, limit - FILES_RESERVED):,} connections)"
+    if limit < FILES_RECOMMENDED:
+        line += f"; to hold more, {HOW_TO_RAISE_FILES}"
+    return line
 
 
 def event_loop(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
@@ -301,11 +346,19 @@ async def serve(
         shutdown_timeout=settings.shutdown_timeout_s,
         access_log=None,  # requests are logged by the error middleware, as JSON
     )
+    before, files, hard = raise_file_limit()
+    files_fields = {"soft_before": before, "soft": files, "hard": hard}
+    logger.info("open files limit", extra=files_fields)
+    if files < FILES_RECOMMENDED:
+        logger.warning(
+            "open files limit low",
+            extra={**files_fields, "recommended": FILES_RECOMMENDED, "detail": HOW_TO_RAISE_FILES},
+        )
     await runner.setup()
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     host, port = runner.addresses[0][:2]
     where = app[GATEWAY].store.describe()
@@ -315,6 +368,7 @@ async def serve(
     )
     logger.info("listening", extra={"host": host, "port": port, "store": where, "loop": loop_name})
     print(banner(settings, f"http://{_browsable(host)}:{port}", demo), flush=True)
+    print(file_limit_line(files), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

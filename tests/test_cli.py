@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
 
 from realtime.config import describe_variables, development_secret
+from server.cli import LISTEN_BACKLOG
 from storage.sqlite.store import SqliteStore
 from tests.clients import ROOT, make_client
 
@@ -174,3 +178,75 @@ async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError(f"no open-files line in /proc/{pid}/limits")
+
+
+async def test_serve_raises_its_soft_open_files_limit_to_the_hard_one(cli_env):
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    started_with = min(1024, hard - 1)
+
+    def lowered() -> None:  # as many systems start a process: a soft limit below the hard one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (started_with, hard))
+
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "realtime", "--port", "0"),
+        cwd=ROOT,
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=lowered,
+    )
+    try:
+        printed = ""
+        while "open files:" not in printed:
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+            assert line, f"the gateway exited before its open-files line: {printed}"
+            printed += line
+        soft, hard_now = _open_files_limits(process.pid)
+        assert soft == hard_now == hard
+        assert f"open files: {hard:,} (about " in printed
+    finally:
+        process.kill()
+        await process.wait()
+
+
+def somaxconn() -> int:
+    """The kernel's cap on a listening socket's backlog."""
+    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+async def test_serve_listens_with_a_backlog_a_burst_of_polls_cannot_overflow(cli_env):
+    # socket.io-client in Node opens a connection per long-poll: a room's polls all come back
+    # at once after a broadcast, and past aiohttp's default backlog (128) the kernel dropped
+    # their SYNs, each retried a second later
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("ss is not installed: apt-get install iproute2")
+    expected = min(LISTEN_BACKLOG, somaxconn())
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "realtime", "--port", "0"),
+        cwd=ROOT,
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        port = line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1]
+        listed = await asyncio.create_subprocess_exec(
+            *(ss, "-ltnH", f"sport = :{port}"), stdout=asyncio.subprocess.PIPE
+        )
+        listening = (await listed.communicate())[0].decode().split()
+        # a listening socket's Send-Q is its backlog
+        assert int(listening[2]) == expected > 128, listening
+    finally:
+        process.kill()
+        await process.wait()

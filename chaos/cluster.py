@@ -337,7 +337,7 @@ def shipped_nginx_config(port: int, backends: list[str]) -> str:
     servers = "".join(f"        server {backend};\n" for backend in backends)
     text, count = re.subn(r"(        server 127\.0\.0\.1:\d+;\n)+", servers, text)
     assert count == 1, "docs/nginx.conf: no upstream servers found"
-    text, count = re.subn(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{port};", text)
+    text, count = re.subn(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{port}", text)
     assert count == 1, "docs/nginx.conf: no listen directive found"
     return text
 

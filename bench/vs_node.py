@@ -1,7 +1,7 @@
 """Benchmark: the gateway beside stock python-socketio and Node socket.io, same protocol, same load.
 
     .venv/bin/python bench/vs_node.py [--reps 3] [--seconds 10]
-        [--scenarios fanout,latency,idle,connects,polling,acks]
+        [--scenarios fanout,latency,idle,connects,polling,polling_close,acks]
         [--servers node,bare,gateway,before] [--gateway-root PATH] [--before-root PATH]
         [--gateway-env KEY=VALUE ...] [--quick] [--json PATH]
 
@@ -30,6 +30,8 @@ Scenarios (full size; `--quick`: a few dozen clients, 2 s):
 - idle:     5,000 WebSocket clients authenticated and joined, then idle; RSS KB per client;
 - connects: handshake with JWT, `auth_success`, `join_room` + ack, close; 50 in flight; cycles/s;
 - polling:  200 long-polling clients in the room; 20 broadcasts/s; server CPU, latency;
+- polling_close: the same, each request on a new connection closed after it (what
+            socket.io-client does in Node): a room's polls reconnect at once after a broadcast;
 - acks:     100 WebSocket clients, each with one `join_room` in flight at a time; acks/s.
 Server CPU % is utime + stime from /proc/PID/stat over the measurement window (100 = one CPU).
 """
@@ -70,7 +72,8 @@ NOFILE = 65536
 SERVER_CPU, GENERATOR_CPU = 0, 1
 GENERATOR_SATURATED_PCT = 90.0
 OTHERS_NOISY_PCT = 10.0
-CPU_SENSITIVE = {"fanout", "latency", "connects", "polling", "acks"}  # idle measures memory
+# idle measures memory
+CPU_SENSITIVE = {"fanout", "latency", "connects", "polling", "polling_close", "acks"}
 
 SERVERS = ("node", "bare", "gateway", "before")
 # the gateway's own code: from --gateway-root, and from --before-root to compare with
@@ -82,6 +85,7 @@ SCENARIOS = {
     "idle": ({"clients": 5000}, {"clients": 200, "settle": 1}),
     "connects": ({"concurrency": 50}, {"concurrency": 10}),
     "polling": ({"clients": 200, "rate": 20}, {"clients": 20}),
+    "polling_close": ({"clients": 200, "rate": 20}, {"clients": 20}),
     "acks": ({"clients": 100}, {"clients": 20}),
 }
 # per scenario: (result key, label, compared to node as "ratio" or "diff", format)
@@ -107,6 +111,7 @@ METRICS = {
     ],
     "acks": [("acks_per_s", "acks/s", "ratio", "{:,.0f}"), CPU],
 }
+METRICS["polling_close"] = METRICS["polling"]
 
 
 def describe(scenario: str, options: dict, seconds: float) -> str:
@@ -122,6 +127,8 @@ def describe(scenario: str, options: dict, seconds: float) -> str:
         f"{options.get('concurrency')} in flight, {seconds:g} s",
         "polling": f"{clients} long-polling clients in {ROOM}; {options.get('rate')} "
         f"broadcasts/s for {seconds:g} s",
+        "polling_close": f"{clients} long-polling clients in {ROOM}, each request on a new "
+        f"connection; {options.get('rate')} broadcasts/s for {seconds:g} s",
         "acks": f"{clients} WebSocket clients, one join_room in flight each, {seconds:g} s",
     }[scenario]
 
@@ -655,7 +662,7 @@ def headline(result: dict, scenario: str) -> str:
         return f"FAILED: {result['error'][:200]}"
     key, label, _, form = METRICS[scenario][0]
     shown = [f"{form.format(result[key])} {label}"] if key in result else []
-    if scenario in ("latency", "polling") and "p99_ms" in result:
+    if scenario in ("latency", "polling", "polling_close") and "p99_ms" in result:
         shown.append(f"p99 {result['p99_ms']:.1f} ms")
     if "server_cpu_pct" in result and key != "server_cpu_pct":
         shown.append(f"server {result['server_cpu_pct']:.0f}% CPU")

@@ -343,7 +343,8 @@ async function waitFor(predicate, seconds) {
 
 // -- long-polling clients ------------------------------------------------------------------------
 
-const pollAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+const pollAgent =
+  opt.scenario === "polling_close" ? false : new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
 function pollRequest(method, path, body) {
   return new Promise((resolve) => {
@@ -666,7 +667,10 @@ async function acks() {
   };
 }
 
-const SCENARIOS = { fanout, latency, idle, connects, polling, acks };
+// polling_close: each request on a connection of its own, closed after it, as socket.io-client
+// does in Node (engine.io-client's XMLHttpRequest there takes `agent: false`): a room's polls
+// all reconnect at once after each broadcast
+const SCENARIOS = { fanout, latency, idle, connects, polling, polling_close: polling, acks };
 
 const run = SCENARIOS[opt.scenario];
 if (!run) fail(`unknown scenario ${opt.scenario}`);

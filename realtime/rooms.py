@@ -25,18 +25,37 @@ def is_room_key(text: object) -> bool:
     return isinstance(text, str) and _ROOM_KEY.fullmatch(text) is not None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Room:
     kind: str  # user, shop, reservation, availability, admin
     key: str  # the id after the prefix; for admin rooms the full name
+    name: str = dataclasses.field(init=False, compare=False)  # what it is called
 
-    @property
-    def name(self) -> str:
-        return self.key if self.kind == "admin" else f"{self.kind}-{self.key}"
+    def __post_init__(self) -> None:
+        name = self.key if self.kind == "admin" else f"{self.kind}-{self.key}"
+        object.__setattr__(self, "name", name)
+
+
+# Names parsed already: a client rejoins the same few rooms, and matching the pattern was a
+# tenth of a join's cost. Bounded: emptied when full, so made-up names cannot grow it.
+_PARSED: dict[str, Room] = {}
+PARSED_MAX = 4096
 
 
 def parse_room(room_id: object) -> Room:
     """The room a name stands for, or `GatewayError("unknown_room")`."""
+    if type(room_id) is str:
+        room = _PARSED.get(room_id)
+        if room is not None:
+            return room
+    room = _parse(room_id)
+    if len(_PARSED) >= PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[room.name] = room
+    return room
+
+
+def _parse(room_id: object) -> Room:
     if not isinstance(room_id, str):
         raise GatewayError("unknown_room", "a room name is a string")
     if room_id in ADMIN_ROOMS:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from realtime import events
 from realtime.access.auth import Principal
-from realtime.access.policy import ReservationHistory, RoomPolicy, home_rooms
+from realtime.access.policy import ReservationHistory, RoomPolicy, home_rooms, raise_forbidden
 from realtime.access.socket import SocketSession
 from realtime.config import Settings
 from realtime.delivery.emitter import Emitter
+from realtime.delivery.replay import Replay
 from realtime.engine import Engine
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
@@ -60,7 +62,17 @@ class Joins:
             raise GatewayError(
                 "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
             )
-        await self._policy.authorize(principal, room)
+        allowed = self._policy.authorize_now(principal, room)
+        if allowed is None:  # a reservation's: the store says
+            await self._policy.authorize(principal, room)
+        elif not allowed:
+            raise_forbidden(room)
+        upto = self.sent_from(session, room.name)
+        if last_event_id is None and allowed:
+            # the usual join: nothing to replay or recheck, the room's newest id known here
+            replay = self._emitter.enter_known(room.name, partial(self.enter, session, room.name))
+            if replay is not None:
+                return self._joined(session, room.name, replay, upto, None)
 
         async def recheck() -> None:
             # decided again as the socket enters (with no event going out meanwhile): the
@@ -70,25 +82,32 @@ class Joins:
         visible = None
         if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
             visible = await self._reservation_history(principal, room.name, last_event_id)
-        upto = self.sent_from(session, room.name)
         replay = await self._emitter.enter_with_replay(
             sid,
             room.name,
             last_event_id,
-            lambda: self.enter(session, room.name),
-            recheck if room.kind == "reservation" else None,
+            partial(self.enter, session, room.name),
+            recheck if allowed is None else None,
             visible,
             upto,
         )
-        self.sent_since(session, room.name, replay.sent_from, upto)
-        logger.info(
-            "room joined", extra={"sid": sid, "room": room.name, "replayed": replay.replayed}
-        )
-        answer = {
-            "roomId": room.name,
-            "replayed": replay.replayed,
-            "lastEventId": replay.last_event_id,
-        }
+        return self._joined(session, room.name, replay, upto, last_event_id)
+
+    def _joined(
+        self,
+        session: SocketSession,
+        room: str,
+        replay: Replay,
+        upto: int | None,
+        last_event_id: str | None,
+    ) -> dict[str, Any]:
+        """Note what the socket has been sent; the acknowledgement's fields."""
+        self.sent_since(session, room, replay.sent_from, upto)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "room joined", extra={"sid": session.sid, "room": room, "replayed": replay.replayed}
+            )
+        answer = {"roomId": room, "replayed": replay.replayed, "lastEventId": replay.last_event_id}
         if last_event_id is not None:
             answer["gap"] = replay.gap
         return answer
@@ -132,7 +151,7 @@ class Joins:
                 session.sid,
                 room,
                 cursor,
-                lambda room=room: self.enter(session, room),
+                partial(self.enter, session, room),
                 upto=self.sent_from(session, room),
             )
             self.sent_since(session, room, replay.sent_from)
@@ -162,13 +181,13 @@ class Joins:
                 disallowed.append(name)
         return disallowed
 
-    async def enter(self, session: SocketSession, room: str) -> None:
+    def enter(self, session: SocketSession, room: str) -> None:
         """Put the socket in the room, unless it has gone meanwhile (after an await). It
         gets the room's events live from the next one delivered (a replay says sooner)."""
         if self._registry.get(session.sid) is not session:
             raise GatewayError("unauthenticated", "this connection is closing")
         if room not in self._engine.rooms_of(session.sid):
-            await self._engine.enter(session.sid, room)  # does not suspend: no event between
+            self._engine.enter(session.sid, room)
             if self._emitter.delivered is not None:
                 self.sent_since(session, room, self._emitter.delivered)
 

@@ -3,7 +3,7 @@ history as its replay may show it."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from realtime.access.auth import Principal
 from realtime.errors import GatewayError
@@ -81,22 +81,34 @@ class RoomPolicy:
             or (principal.role == "staff" and parties.shop_id in principal.shop_ids)
         )
 
+    @staticmethod
+    def authorize_now(principal: Principal, room: Room) -> bool | None:
+        """Whether `principal` may join `room`, decided without the store: None for a
+        reservation room, whose parties only the store knows (`authorize`)."""
+        if principal.is_admin:
+            return True
+        kind = room.kind
+        if kind == "availability":
+            return True
+        if kind == "user":
+            return room.key == principal.user_id
+        if kind == "shop":
+            return principal.role == "staff" and room.key in principal.shop_ids
+        if kind == "reservation":
+            return None
+        return False  # admin rooms
+
     async def authorize(self, principal: Principal, room: Room) -> None:
         """Return if `principal` may join `room`; raise forbidden / not_found otherwise."""
-        if principal.is_admin:
-            return
-        if room.kind == "user":
-            allowed = room.key == principal.user_id
-        elif room.kind == "shop":
-            allowed = principal.role == "staff" and room.key in principal.shop_ids
-        elif room.kind == "availability":
-            allowed = True
-        elif room.kind == "reservation":
+        allowed = self.authorize_now(principal, room)
+        if allowed is None:
             parties = await self._reservations.reservation_parties(room.key)
             if parties is None:
                 raise GatewayError("not_found", f"no reservation {room.key!r}")
             allowed = self.allows_reservation(principal, parties)
-        else:  # admin rooms
-            allowed = False
         if not allowed:
-            raise GatewayError("forbidden", f"not allowed to join {room.name!r}")
+            raise_forbidden(room)
+
+
+def raise_forbidden(room: Room) -> NoReturn:
+    raise GatewayError("forbidden", f"not allowed to join {room.name!r}")

@@ -256,7 +256,7 @@ class Sessions:
             session.replaying = asyncio.get_running_loop().create_future()
         for room in self._joins.home_rooms(principal, sid):
             if last_event_id is None or room == ADMIN_GENERAL:  # else `announce` replays it
-                await self._joins.enter(session, room)
+                self._joins.enter(session, room)
         if revoked:
             self._emitter.send_control(sid, events.ROOMS_REVOKED, {"rooms": revoked})
         logger.info(
@@ -353,8 +353,12 @@ class Sessions:
     ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
         returns the acknowledgement's fields (`Joins.join`)."""
-        session = await self._after_replay(sid)
-        principal = self.principal_of(sid)
+        session = self.get(sid)
+        if session.replaying is not None:
+            session = await self._after_replay(sid)
+        principal = session.principal
+        if principal is None:
+            raise GatewayError("unauthenticated", "authenticate first")
         return await self._joins.join(session, principal, room_id, last_event_id)
 
     async def leave(self, sid: str, room_id: str) -> str:

@@ -237,7 +237,7 @@ class Emitter:
         sid: str,
         room: str,
         last_event_id: str | None,
-        enter: Callable[[], Awaitable[None]],
+        enter: Callable[[], None],
         recheck: Callable[[], Awaitable[None]] | None = None,
         visible: Callable[[StoredEvent], bool] | None = None,
         upto: int | None = None,
@@ -251,9 +251,9 @@ class Emitter:
         sent) are passed over.
 
         Most of the replay runs while events keep flowing to others; only the last catch-up
-        and the entering hold the publish lock. `enter()` must not suspend (python-socketio's
-        `enter_room` does not): a join with nothing to replay and nothing to recheck then
-        needs neither the lock nor the store once the room's newest id is known here.
+        and the entering hold the publish lock. `enter()` is synchronous: a join with nothing
+        to replay and nothing to recheck then needs neither the lock nor the store once the
+        room's newest id is known here (`enter_known`).
         """
         if last_event_id is None:
             return await self._enter_now(room, enter, recheck, gap=False)
@@ -309,7 +309,7 @@ class Emitter:
             gap = gap or bool(await self._store.room_events(room, cursor, 1, until=until))
             if recheck is not None:
                 await recheck()
-            await enter()
+            enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
             if gap:  # it lacks some of what came after its cursor: only what comes now is had
                 sent_from = self.delivered
@@ -336,22 +336,30 @@ class Emitter:
             until=self._until(upto),
         )
 
+    def enter_known(self, room: str, enter: Callable[[], None], gap: bool = False) -> Replay | None:
+        """`enter()` the room at once, nothing to replay, if its newest id is known here
+        (None otherwise: the store must say). No event goes out between the two."""
+        if room not in self._room_cursors:
+            return None
+        enter()
+        return Replay(0, event_id_or_none(self._room_cursors[room]), gap, self.delivered)
+
     async def _enter_now(
         self,
         room: str,
-        enter: Callable[[], Awaitable[None]],
+        enter: Callable[[], None],
         recheck: Callable[[], Awaitable[None]] | None,
         gap: bool,
     ) -> Replay:
         """Enter with nothing to replay; the room's newest id is the client's cursor."""
-        if recheck is None and room in self._room_cursors:
-            await enter()  # without suspending: no event goes out between it and the cursor
-            cursor = event_id_or_none(self._room_cursors.get(room))
-            return Replay(0, cursor, gap, self.delivered)
+        if recheck is None:
+            entered = self.enter_known(room, enter, gap)
+            if entered is not None:
+                return entered
         async with self._lock:
             if recheck is not None:
                 await recheck()
-            await enter()
+            enter()
             bounds = await self._store.event_bounds(room, until=self.delivered)
             if self.delivered is not None:
                 self._room_cursors.setdefault(room, bounds.room_newest)

@@ -4,8 +4,8 @@ Replaces python-socketio's `AsyncServer` handling of client packets (`GatewaySer
 with a reserved name (or no string name) reaches the namespace as `RefusedEventName`, never
 its lifecycle handlers; binary events are refused at once (the library kept every announced
 attachment); a client that leaves its last namespace is closed; the gateway's namespace is
-answered without the library's dispatch chain. Without `rules` (the conformance app) it is the
-protocol's own server.
+answered without the library's dispatch chain, its EVENT packets read without the library's
+packet object. Without `rules` (the conformance app) it is the protocol's own server.
 
 Library internals touched: `AsyncServer._handle_connect`, `_handle_eio_disconnect`,
 `_handle_eio_message`, `_handle_event` (overridden) and `_send_packet`.
@@ -44,8 +44,22 @@ class RefusedEventName:
         return str(self.name)
 
 
+MAX_ID_DIGITS = 18  # an ack id the fast read takes; longer ones the library reads (up to 99)
 # Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK)
 _BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY_ACK))
+
+
+def _event_on_main_namespace(data: str) -> tuple[int | None, Any] | None:
+    """An EVENT on namespace `/` (`2[...]`, `2<id>[...]`): its ack id and its data, read as
+    python-socketio's `Packet.decode` reads them; None for any other shape (the library
+    reads those)."""
+    start = data.find("[", 1, MAX_ID_DIGITS + 2)
+    if start == -1:
+        return None
+    digits = data[1:start]
+    if digits and not (digits.isascii() and digits.isdigit()):
+        return None
+    return (int(digits) if digits else None), FastJson.loads(data[start:])
 
 
 class GatewayServer(socketio.AsyncServer):
@@ -113,6 +127,11 @@ class GatewayServer(socketio.AsyncServer):
         if not self.rules:
             await super()._handle_eio_message(eio_sid, data)
             return
+        if type(data) is str and data[:1] == "2":
+            event = _event_on_main_namespace(data)
+            if event is not None:  # the usual packet, read without building a packet object
+                await self._handle_event(eio_sid, None, *event)
+                return
         if isinstance(data, (bytes, bytearray)):
             return  # an attachment of a binary packet refused below
         if isinstance(data, str) and data[:1] in _BINARY_PACKETS:

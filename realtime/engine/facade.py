@@ -121,9 +121,9 @@ class Engine:
         await self._lifecycle.close_all()
 
     # -- rooms --------------------------------------------------------------------------------
-    async def enter(self, sid: str, room: str) -> None:
-        """Put the socket in the room (without suspending: nothing goes out meanwhile)."""
-        await self.sio.enter_room(sid, room)
+    def enter(self, sid: str, room: str) -> None:
+        """Put the socket in the room, at once: no event can go out meanwhile."""
+        self.sio.manager.basic_enter_room(sid, NAMESPACE, room)
 
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from realtime.config import (
 )
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
+from realtime.ops.collector import CollectorPacing
 from server.app import create_app, make_store
 
 logger = logging.getLogger("realtime")
@@ -212,12 +212,6 @@ def _serve(settings: Settings, demo: bool = False) -> int:
     return 0
 
 
-# A full garbage-collector pass walks every live object, and a gateway holds many long-lived
-# ones (each connection's socket, queues and tasks): with the default thresholds such a pass
-# ran every second or so under load and stalled every delivery for 50-100 ms (bench/). What
-# start-up made is frozen out of those passes, and the young generation is collected less
-# often, so full passes become rare.
-GC_THRESHOLDS = (50_000, 20, 100)
 # Connections the kernel holds for the gateway to accept (aiohttp's default is 128): a
 # long-polling client without keep-alive (socket.io-client in Node; a proxy without upstream
 # keep-alive) opens a connection per request, a whole room's at once after a broadcast, and
@@ -355,9 +349,8 @@ async def serve(
             extra={**files_fields, "recommended": FILES_RECOMMENDED, "detail": HOW_TO_RAISE_FILES},
         )
     await runner.setup()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    collector = CollectorPacing()  # what start-up made is frozen out of every pass
+    collector.install()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     host, port = runner.addresses[0][:2]
@@ -378,3 +371,4 @@ async def serve(
         logger.info("shutting down")
     finally:
         await runner.cleanup()
+        collector.uninstall()

@@ -192,9 +192,9 @@ class Emitter:
         """To this instance's sockets in the event's rooms (the other instances deliver to
         theirs); a booking change's reservation room is then checked again."""
         if event.rooms == (EVERYONE,):  # a control event kept in order: no eventId
-            self._engine.deliver(event.name, event.payload, None)
+            await self._engine.deliver(event.name, event.payload, None)
         else:
-            self._engine.deliver(event.name, wire_payload(event), event.rooms)
+            await self._engine.deliver(event.name, wire_payload(event), event.rooms)
             for room in event.rooms:
                 self._room_cursors.pop(room, None)  # moved to the end: the newest used
                 self._room_cursors[room] = event.sequence

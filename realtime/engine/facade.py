@@ -6,9 +6,12 @@ holds neither python-socketio's server nor an Engine.IO id of its own finding.
 
 The emit path (`deliver`): python-socketio encodes an event once but then starts one task per
 recipient and waits for them all, and python-engineio's writer wakes once per packet. Here an
-event is encoded once and handed to each recipient's `Outbox` in one synchronous pass; acks,
-the library's own packets and control events enter the same outboxes in call order, so each
-socket's order holds.
+event is encoded once and handed to each recipient's `Outbox`, without a task; acks, the
+library's own packets and control events enter the same outboxes in call order, so each
+socket's order holds. A room of more than `FANOUT_SLICE` sockets is handed the event a slice
+at a time, the loop's other work (a `/health`, other sockets' packets) running between two
+slices: the members are those of when the event went out, plus a socket that enters one of
+its rooms meanwhile (`enter` hands it the event too), less one that leaves them or goes.
 
 Library internals touched: none (the manager's and the server's public calls, and
 `eio.sockets`).
@@ -16,6 +19,7 @@ Library internals touched: none (the manager's and the server's public calls, an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -30,6 +34,21 @@ from realtime.engine.outbox import Bounds, Outbox
 from realtime.engine.packets import SharedPacket, encode_event
 from realtime.limits import Admission
 from realtime.tasks import TaskKeeper
+
+# recipients handed an event before the loop gets a turn: 10-20 ms of work
+FANOUT_SLICE = 2000
+
+
+class _InFlight:
+    """An event being handed out a slice at a time, to the sockets of `rooms`."""
+
+    __slots__ = ("late", "packet", "reached", "rooms")
+
+    def __init__(self, packet: SharedPacket, rooms: list[str], reached: set[str]):
+        self.packet = packet
+        self.rooms = rooms
+        self.reached = reached  # sids it went or goes to
+        self.late = 0  # sockets it went to as they entered one of the rooms
 
 
 class Engine:
@@ -55,6 +74,7 @@ class Engine:
         # each socket's rooms, kept by the manager (the conformance app's has no index)
         manager = sio.manager
         self._rooms_by_sid = manager.named_rooms if isinstance(manager, RoomIndex) else {}
+        self._in_flight: _InFlight | None = None
 
     @property
     def slow_clients_closed(self) -> int:
@@ -122,8 +142,15 @@ class Engine:
 
     # -- rooms --------------------------------------------------------------------------------
     def enter(self, sid: str, room: str) -> None:
-        """Put the socket in the room, at once: no event can go out meanwhile."""
+        """Put the socket in the room, at once; an event of the room being handed out
+        (`deliver`) reaches it too, as if it had been in the room when the event went out."""
         self.sio.manager.basic_enter_room(sid, NAMESPACE, room)
+        in_flight = self._in_flight
+        if in_flight is not None and room in in_flight.rooms and sid not in in_flight.reached:
+            in_flight.reached.add(sid)
+            connection = self.connection_of(sid)
+            if connection is not None:
+                in_flight.late += self._hand_over(in_flight.packet, ((sid, connection),))
 
     async def leave(self, sid: str, room: str) -> None:
         await self.sio.leave_room(sid, room)
@@ -159,13 +186,37 @@ class Engine:
         return manager
 
     # -- sending ------------------------------------------------------------------------------
-    def deliver(self, event: str, payload: Any, rooms: Iterable[str] | None) -> int:
+    async def deliver(self, event: str, payload: Any, rooms: Iterable[str] | None) -> int:
         """Send `event` to this instance's sockets in `rooms` (None: every socket), encoded
-        once, without a task or an await; returns how many sockets it went to."""
+        once, without a task, a slice of `FANOUT_SLICE` sockets at a time; returns how many
+        sockets it went to. One event at a time: the next waits for this one's return."""
+        rooms = None if rooms is None else list(rooms)
         if self.admin is not None:
-            rooms = None if rooms is None else list(rooms)
             self.admin.sent(event, lambda: (sid for sid, _ in self._participants(rooms)), payload)
-        return self._hand_over(encode_event(event, payload), self._in_rooms(rooms))
+        packet = SharedPacket(encode_event(event, payload))
+        recipients = list(self._participants(rooms))  # a copy: python-socketio's is one too
+        if len(recipients) <= FANOUT_SLICE:
+            return self._hand_over(packet, recipients)
+        in_flight = _InFlight(packet, rooms or [], {sid for sid, _ in recipients})
+        self._in_flight = in_flight if rooms else None
+        try:
+            count = self._hand_over(packet, recipients[:FANOUT_SLICE])
+            for start in range(FANOUT_SLICE, len(recipients), FANOUT_SLICE):
+                await asyncio.sleep(0)
+                still = self._still_in(rooms, recipients[start : start + FANOUT_SLICE])
+                count += self._hand_over(packet, still)
+        finally:
+            self._in_flight = None
+        return count + in_flight.late
+
+    def _still_in(
+        self, rooms: list[str] | None, recipients: list[tuple[str, str]]
+    ) -> Iterable[tuple[str, str]]:
+        """Those of `recipients` still in one of `rooms` (after the loop had a turn)."""
+        if rooms is None or not isinstance(self.sio.manager, RoomIndex):
+            return recipients
+        index = self._rooms_by_sid
+        return [r for r in recipients if any(room in index.get(r[0], NO_ROOMS) for room in rooms)]
 
     def send(self, sid: str, event: str, payload: Any) -> None:
         """Send `event` to one socket of this instance, behind what it was sent before."""
@@ -173,7 +224,7 @@ class Engine:
         if connection is not None:
             if self.admin is not None:
                 self.admin.sent(event, lambda: [sid], payload)
-            self._hand_over(encode_event(event, payload), (connection,))
+            self._hand_over(SharedPacket(encode_event(event, payload)), ((sid, connection),))
 
     async def wait_for_room(self, sid: str, packets: int, size_bytes: int) -> None:
         """Return once this socket's outbox has room for `packets` more packets of
@@ -187,24 +238,16 @@ class Engine:
                 max(0, self.bounds.bytes - 2 * size_bytes),
             )
 
-    def _in_rooms(self, rooms: Iterable[str] | None) -> Iterator[str]:
-        for _, connection in self._participants(rooms):
-            yield connection
+    def _participants(self, rooms: list[str] | None) -> Iterator[tuple[str, str]]:
+        if rooms is None or rooms:
+            yield from self.sio.manager.get_participants(NAMESPACE, rooms)
 
-    def _participants(self, rooms: Iterable[str] | None) -> Iterator[tuple[str, str]]:
-        if rooms is not None:
-            rooms = list(rooms)
-            if not rooms:
-                return
-        yield from self.sio.manager.get_participants(NAMESPACE, rooms)
-
-    def _hand_over(self, socketio_packet: str, connections: Iterable[str]) -> int:
-        shared = SharedPacket(socketio_packet)
+    def _hand_over(self, packet: SharedPacket, recipients: Iterable[tuple[str, str]]) -> int:
         sockets = self._eio.sockets
         count = 0
-        for connection in connections:
+        for _, connection in recipients:
             socket = sockets.get(connection)
             if socket is not None and not socket.closed:
-                socket.queue.put_nowait(shared)
+                socket.queue.put_nowait(packet)
                 count += 1
         return count

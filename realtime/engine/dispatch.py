@@ -8,7 +8,8 @@ answered without the library's dispatch chain, its EVENT packets read without th
 packet object. Without `rules` (the conformance app) it is the protocol's own server.
 
 Library internals touched: `AsyncServer._handle_connect`, `_handle_eio_disconnect`,
-`_handle_eio_message`, `_handle_event` (overridden) and `_send_packet`.
+`_handle_eio_message`, `_handle_event` (overridden) and `_send_packet`; python-engineio's
+server's `closing_turns` (set by `lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -142,7 +143,11 @@ class GatewayServer(socketio.AsyncServer):
             return
         # DISCONNECT: a client that leaves its last namespace has no more use for the
         # connection (the JS and python clients close it then); one that kept it would hold
-        # it with no session, outside the per-user limit
+        # it with no session, outside the per-user limit. A flood of them (every client
+        # leaving at once) is handled a few per turn of the loop.
+        turns = getattr(self.eio, "closing_turns", None)
+        if turns is not None:
+            await turns.take()
         connected = self._in_a_namespace(eio_sid)
         await super()._handle_eio_message(eio_sid, data)
         socket = self.eio.sockets.get(eio_sid)

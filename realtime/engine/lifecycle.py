@@ -9,7 +9,8 @@ ends; a polling client that closes is answered at once). Closing a transport her
 Socket.IO disconnect: clients reconnect by themselves and catch up by replay.
 
 Library internals touched: `AsyncServer._service_task`, `service_task_event`,
-`start_service_task`, `service_task_handle` and `create_queue`; its `handlers` (wrapped).
+`start_service_task`, `service_task_handle` and `create_queue`; its `handlers` (wrapped); a
+`closing_turns` (`Turns`) set on it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ from realtime.engine.answers import connect_environ
 from realtime.engine.outbox import Bounds, Outbox
 from realtime.engine.packets import NOOP
 from realtime.engine.socket import LAST_POLL_WAIT_S, GatewaySocket
+from realtime.engine.turns import Turns
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
+
+
+# connections whose closing is handled per turn of the loop (~150 µs each: ~15 ms a turn)
+CLOSES_PER_TURN = 100
 
 
 class Lifecycle:
@@ -55,6 +61,8 @@ class Lifecycle:
         self.opened: Callable[[str], None] = _nothing
         self.closed: Callable[[str], None] = _nothing
         eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
+        # closes handled a few per turn of the loop (`Turns`), here and by the dispatcher
+        eio.closing_turns = self._closing = Turns(CLOSES_PER_TURN)
         eio._service_task = self._sweep
         self._forget = eio.disconnect
         eio.disconnect = self._disconnect
@@ -150,6 +158,7 @@ class Lifecycle:
             return accepted
 
         async def on_disconnect(eio_sid: str, reason: Any) -> None:
+            await self._closing.take()
             try:
                 await handle_disconnect(eio_sid, reason)
             finally:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/vs_node.py [--reps 3] [--seconds 10]
         [--scenarios fanout,latency,idle,connects,polling,polling_close,acks]
         [--servers node,bare,gateway,before] [--gateway-root PATH] [--before-root PATH]
-        [--gateway-env KEY=VALUE ...] [--quick] [--json PATH]
+        [--gateway-env KEY=VALUE ...] [--clients N] [--quick] [--json PATH]
 
 Three servers speak the gateway's protocol (README "Protocol summary": handshake JWT,
 `auth_success`, `join_room`/`leave_room` acks, `POST /broadcast`):
@@ -596,6 +596,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 s: a smoke test")
     parser.add_argument("--inflight", type=int, help="fanout: broadcasts not yet delivered [8]")
     parser.add_argument(
+        "--clients", type=int, help="clients of every scenario that has them (the full sizes above)"
+    )
+    parser.add_argument(
         "--quiet-pct",
         type=float,
         default=15.0,
@@ -654,6 +657,8 @@ def options_for(scenario: str, args) -> dict:
     options = {**full, **(quick if args.quick else {})}
     if scenario == "fanout" and args.inflight:
         options["inflight"] = args.inflight
+    if args.clients and "clients" in options:
+        options["clients"] = args.clients
     return options
 
 

@@ -67,9 +67,9 @@ class Joins:
             await self._policy.authorize(principal, room)
         elif not allowed:
             raise_forbidden(room)
-        upto = self.sent_from(session, room.name)
         if last_event_id is None and allowed:
             # the usual join: nothing to replay or recheck, the room's newest id known here
+            upto = self.sent_from(session, room.name)
             replay = self._emitter.enter_known(room.name, partial(self.enter, session, room.name))
             if replay is not None:
                 return self._joined(session, room.name, replay, upto, None)
@@ -82,6 +82,7 @@ class Joins:
         visible = None
         if room.kind == "reservation" and last_event_id is not None and not principal.is_admin:
             visible = await self._reservation_history(principal, room.name, last_event_id)
+        upto = self.sent_from(session, room.name)
         replay = await self._emitter.enter_with_replay(
             sid,
             room.name,

@@ -382,6 +382,34 @@ async def test_connecting_the_namespace_again_does_not_extend_the_auth_deadline(
         await raw.close()
 
 
+async def test_authenticating_cancels_the_transports_auth_deadline(
+    clients, gateway, token, client_kind
+):
+    # a timer per idle connection otherwise, held for its life; armed again when the
+    # authenticated socket goes and its transport stays
+    client = clients(client_kind)
+    await client.connect()
+    assert gateway.sessions.awaiting_authentication() == 1
+    answer = await client.call("authenticate", {"token": token("bob")})
+    assert answer["ok"] is True
+    assert gateway.sessions.awaiting_authentication() == 0
+
+
+@pytest.mark.env(AUTH_TIMEOUT="1")
+async def test_a_transport_whose_authenticated_socket_leaves_has_a_deadline_again(
+    base_url, gateway, token
+):
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect({"token": token("c1")})).startswith("40{")
+        await raw.next_event("auth_success")
+        assert gateway.sessions.awaiting_authentication() == 0
+        await raw.send("41")  # the socket leaves, the transport stays: closed at its deadline
+        await raw.wait_closed(timeout=5)
+    finally:
+        await raw.close()
+
+
 async def test_a_room_name_with_a_trailing_newline_is_unknown(connect, client_kind):
     client = await connect(client_kind, sub="c1")
     for room in ("user-c1\n", "availability-s1\n"):

@@ -89,6 +89,11 @@ class Sessions:
             self._settings.auth_timeout_s, self._auth_deadline_passed, connection
         )
 
+    def awaiting_authentication(self) -> int:
+        """How many transports have an auth deadline armed (none carries an authenticated
+        socket)."""
+        return len(self._auth_deadlines)
+
     def _auth_deadline_passed(self, connection: str) -> None:
         self._auth_deadlines.pop(connection, None)
         self._tasks.spawn(
@@ -246,7 +251,9 @@ class Sessions:
             raise
         session.principal = principal
         self.limits.user_socket_added(principal.user_id, sid)
-        # (the transport's auth deadline is left to pass: it finds an authenticated socket)
+        # the transport carries an authenticated socket: its deadline would find one (and
+        # would hold a timer for its life); armed again if that socket goes (`closed`)
+        self._cancel_auth_deadline(session.connection)
         # `exp` binds from now on; `announce` adds the `auth_expiring` warning before it
         self._expiry.bind(session)
         for room in revoked:

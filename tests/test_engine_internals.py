@@ -8,6 +8,9 @@ from __future__ import annotations
 import inspect
 import re
 
+import aiohttp.base_protocol
+import aiohttp.web_protocol
+import aiohttp.web_request
 import engineio
 import engineio.async_drivers.aiohttp as engineio_aiohttp
 import engineio.async_socket
@@ -80,6 +83,23 @@ def test_endpoint(settings):
     for name in ("_unauthorized", "_make_response", "handle_request", "generate_id"):
         assert callable(getattr(sio.eio, name)), name
     assert isinstance(sio.eio.ping_interval_grace_period, (int, float))
+
+
+def test_websocket():
+    # aiohttp's request handler reads its HTTP parser and request queue for requests only;
+    # an upgraded connection's bytes go to its WebSocket reader (`_payload_parser`)
+    handler = aiohttp.web_protocol.RequestHandler
+    slots = {*handler.__slots__, *aiohttp.base_protocol.BaseProtocol.__slots__}
+    for name in ("_parser", "_messages", "_payload_parser", "_upgraded", "_current_request"):
+        assert name in slots, name
+    for call in ("pause_reading", "resume_reading"):  # the parser, paused while not upgraded
+        source = inspect.getsource(getattr(aiohttp.base_protocol.BaseProtocol, call))
+        assert "not self._upgraded" in source, call
+    assert "self._payload_parser is None and not self._upgraded" in inspect.getsource(
+        handler.data_received
+    )
+    assert "if self._parser is not None:" in inspect.getsource(handler.start)
+    assert "self._cache: dict" in inspect.getsource(aiohttp.web_request.BaseRequest.__init__)
 
 
 def test_lifecycle(settings):

@@ -6,6 +6,7 @@ library internals it touches (`tests/test_engine_internals.py` fails if one move
 - `packets.py`: packets and frames, encoded once;
 - `outbox.py`: one socket's outgoing packets, bounded (flow control);
 - `socket.py`: the Engine.IO socket;
+- `websocket.py`: a connection once a WebSocket, aiohttp's HTTP request let go;
 - `endpoint.py`, `polling.py`, `answers.py`: the HTTP/WebSocket route, long-polling, and the
   answers and environ they give;
 - `lifecycle.py`: connections opening, pinged, timed out and closed;

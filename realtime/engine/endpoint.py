@@ -3,12 +3,12 @@
 Replaces python-engineio's request handling (`handle_request`, `_handle_connect`, its aiohttp
 driver's WebSocket) for what clients do every day: a GET is served here with the library's
 checks, packets and handlers but a shorter stack (what a connection holds for its life is its
-own frame and a small environ); polls and POSTs go to `polling.py`; what is left (JSONP,
-OPTIONS, a check that refuses) goes to the library, which answers it as always. Handshakes
-follow the protocol where the library did not (`server/conformance.py` runs its suites): a
-transport required, a duplicate poll closing the session, one upgrade per session,
-`pingInterval` in milliseconds, other methods 400. WebSocket compression is negotiated only
-when asked (the library's driver always negotiated it: four times the memory).
+own frame and a small environ); polls and POSTs go to `polling.py`; the rest (JSONP, OPTIONS,
+a check that refuses) to the library, which answers it as always. Handshakes follow the
+protocol where the library did not (`server/conformance.py` runs its suites): a transport
+required, a duplicate poll closing the session, one upgrade per session, `pingInterval` in
+ms, other methods 400. WebSocket compression only when asked (the library's driver always
+negotiated it: four times the memory); what a WebSocket keeps, see `websocket.py`.
 
 Library internals touched: `AsyncServer._async` (its driver), `_unauthorized`,
 `_make_response` and `ping_interval_grace_period`.
@@ -35,6 +35,7 @@ from realtime.engine.answers import (
     turned_away,
 )
 from realtime.engine.socket import GatewaySocket
+from realtime.engine.websocket import release_http
 from realtime.limits import Admission
 
 logger = logging.getLogger(__name__)
@@ -233,8 +234,7 @@ class Endpoint:
         )
 
     async def _open_polling(self, request: web.Request) -> web.StreamResponse:
-        """python-engineio's `_handle_connect`, for long-polling: the OPEN packet is the
-        first poll's answer."""
+        """python-engineio's `_handle_connect`, long-polling: OPEN is the first poll's answer."""
         socket, refusal = await self._open(request, ["websocket"])
         if socket is None:
             return await self._refused_handshake(request, refusal)
@@ -268,6 +268,7 @@ class Endpoint:
         )
         await response.prepare(request)
         self.connections[socket] = request.transport
+        release_http(request, response)
         return response
 
     def _install_driver(self) -> None:
@@ -276,9 +277,8 @@ class Endpoint:
         endpoint = self
 
         class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
-            """The driver's wrapper (for the WebSocket requests `route` leaves to the
-            library), with the response `route` builds, handing the socket's loop the
-            response and its transport."""
+            """The driver's wrapper, for the WebSocket requests `route` leaves to the library:
+            the socket's loop is handed the response `route` builds, and its transport."""
 
             response: web.WebSocketResponse
             transport: asyncio.Transport

@@ -307,20 +307,17 @@ async def test_an_idle_websocket_connection_costs_no_task_but_aiohttp_s(base_url
             await raw.close()
 
 
-async def test_a_websocket_connection_keeps_nothing_of_its_http_request(server, base_url, token):
-    raw = await RawSocket(base_url).open()
-    try:
-        assert (await raw.connect({"token": token("u1")})).startswith("40{")
-        await raw.next_event("auth_success")
-        (handler,) = server.runner.server.connections  # aiohttp's, of this connection
-        # its request parser and queue, for requests an upgraded connection never takes
-        assert handler._parser is None and not handler._messages
-        request = handler._current_request
-        assert request is not None and request._cache == {}
-        # ...and what it reads still arrives: an event after that, answered
-        assert (await raw.call(1, "join_room", {"roomId": "availability-s1"}))["ok"]
-    finally:
-        await raw.close()
+@pytest.mark.parametrize("kind", ["py-websocket", "py-upgrade"])
+async def test_a_websocket_connection_keeps_nothing_of_its_http_request(server, connect, kind):
+    client = await connect(kind)
+    # aiohttp's handler of the WebSocket's connection (an upgraded client's polls had others)
+    (handler,) = [h for h in server.runner.server.connections if h._payload_parser is not None]
+    # its request parser and queue, for requests an upgraded connection never takes
+    assert handler._parser is None and not handler._messages
+    request = handler._current_request
+    assert request._cache == {} and request.rel_url._cache == {}
+    # ...and what it reads still arrives: an event after that, answered
+    assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"]
 
 
 async def test_pings_keep_a_connection_and_a_silent_client_is_closed(gateway, base_url):

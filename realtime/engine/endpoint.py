@@ -97,32 +97,28 @@ class Endpoint:
 
     async def route(self, request: web.Request) -> web.StreamResponse:
         """A GET on the Engine.IO endpoint. Handshakes (long-polling and WebSocket), polls
-        and upgrades are served here, with python-engineio's checks, packets and handlers
-        but a shorter stack: what a connection holds for its life is its own frame and a
-        small environ, not the library's request handling and its environ. What is left
-        (JSONP, a check that refuses) goes to the library, which answers it as always."""
+        and upgrades are served here, with python-engineio's checks, packets and handlers but
+        a shorter stack: a connection holds its own frame and a small environ for its life,
+        not the library's request handling and environ. What is left (JSONP, a check that
+        refuses) goes to the library, which answers it as always."""
         eio = self._eio
-        query = request.query
         if request.method != "GET":  # HEAD: refused (a poll's body would be lost)
             return bad_request(self._eio, request, "unsupported method")
-        transport = query.get("transport")
+        query = request.query
+        transport, jsonp, eio4 = query.get("transport"), "j" in query, query.get("EIO") == "4"
+        # the session, as python-engineio reads the query (it drops empty values)
+        sid = next((value for value in query.getall("sid", ()) if value), None)
+        del query  # (this frame may serve a WebSocket: not kept for its life)
         if transport not in ("polling", "websocket"):
             # (python-engineio takes a missing one for polling; the protocol requires it)
             return bad_request(eio, request, "unknown transport")
-        # the session, as python-engineio reads the query (it drops empty values)
-        sid = next((value for value in query.getall("sid", ()) if value), None)
         if sid is None:  # a new connection
             admission = self.admit(connect_environ(request))
             if admission is Admission.TURNED_AWAY:
                 return turned_away(eio, request)
             if admission is Admission.REFUSED:
                 request[PAST_ITS_RATE] = True
-            if (
-                transport == "polling"
-                and query.get("EIO") == "4"
-                and "j" not in query
-                and origin_allowed(eio, request)
-            ):
+            if transport == "polling" and eio4 and not jsonp and origin_allowed(eio, request):
                 return await self._open_polling(request)
         else:
             # a session that is gone, or a poll of one upgraded: refused here (the library
@@ -146,7 +142,7 @@ class Endpoint:
                 type(socket) is GatewaySocket
                 and socket.connected
                 and not (socket.closed or socket.upgrading or socket.upgraded)
-                and "j" not in query
+                and not jsonp
                 and "Upgrade" not in request.headers
                 and origin_allowed(eio, request)
             ):
@@ -160,14 +156,14 @@ class Endpoint:
             return await eio.handle_request(request)
         if (
             transport != "websocket"
-            or "j" in query
+            or jsonp
             or request.headers.get("Upgrade", "").lower() != "websocket"
             or not web.WebSocketResponse().can_prepare(request).ok
             or not origin_allowed(eio, request)
         ):
             return await eio.handle_request(request)
         if sid is None:
-            if query.get("EIO") != "4":
+            if not eio4:
                 return await eio.handle_request(request)
             return await self._open_websocket(request)
         socket = eio.sockets.get(sid)

@@ -2,13 +2,13 @@
 
 aiohttp serves a WebSocket inside the request's handler, which lasts as long as the
 connection: what it made for HTTP stays with it, unused, for its life (a few KB of the ~20 KB
-an idle connection cost). Once the handshake is answered, the request parser and its queue
-(the connection takes no more requests: its bytes go to the WebSocket's reader), the
-handshake answer's headers (written) and the request's cached reads are let go.
+an idle connection cost). Once the handshake is answered, these go: the request parser and
+its queue (the connection takes no more requests: its bytes go to the WebSocket's reader),
+the handshake answer's headers (written), the request's and its URL's cached reads.
 
 Library internals touched: none of python-engineio's or python-socketio's; aiohttp's
 `RequestHandler._parser` and `_messages` (read only before the upgrade, or for a next request
-that an upgraded connection never takes) and `BaseRequest._cache`.
+that an upgraded connection never takes) and `BaseRequest._cache`; yarl's `URL._cache`.
 """
 
 from __future__ import annotations
@@ -26,4 +26,5 @@ def release_http(request: web.Request, response: web.WebSocketResponse) -> None:
         protocol._parser = None
         protocol._messages = _NO_MESSAGES
     response.headers.clear()
+    request.rel_url._cache.clear()  # yarl's: the parsed query, say (a session's own, upgraded)
     request._cache.clear()

@@ -286,7 +286,7 @@ def _tasks_by_kind() -> collections.Counter:
     return kinds
 
 
-async def test_an_idle_websocket_connection_costs_no_task_but_aiohttp_s(base_url, token):
+async def test_an_idle_websocket_connection_costs_one_task_its_reader(base_url, token):
     before = _tasks_by_kind()
     sockets = []
     try:
@@ -297,11 +297,11 @@ async def test_an_idle_websocket_connection_costs_no_task_but_aiohttp_s(base_url
             assert (await raw.call(1, "join_room", {"roomId": "availability-s1"}))["ok"]
             sockets.append(raw)
         grown = _tasks_by_kind() - before
-        # aiohttp's connection and request tasks read; nothing writes, pings or waits apart
-        # (python-engineio's one service task starts with the first connection)
+        # one task reads; nothing writes, pings or waits apart, and aiohttp's connection and
+        # request tasks have ended (python-engineio's service task starts with the first)
         per_connection = {kind for kind, count in grown.items() if count > 1}
-        assert per_connection == {"RequestHandler.start", "RequestHandler._handle_request"}
-        assert grown["RequestHandler._handle_request"] == len(sockets), grown
+        assert per_connection == {"GatewaySocket.run_websocket"}
+        assert grown["GatewaySocket.run_websocket"] == len(sockets), grown
     finally:
         for raw in sockets:
             await raw.close()
@@ -314,8 +314,11 @@ async def test_a_websocket_connection_keeps_nothing_of_its_http_request(server, 
     (handler,) = [h for h in server.runner.server.connections if h._payload_parser is not None]
     # its request parser and queue, for requests an upgraded connection never takes
     assert handler._parser is None and not handler._messages
-    request = handler._current_request
-    assert request._cache == {} and request.rel_url._cache == {}
+    # its request handled, its task ended, and nothing keeps the request
+    assert handler._current_request is None and handler._task_handler is None
+    gc.collect()
+    kept = [o for o in gc.get_objects() if isinstance(o, aiohttp.web.BaseRequest)]
+    assert [request for request in kept if request.protocol is handler] == []
     # ...and what it reads still arrives: an event after that, answered
     assert (await client.call("join_room", {"roomId": "availability-s1"}))["ok"]
 

@@ -35,7 +35,7 @@ from realtime.engine.answers import (
     turned_away,
 )
 from realtime.engine.socket import GatewaySocket
-from realtime.engine.websocket import release_http
+from realtime.engine.websocket import detach, release_http
 from realtime.limits import Admission
 
 logger = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class Endpoint:
             response = await self._websocket_response(request, socket)
             if await socket.upgrade(response, request.transport):
                 socket.upgraded = True
-                await socket.run_websocket(response, request.transport)
+                return detach(request, response, socket.run_websocket(response, request.transport))
         finally:
             if socket.closed and eio.sockets.get(sid) is socket:
                 del eio.sockets[sid]
@@ -251,8 +251,8 @@ class Endpoint:
             await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
             raise
         socket.connected = socket.upgraded = True
-        await socket.run_websocket(response, request.transport)  # which forgets the socket
-        return response
+        # (which forgets the socket when it ends)
+        return detach(request, response, socket.run_websocket(response, request.transport))
 
     async def _websocket_response(
         self, request: web.Request, socket: GatewaySocket

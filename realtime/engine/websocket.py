@@ -13,6 +13,10 @@ that an upgraded connection never takes) and `BaseRequest._cache`; yarl's `URL._
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
 from aiohttp import web
 
 # (immutable: a request queued after all would fail, not be shared between connections)
@@ -28,3 +32,76 @@ def release_http(request: web.Request, response: web.WebSocketResponse) -> None:
     response.headers.clear()
     request.rel_url._cache.clear()  # yarl's: the parsed query, say (a session's own, upgraded)
     request._cache.clear()
+
+
+# WebSockets read in tasks of their own, kept until they end
+_READING: set[asyncio.Task] = set()
+
+
+def detach(
+    request: web.Request, response: web.WebSocketResponse, reading: Coroutine[Any, Any, None]
+) -> web.StreamResponse:
+    """Go on reading the WebSocket (`reading`) in a task of its own, and return what ends
+    aiohttp's handling of its request without closing the connection: the request, its
+    handler's task and the connection's task (and their frames) go."""
+    task = asyncio.get_running_loop().create_task(reading)
+    _READING.add(task)
+    task.add_done_callback(_READING.discard)
+    protocol = request.protocol
+    transport = protocol.transport
+    response._req = _Handshake(protocol, transport)  # (the response held the whole request)
+    if transport is not None:
+        # aiohttp's connection task closes the connection as it ends (a WebSocket is no
+        # keep-alive): it sees one whose `close()` does nothing, until it has ended
+        keep_open = _KeepOpen(transport)
+        protocol.transport = keep_open
+
+        def ended(_: asyncio.Task) -> None:
+            if protocol.transport is keep_open:  # (None: the connection was lost meanwhile)
+                protocol.transport = transport
+
+        request.task.add_done_callback(ended)
+    return _Detached()
+
+
+class _KeepOpen:
+    """The connection's transport as aiohttp's connection task sees it while it ends: the same
+    but for `close()`."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.Transport):
+        self._transport = transport
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Handshake:
+    """What a detached `WebSocketResponse` reads of its request: the connection's transport
+    (to close it), while the connection lasts."""
+
+    __slots__ = ("_protocol", "_transport")
+    method = "GET"  # (its repr)
+    path = "(a WebSocket)"
+    task = None
+
+    def __init__(self, protocol: Any, transport: asyncio.Transport | None):
+        self._protocol, self._transport = protocol, transport
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport if self._protocol.transport is not None else None
+
+
+class _Detached(web.StreamResponse):
+    """aiohttp's answer to a request whose WebSocket goes on without it: nothing to write."""
+
+    async def prepare(self, request: Any) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/memory.py [--clients 2000] [--trace 25] [--browser-headers]
                                      [--transport websocket|upgrade] [--loop uvloop|asyncio]
+                                     [--server gateway|node]
 
 The gateway (`server.app.create_app`, embedded store) runs in a subprocess pinned to CPU 0. It
 is this script again (`--serve`), which builds the app and serves it as `python -m realtime`
@@ -15,7 +16,9 @@ clients, 100 at a time, each authenticated in the handshake (`auth: {token}`) an
   WebSocket, as socket.io-client does by default;
 - `--browser-headers`: every request carries ~1 KB of browser-like headers (User-Agent,
   Accept-Language, cookies, an Origin equal to the server's own);
-- `--loop asyncio`: the gateway on asyncio's own loop, whose timers can be counted.
+- `--loop asyncio`: the gateway on asyncio's own loop, whose timers can be counted;
+- `--server node`: Node socket.io (`bench/node/server.mjs`, as `bench/vs_node.py` runs it) in
+  the gateway's place, with the same clients: its RSS per connection only.
 
 It prints, per connection: RSS, tasks by coroutine, timers, objects by type (count and
 shallow `sys.getsizeof` bytes) and, with `--trace N` (tracemalloc keeping N frames), the traced
@@ -36,6 +39,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import sysconfig
 import tempfile
@@ -53,6 +57,7 @@ sys.path.insert(0, ROOT)
 from bench import UNLIMITED  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
+NODE_SERVER = os.path.join(ROOT, "bench", "node", "server.mjs")
 
 SECRET = "bench-secret-0123456789-abcdefghijklmnop"
 ROOM = "availability-s1"
@@ -119,8 +124,8 @@ async def memory_route(request: web.Request) -> web.Response:
     return web.json_response(figures)
 
 
-def vm_rss_kb() -> int:
-    with open("/proc/self/status") as status:
+def vm_rss_kb(path: str = "/proc/self/status") -> int:
+    with open(path) as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -209,6 +214,12 @@ def site_name(filename: str, lineno: int) -> str:
 
 
 # --- the clients' side ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pinned(cpu: int) -> list[str]:
@@ -331,10 +342,15 @@ async def connect_all(
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix="bench-memory-")
-    command = [*pinned(SERVER_CPU), sys.executable, THIS_FILE, "--serve", "--loop", args.loop]
-    command += ["--store", os.path.join(workdir, "bench.db"), "--trace", str(args.trace)]
+    if args.server == "node":
+        command = [*pinned(SERVER_CPU), "node", NODE_SERVER, "--port", str(free_port())]
+        environment = {**os.environ, "JWT_SECRET": SECRET, "BROADCAST_TOKEN": "unused-" * 4}
+    else:
+        command = [*pinned(SERVER_CPU), sys.executable, THIS_FILE, "--serve", "--loop", args.loop]
+        command += ["--store", os.path.join(workdir, "bench.db"), "--trace", str(args.trace)]
+        environment = None
     server = await asyncio.create_subprocess_exec(
-        *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE
+        *command, cwd=ROOT, stdout=asyncio.subprocess.PIPE, env=environment
     )
     try:
         line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
@@ -349,6 +365,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         ):
 
             async def memory() -> dict[str, Any]:
+                if args.server == "node":  # (taskset execs it: the same process)
+                    return {"rss_kb": vm_rss_kb(f"/proc/{server.pid}/status")}
                 async with probe.get(f"{base}/__memory") as response:
                     return await response.json()
 
@@ -431,7 +449,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         f"# bench/memory.py on {platform.node()} ({os.cpu_count()} CPUs), "
         f"python {platform.python_version()}, {versions}"
     )
-    print(f"# gateway on {args.loop}, {pinning}; {traced}")
+    server = "Node socket.io (bench/node/server.mjs)" if args.server == "node" else "gateway"
+    print(f"# {server} on {'node' if args.server == 'node' else args.loop}, {pinning}; {traced}")
     print(
         f"# {n} clients, transport {args.transport}, {headers}; {CONNECTING_AT_ONCE} connecting "
         f"at a time (all in {result['connect_s']:.1f} s), each authenticated in the handshake "
@@ -450,6 +469,8 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.trace:
         traced_bytes = (after["traced_bytes"] - before["traced_bytes"]) / n
         print(f"tracemalloc: {traced_bytes:,.0f} bytes per connection (Python's allocations)")
+    if args.server == "node":
+        return
 
     tasks = deltas(before["tasks"], after["tasks"])
     print(f"tasks per connection: {sum(tasks.values()) / n:.2f}")
@@ -502,9 +523,12 @@ def main() -> None:
     parser.add_argument("--browser-headers", action="store_true")
     parser.add_argument("--transport", choices=["websocket", "upgrade"], default="websocket")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--server", choices=["gateway", "node"], default="gateway")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.server == "node" and args.trace:
+        parser.error("--trace traces the gateway only")
     if args.serve:
         serve(args)
         return

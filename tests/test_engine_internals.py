@@ -11,6 +11,7 @@ import re
 import aiohttp.base_protocol
 import aiohttp.web_protocol
 import aiohttp.web_request
+import aiohttp.web_ws
 import engineio
 import engineio.async_drivers.aiohttp as engineio_aiohttp
 import engineio.async_socket
@@ -100,6 +101,16 @@ def test_websocket():
     )
     assert "if self._parser is not None:" in inspect.getsource(handler.start)
     assert "self._cache: dict" in inspect.getsource(aiohttp.web_request.BaseRequest.__init__)
+    # `detach`: the connection's task closes `self.transport` as it ends, having answered the
+    # handler's response with its `prepare` and `write_eof`; a WebSocket closes its
+    # connection through its request (`_req`), which is all it reads of it once prepared
+    start = inspect.getsource(handler.start)
+    assert "if not self._force_close:" in start and "self.transport.close()" in start
+    finish = inspect.getsource(handler.finish_response)
+    assert "resp.prepare" in finish and "await resp.write_eof()" in finish
+    websocket = inspect.getsource(aiohttp.web_ws.WebSocketResponse)
+    assert set(re.findall(r"self\._req\.(\w+)", websocket)) <= {"transport", "_protocol"}
+    assert "self._req.transport.close()" in websocket
 
 
 def test_lifecycle(settings):

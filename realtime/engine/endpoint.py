@@ -2,8 +2,8 @@
 
 Replaces python-engineio's request handling (`handle_request`, `_handle_connect`, its aiohttp
 driver's WebSocket) for what clients do every day: a GET is served here with the library's
-checks, packets and handlers but a shorter stack (what a connection holds for its life is its
-own frame and a small environ); polls and POSTs go to `polling.py`; the rest (JSONP, OPTIONS,
+checks, packets and handlers but a shorter stack (a WebSocket keeps, for its life, a task of
+its own and a small environ); polls and POSTs go to `polling.py`; the rest (JSONP, OPTIONS,
 a check that refuses) to the library, which answers it as always. Handshakes follow the
 protocol where the library did not (`server/conformance.py` runs its suites): a transport
 required, a duplicate poll closing the session, one upgrade per session, `pingInterval` in
@@ -98,9 +98,9 @@ class Endpoint:
     async def route(self, request: web.Request) -> web.StreamResponse:
         """A GET on the Engine.IO endpoint. Handshakes (long-polling and WebSocket), polls
         and upgrades are served here, with python-engineio's checks, packets and handlers but
-        a shorter stack: a connection holds its own frame and a small environ for its life,
-        not the library's request handling and environ. What is left (JSONP, a check that
-        refuses) goes to the library, which answers it as always."""
+        a shorter stack: a WebSocket keeps a task of its own and a small environ for its
+        life, not the library's request handling and environ. What is left (JSONP, a check
+        that refuses) goes to the library, which answers it as always."""
         eio = self._eio
         if request.method != "GET":  # HEAD: refused (a poll's body would be lost)
             return bad_request(self._eio, request, "unsupported method")

@@ -179,8 +179,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
     async def run_websocket(
         self, response: web.WebSocketResponse, transport: asyncio.Transport
     ) -> None:
-        """Read the client's packets in this (the request's) task until the WebSocket ends;
-        what goes out, the `Outbox` writes. No read timeout: a client that stops answering
+        """Read the client's packets (in a task of its own: `websocket.detach`) until the
+        WebSocket ends; the `Outbox` writes. No read timeout: a client that stops answering
         pings is closed by python-engineio's ping check (`close` ends the WebSocket)."""
         outbox = self.queue
         outbox.attach(response, transport)

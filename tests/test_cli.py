@@ -180,6 +180,37 @@ async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
             await process.wait()
 
 
+@pytest.mark.parametrize("kind", ["py-websocket", "py-upgrade"])
+async def test_sigterm_ends_the_websockets_still_open_and_the_process(cli_env, kind):
+    # a WebSocket is read in a task of its own, outside aiohttp's request handling
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "realtime", "--port", "0"),
+        cwd=ROOT,
+        env=cli_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    client = None
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+        url = line.split(" on ")[1].split(" ")[0]
+        token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
+        client = make_client(kind, url)
+        await client.connect({"token": token})
+        assert (await client.next_event("auth_success"))["userId"] == "u1"
+        process.send_signal(signal.SIGTERM)
+        await client.wait_disconnected()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        stderr = (await process.stderr.read()).decode()
+        assert "Traceback" not in stderr and '"level": "ERROR"' not in stderr, stderr
+    finally:
+        if client is not None:
+            await client.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 def _open_files_limits(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/limits") as limits:
         for line in limits:

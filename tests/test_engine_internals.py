@@ -91,7 +91,8 @@ def test_websocket():
     # an upgraded connection's bytes go to its WebSocket reader (`_payload_parser`)
     handler = aiohttp.web_protocol.RequestHandler
     slots = {*handler.__slots__, *aiohttp.base_protocol.BaseProtocol.__slots__}
-    for name in ("_parser", "_messages", "_payload_parser", "_upgraded", "_current_request"):
+    names = ("_parser", "_messages", "_payload_parser", "_upgraded", "_current_request", "_cache")
+    for name in names:
         assert name in slots, name
     for call in ("pause_reading", "resume_reading"):  # the parser, paused while not upgraded
         source = inspect.getsource(getattr(aiohttp.base_protocol.BaseProtocol, call))

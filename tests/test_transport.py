@@ -313,7 +313,7 @@ async def test_a_websocket_connection_keeps_nothing_of_its_http_request(server, 
     # aiohttp's handler of the WebSocket's connection (an upgraded client's polls had others)
     (handler,) = [h for h in server.runner.server.connections if h._payload_parser is not None]
     # its request parser and queue, for requests an upgraded connection never takes
-    assert handler._parser is None and not handler._messages
+    assert handler._parser is None and not handler._messages and handler._cache == {}
     # its request handled, its task ended, and nothing keeps the request
     assert handler._current_request is None and handler._task_handler is None
     gc.collect()

@@ -58,6 +58,7 @@ class Lifecycle:
         # how long a connection may stay without connecting a namespace (None: for ever)
         self._connect_timeout_s = connect_timeout_s
         self.slow_clients_closed = 0
+        self._overflow = self._overflowed  # (one bound method for every outbox)
         self.opened: Callable[[str], None] = _nothing
         self.closed: Callable[[str], None] = _nothing
         eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
@@ -121,7 +122,7 @@ class Lifecycle:
             await self._forget(sid)
 
     def _create_outbox(self, *args: Any, **kwargs: Any) -> Outbox:
-        return Outbox(self.bounds, self._overflowed)
+        return Outbox(self.bounds, self._overflow)
 
     def _overflowed(self, outbox: Outbox) -> None:
         for eio_sid, socket in list(self._eio.sockets.items()):

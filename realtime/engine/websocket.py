@@ -7,14 +7,14 @@ connection's task and every frame between them stayed for the connection's life,
 the socket's loop reads the WebSocket in a task of its own and the handler returns: aiohttp's
 request handling ends without closing the connection, and all of that goes. What the
 connection keeps of aiohttp for HTTP is let go too (`release_http`): its request parser and
-queue (it takes no more requests: its bytes go to the WebSocket's reader) and the handshake
-answer's headers (written).
+queue (it takes no more requests: its bytes go to the WebSocket's reader), its cached reads
+and the handshake answer's headers (written).
 
 Library internals touched: none of python-engineio's or python-socketio's; aiohttp's
 `RequestHandler._parser` and `_messages` (read only before the upgrade, or for a next request
-that an upgraded connection never takes), its `transport` (which its connection task closes
-as it ends, unless force-closed), `StreamResponse._req` (a WebSocket closes its connection
-through it), `BaseRequest._cache`; yarl's `URL._cache`.
+that an upgraded connection never takes), its `_cache` and `transport` (which its connection
+task closes as it ends, unless force-closed), `StreamResponse._req` (a WebSocket closes its
+connection through it), `BaseRequest._cache`; yarl's `URL._cache`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def release_http(request: web.Request, response: web.WebSocketResponse) -> None:
     if protocol.transport is not None:  # (gone: aiohttp has let them go itself)
         protocol._parser = None
         protocol._messages = _NO_MESSAGES
+    protocol._cache.clear()  # its peer's and its own address, read again if asked
     response.headers.clear()
     request.rel_url._cache.clear()  # yarl's: the parsed query, say (a session's own, upgraded)
     request._cache.clear()

@@ -83,9 +83,7 @@ async def test_a_socket_that_leaves_and_comes_back_meanwhile_gets_it_once(
     assert (await members[2].next_event("notification"))["title"] == "after"
 
 
-async def test_a_join_while_an_event_is_handed_out_misses_nothing(
-    gateway, connect, one_per_slice
-):
+async def test_a_join_while_an_event_is_handed_out_misses_nothing(gateway, connect, one_per_slice):
     """Through the gateway's own join (the short way, no lock): the joiner's acknowledged
     cursor and what it receives leave no hole."""
     members = [await connect(sub=f"c{n}") for n in range(5)]

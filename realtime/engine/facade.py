@@ -203,20 +203,27 @@ class Engine:
             count = self._hand_over(packet, recipients[:FANOUT_SLICE])
             for start in range(FANOUT_SLICE, len(recipients), FANOUT_SLICE):
                 await asyncio.sleep(0)
-                still = self._still_in(rooms, recipients[start : start + FANOUT_SLICE])
+                still = self._still_in(in_flight, recipients[start : start + FANOUT_SLICE])
                 count += self._hand_over(packet, still)
         finally:
             self._in_flight = None
         return count + in_flight.late
 
     def _still_in(
-        self, rooms: list[str] | None, recipients: list[tuple[str, str]]
+        self, in_flight: _InFlight, recipients: list[tuple[str, str]]
     ) -> Iterable[tuple[str, str]]:
-        """Those of `recipients` still in one of `rooms` (after the loop had a turn)."""
-        if rooms is None or not isinstance(self.sio.manager, RoomIndex):
+        """Those of `recipients` still in one of the event's rooms (after the loop had a
+        turn); those gone are no longer counted as reached: entering again, they get it."""
+        rooms = in_flight.rooms
+        if not rooms or not isinstance(self.sio.manager, RoomIndex):
             return recipients
-        index = self._rooms_by_sid
-        return [r for r in recipients if any(room in index.get(r[0], NO_ROOMS) for room in rooms)]
+        index, still = self._rooms_by_sid, []
+        for sid, connection in recipients:
+            if any(room in index.get(sid, NO_ROOMS) for room in rooms):
+                still.append((sid, connection))
+            else:
+                in_flight.reached.discard(sid)
+        return still
 
     def send(self, sid: str, event: str, payload: Any) -> None:
         """Send `event` to one socket of this instance, behind what it was sent before."""

@@ -349,7 +349,7 @@ async def serve(
             extra={**files_fields, "recommended": FILES_RECOMMENDED, "detail": HOW_TO_RAISE_FILES},
         )
     await runner.setup()
-    collector = CollectorPacing()  # what start-up made is frozen out of every pass
+    collector = CollectorPacing()  # survivors frozen out of later passes, on uvloop
     collector.install()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()

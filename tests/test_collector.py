@@ -25,7 +25,7 @@ class Node:
 async def paced():
     was_enabled = gc.isenabled()
     gc.enable()
-    pace = pacing.CollectorPacing(full_pass_every_s=3600)
+    pace = pacing.CollectorPacing(freeze_survivors=True, full_pass_every_s=3600)
     pace.install()
     try:
         yield pace
@@ -59,7 +59,7 @@ async def test_a_full_pass_finds_cyclic_garbage_among_frozen_objects(paced):
 
 
 async def test_the_full_pass_comes_by_itself():
-    pace = pacing.CollectorPacing(full_pass_every_s=0.05)
+    pace = pacing.CollectorPacing(freeze_survivors=True, full_pass_every_s=0.05)
     pace.install()
     try:
         first, second = Node(), Node()
@@ -68,6 +68,19 @@ async def test_the_full_pass_comes_by_itself():
         gc.collect(1)
         del first, second
         await eventually(lambda: gone() is None)
+    finally:
+        pace.uninstall()
+        gc.unfreeze()
+
+
+async def test_survivors_are_frozen_on_uvloop_only():
+    """asyncio's own loop makes each TCP transport a cycle: frozen while open, a closed
+    connection would wait for the hourly pass (`test_hostile_pacing.py`)."""
+    pace = pacing.CollectorPacing()
+    pace.install()  # here, on asyncio's loop
+    try:
+        assert gc.get_threshold() == pacing.UNFROZEN_THRESHOLDS
+        assert pace._after_pass not in gc.callbacks
     finally:
         pace.uninstall()
         gc.unfreeze()

@@ -159,11 +159,13 @@ class Lifecycle:
             return accepted
 
         async def on_disconnect(eio_sid: str, reason: Any) -> None:
-            await self._closing.take()
             try:
-                await handle_disconnect(eio_sid, reason)
-            finally:
-                self.closed(eio_sid)
+                await self._closing.take()
+            finally:  # (cancelled while it waited, the socket is still forgotten)
+                try:
+                    await handle_disconnect(eio_sid, reason)
+                finally:
+                    self.closed(eio_sid)
             # Answer a polling client's pending GET when that client closes the connection:
             # python-engineio closes such a socket without writing to it, so the client's
             # outstanding long-poll waits for the ping interval (25 s) before it returns, and

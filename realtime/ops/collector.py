@@ -14,6 +14,11 @@ Here every pass walks young objects only:
   hold it to that), frozen or not. Cyclic garbage among frozen objects, should any appear,
   is collected by a full pass of everything (`gc.unfreeze`, `gc.collect`) every
   `FULL_PASS_EVERY_S`: the one pause in proportion to the whole heap, once an hour.
+
+Survivors are frozen on uvloop only: asyncio's own loop makes each TCP transport a cycle (it
+holds a bound method of itself), so every connection frozen while open would stay until the
+hourly pass. There (`EVENT_LOOP=asyncio`, or uvloop missing) the collector runs as before:
+larger young generations (`UNFROZEN_THRESHOLDS`), full passes when they come.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ logger = logging.getLogger(__name__)
 
 # gen0 every 10,000 allocations, gen1 every 10 of those: a pass walks at most ~100,000 objects
 THRESHOLDS = (10_000, 10, 100)
+UNFROZEN_THRESHOLDS = (50_000, 20, 100)  # without freezing: full passes made rarer
 FULL_PASS_EVERY_S = 3600.0
 
 
 class CollectorPacing:
     """Installed once the process has started (`install`), for as long as it serves."""
 
-    def __init__(self, full_pass_every_s: float = FULL_PASS_EVERY_S):
+    def __init__(
+        self, freeze_survivors: bool | None = None, full_pass_every_s: float = FULL_PASS_EVERY_S
+    ):
+        self._freeze_survivors = freeze_survivors  # None: on uvloop only
         self._full_pass_every_s = full_pass_every_s
         self._timer: asyncio.TimerHandle | None = None
         self._thresholds: tuple[int, int, int] | None = None
@@ -44,8 +53,14 @@ class CollectorPacing:
         """Freeze what start-up made, pace the young generations, freeze survivors from now
         on, and schedule the full passes."""
         gc.collect()
-        gc.freeze()
+        gc.freeze()  # what start-up made, for good: it lives as long as the process
         self._thresholds = gc.get_threshold()
+        if self._freeze_survivors is None:
+            loop = asyncio.get_running_loop()
+            self._freeze_survivors = type(loop).__module__.startswith("uvloop")
+        if not self._freeze_survivors:
+            gc.set_threshold(*UNFROZEN_THRESHOLDS)
+            return
         gc.set_threshold(*THRESHOLDS)
         gc.callbacks.append(self._after_pass)
         self._schedule()

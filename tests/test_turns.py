@@ -68,3 +68,17 @@ async def test_clients_leaving_at_once_are_all_closed_and_forgotten(
     counts = gateway.sessions.counts
     await eventually(lambda: counts()["connections"] == counts()["transports"] == 0)
     assert gateway.engine.room_figures(1) == (0, 0, {})
+
+
+@pytest.mark.parametrize("kind", ["py-websocket", "js-polling"])
+async def test_clients_connecting_at_once_are_all_authenticated(
+    gateway, clients, token, monkeypatch, kind
+):
+    monkeypatch.setattr(gateway.engine.sio.eio.connecting_turns, "_per_turn", 2)
+    assert lifecycle.CONNECTS_PER_TURN >= 2
+    many = [clients(kind) for _ in range(8)]
+    await asyncio.gather(
+        *(client.connect({"token": token(f"c{n}")}) for n, client in enumerate(many))
+    )
+    for n, client in enumerate(many):
+        assert (await client.next_event("auth_success"))["userId"] == f"c{n}"

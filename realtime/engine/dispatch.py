@@ -9,7 +9,7 @@ packet object. Without `rules` (the conformance app) it is the protocol's own se
 
 Library internals touched: `AsyncServer._handle_connect`, `_handle_eio_disconnect`,
 `_handle_eio_message`, `_handle_event` (overridden) and `_send_packet`; python-engineio's
-server's `closing_turns` (set by `lifecycle.py`).
+server's `closing_turns` and `connecting_turns` (set by `lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,9 @@ class GatewayServer(socketio.AsyncServer):
             if self.end_connection is not None:
                 self.end_connection(eio_sid)
             return
+        turns = getattr(self.eio, "connecting_turns", None)
+        if turns is not None:
+            await turns.take()  # a flood of connects (a reconnect storm): a few per turn
         namespace = namespace or NAMESPACE
         if not (
             namespace in self.handlers

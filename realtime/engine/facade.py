@@ -35,8 +35,8 @@ from realtime.engine.packets import SharedPacket, encode_event
 from realtime.limits import Admission
 from realtime.tasks import TaskKeeper
 
-# recipients handed an event before the loop gets a turn: 10-20 ms of work
-FANOUT_SLICE = 2000
+# recipients handed an event before the loop gets a turn: 5-15 ms of work
+FANOUT_SLICE = 1000
 
 
 class _InFlight:

@@ -10,7 +10,7 @@ Socket.IO disconnect: clients reconnect by themselves and catch up by replay.
 
 Library internals touched: `AsyncServer._service_task`, `service_task_event`,
 `start_service_task`, `service_task_handle` and `create_queue`; its `handlers` (wrapped); a
-`closing_turns` (`Turns`) set on it.
+`closing_turns` and `connecting_turns` (`Turns`) set on it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 # connections whose closing is handled per turn of the loop (~150 µs each: ~15 ms a turn)
 CLOSES_PER_TURN = 100
+# namespace connects (a token verified, rooms entered: ~250 µs each) handled per turn
+CONNECTS_PER_TURN = 50
 
 
 class Lifecycle:
@@ -64,6 +66,7 @@ class Lifecycle:
         eio.create_queue = self._create_outbox  # each socket's queue (base_socket.py)
         # closes handled a few per turn of the loop (`Turns`), here and by the dispatcher
         eio.closing_turns = self._closing = Turns(CLOSES_PER_TURN)
+        eio.connecting_turns = Turns(CONNECTS_PER_TURN)
         eio._service_task = self._sweep
         self._forget = eio.disconnect
         eio.disconnect = self._disconnect

@@ -247,8 +247,10 @@ class Endpoint:
         socket.schedule_ping()
         try:
             response = await self._websocket_response(request, socket)
-        except BaseException:
+        except BaseException:  # (the client went before its 101, say): closed, forgotten
             await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_ERROR)
+            if eio.sockets.get(socket.sid) is socket:
+                del eio.sockets[socket.sid]
             raise
         socket.connected = socket.upgraded = True
         # (which forgets the socket when it ends)

@@ -8,7 +8,8 @@ the socket's loop reads the WebSocket in a task of its own and the handler retur
 request handling ends without closing the connection, and all of that goes. What the
 connection keeps of aiohttp for HTTP is let go too (`release_http`): its request parser and
 queue (it takes no more requests: its bytes go to the WebSocket's reader), its cached reads
-and the handshake answer's headers (written).
+and the handshake answer's headers (written); a body the upgrade request declared is ended
+unread (its bytes are the WebSocket's).
 
 Library internals touched: none of python-engineio's or python-socketio's; aiohttp's
 `RequestHandler._parser` and `_messages` (read only before the upgrade, or for a next request
@@ -54,6 +55,11 @@ def detach(
     task = asyncio.get_running_loop().create_task(reading)
     _READING.add(task)
     task.add_done_callback(_READING.discard)
+    if not request.content.is_eof():
+        # a body the upgrade request declared: its bytes are the WebSocket's now. Left
+        # unread, aiohttp's connection task would linger on it, then close the protocol,
+        # which drops every byte the client sends from then on
+        request.content.feed_eof()
     protocol = request.protocol
     transport = protocol.transport
     response._req = _Handshake(protocol, transport)  # (the response held the whole request)

@@ -153,6 +153,27 @@ async def stalled_websocket(base_url: str, token: str, *frames: str):
     return reader, writer
 
 
+async def websocket_upgrade(
+    base_url: str, query: str = "", extra_headers: str = "", body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+    """A raw WebSocket handshake on the Engine.IO endpoint (`query` after
+    `transport=websocket`, headers and bytes of one's own after the request's): its reader,
+    writer and status."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+        ).encode()
+        + body
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+    return reader, writer, int(head.split()[1])
+
+
 async def read_text_frames(reader: asyncio.StreamReader, count: int) -> list[str]:
     """The next `count` text frames a server sent on a raw WebSocket stream (server frames are
     unmasked); Engine.IO pings are skipped."""

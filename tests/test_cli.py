@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -10,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
@@ -31,6 +34,29 @@ def run(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.C
         timeout=60,
         **kwargs,
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(env: dict[str, str], **popen) -> AsyncIterator[tuple[Process, str]]:
+    """`python -m realtime --port 0` started, with the first line it printed (which names its
+    URL); killed on the way out if it has not ended."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "realtime", "--port", "0"),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        **{"stderr": asyncio.subprocess.PIPE, **popen},
+    )
+    try:
+        yield process, (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def url_in(line: str) -> str:
+    return line.split(" on ")[1].split(" ")[0]
 
 
 @pytest.fixture
@@ -148,22 +174,10 @@ async def test_store_commands_write_documents(cli_env, tmp_path):
 
 
 async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "realtime",
-        "--port",
-        "0",
-        cwd=ROOT,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+    async with serving(cli_env) as (process, line):
         assert line.startswith("realtime gateway listening on http://127.0.0.1:")
         assert "(store: sqlite:" in line and "cli.db" in line
-        url = line.split(" on ")[1].split(" ")[0]
+        url = url_in(line)
         # signed with the secret the gateway made beside its store
         token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
         client = make_client("py-websocket", url)
@@ -174,41 +188,24 @@ async def test_serve_starts_on_the_embedded_store_and_stops_on_sigterm(cli_env):
         assert await asyncio.wait_for(process.wait(), 30) == 0
         stderr = (await process.stderr.read()).decode()
         assert "JWT_SECRET is not set" in stderr  # the loud development-secret warning
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @pytest.mark.parametrize("kind", ["py-websocket", "py-upgrade"])
 async def test_sigterm_ends_the_websockets_still_open_and_the_process(cli_env, kind):
     # a WebSocket is read in a task of its own, outside aiohttp's request handling
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "realtime", "--port", "0"),
-        cwd=ROOT,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    client = None
-    try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        url = line.split(" on ")[1].split(" ")[0]
+    async with serving(cli_env) as (process, line):
         token = run("token", "--sub", "u1", "--role", "customer", env=cli_env).stdout.strip()
-        client = make_client(kind, url)
-        await client.connect({"token": token})
-        assert (await client.next_event("auth_success"))["userId"] == "u1"
-        process.send_signal(signal.SIGTERM)
-        await client.wait_disconnected()
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-        stderr = (await process.stderr.read()).decode()
-        assert "Traceback" not in stderr and '"level": "ERROR"' not in stderr, stderr
-    finally:
-        if client is not None:
+        client = make_client(kind, url_in(line))
+        try:
+            await client.connect({"token": token})
+            assert (await client.next_event("auth_success"))["userId"] == "u1"
+            process.send_signal(signal.SIGTERM)
+            await client.wait_disconnected()
+            assert await asyncio.wait_for(process.wait(), 30) == 0
+            stderr = (await process.stderr.read()).decode()
+            assert "Traceback" not in stderr and '"level": "ERROR"' not in stderr, stderr
+        finally:
             await client.close()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def _open_files_limits(pid: int) -> tuple[int, int]:
@@ -227,16 +224,10 @@ async def test_serve_raises_its_soft_open_files_limit_to_the_hard_one(cli_env):
     def lowered() -> None:  # as many systems start a process: a soft limit below the hard one
         resource.setrlimit(resource.RLIMIT_NOFILE, (started_with, hard))
 
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "realtime", "--port", "0"),
-        cwd=ROOT,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=lowered,
-    )
-    try:
-        printed = ""
+    async with serving(cli_env, stderr=asyncio.subprocess.DEVNULL, preexec_fn=lowered) as (
+        process,
+        printed,
+    ):
         while "open files:" not in printed:
             line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
             assert line, f"the gateway exited before its open-files line: {printed}"
@@ -244,9 +235,6 @@ async def test_serve_raises_its_soft_open_files_limit_to_the_hard_one(cli_env):
         soft, hard_now = _open_files_limits(process.pid)
         assert soft == hard_now == hard
         assert f"open files: {hard:,} (about " in printed
-    finally:
-        process.kill()
-        await process.wait()
 
 
 def somaxconn() -> int:
@@ -262,22 +250,11 @@ async def test_serve_listens_with_a_backlog_a_burst_of_polls_cannot_overflow(cli
     if ss is None:
         pytest.skip("ss is not installed: apt-get install iproute2")
     expected = min(LISTEN_BACKLOG, somaxconn())
-    process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "realtime", "--port", "0"),
-        cwd=ROOT,
-        env=cli_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
-        port = line.split(" on ")[1].split(" ")[0].rsplit(":", 1)[1]
+    async with serving(cli_env, stderr=asyncio.subprocess.DEVNULL) as (_, line):
+        port = url_in(line).rsplit(":", 1)[1]
         listed = await asyncio.create_subprocess_exec(
             *(ss, "-ltnH", f"sport = :{port}"), stdout=asyncio.subprocess.PIPE
         )
         listening = (await listed.communicate())[0].decode().split()
         # a listening socket's Send-Q is its backlog
         assert int(listening[2]) == expected > 128, listening
-    finally:
-        process.kill()
-        await process.wait()

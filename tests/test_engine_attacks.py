@@ -7,7 +7,6 @@ session that closes while its body arrives answered 400. Each failed before its 
 from __future__ import annotations
 
 import asyncio
-import base64
 import gzip
 import itertools
 import json
@@ -16,7 +15,7 @@ import zlib
 
 import pytest
 
-from tests.raw import RawPolling
+from tests.raw import RawPolling, websocket_upgrade
 from tests.test_fuzz_payloads import UNLIMITED
 from tests.test_transport import eventually
 
@@ -309,18 +308,7 @@ async def upgrade_request(
     base_url: str, sid: str
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
     """A raw WebSocket upgrade of a long-polling session: its reader, writer and status."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET /socket.io/?EIO=4&transport=websocket&sid={sid} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
-    return reader, writer, int(head.split()[1])
+    return await websocket_upgrade(base_url, f"&sid={sid}")
 
 
 def masked(text: str) -> bytes:

@@ -4,33 +4,20 @@ real servers, raw clients."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import struct
 
 from tests.gateways import until
-from tests.raw import _masked_text_frame, read_text_frames
+from tests.raw import _masked_text_frame, read_text_frames, websocket_upgrade
 
 WAIT_S = 20.0  # past aiohttp's lingering time (10 s)
 
 
 async def _upgrade(base_url: str, extra_headers: str = "", body: bytes = b""):
     """A raw WebSocket handshake; (reader, writer) once the 101 is read."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {host}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-        ).encode()
-        + body
-    )
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
+    reader, writer, status = await websocket_upgrade(base_url, "", extra_headers, body)
+    assert status == 101, status
     return reader, writer
 
 

@@ -4,6 +4,9 @@ way does."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 
 from realtime import rooms
@@ -11,6 +14,18 @@ from realtime.errors import GatewayError
 from tests.raw import RawSocket
 
 JOIN = '["join_room",{"roomId":"availability-s1"}]'
+
+
+@contextlib.asynccontextmanager
+async def authenticated(base_url: str, token: str) -> AsyncIterator[RawSocket]:
+    """A raw WebSocket client, authenticated in the handshake; closed on the way out."""
+    raw = await RawSocket(base_url).open()
+    try:
+        assert (await raw.connect({"token": token})).startswith("40{")
+        await raw.next_event("auth_success")
+        yield raw
+    finally:
+        await raw.close()
 
 
 @pytest.mark.parametrize(
@@ -26,43 +41,28 @@ JOIN = '["join_room",{"roomId":"availability-s1"}]'
 async def test_an_event_is_acknowledged_with_the_id_the_library_reads(
     base_url, token, ack_id, answered_as
 ):
-    raw = await RawSocket(base_url).open()
-    try:
-        assert (await raw.connect({"token": token("c1")})).startswith("40{")
-        await raw.next_event("auth_success")
+    async with authenticated(base_url, token("c1")) as raw:
         await raw.send(f"42{ack_id}{JOIN}")
         frame = await raw.next_frame(lambda frame: frame.startswith("43"))
         assert frame.startswith(f"43{answered_as}[{{")
         assert '"ok":true' in frame and '"roomId":"availability-s1"' in frame
-    finally:
-        await raw.close()
 
 
 async def test_an_event_on_the_namespace_named_explicitly_is_answered_too(base_url, token):
-    raw = await RawSocket(base_url).open()
-    try:
-        assert (await raw.connect({"token": token("c1")})).startswith("40{")
-        await raw.next_event("auth_success")
+    async with authenticated(base_url, token("c1")) as raw:
         await raw.send(f"42/,5{JOIN}")
         frame = await raw.next_frame(lambda frame: frame.startswith("43"))
         assert frame.startswith("435[") and '"ok":true' in frame
         await raw.send(JOIN.join(("42", "")))  # no ack id: joined, nothing answered
         assert (await raw.call(6, "leave_room", {"roomId": "availability-s1"}))["ok"] is True
         assert [f[:4] for f in raw.received if f.startswith("43")] == ["435[", "436["]
-    finally:
-        await raw.close()
 
 
 @pytest.mark.parametrize("frame", ['42["join_room"', "427[", '42[{"a":}]'])
 async def test_an_event_that_is_not_json_closes_the_connection_as_before(base_url, token, frame):
-    raw = await RawSocket(base_url).open()
-    try:
-        assert (await raw.connect({"token": token("c1")})).startswith("40{")
-        await raw.next_event("auth_success")
+    async with authenticated(base_url, token("c1")) as raw:
         await raw.send(frame)
         await raw.wait_closed()
-    finally:
-        await raw.close()
 
 
 async def test_a_join_answers_the_rooms_newest_event_fast_or_not(connect, client_kind):

@@ -89,11 +89,6 @@ class Sessions:
             self._settings.auth_timeout_s, self._auth_deadline_passed, connection
         )
 
-    def awaiting_authentication(self) -> int:
-        """How many transports have an auth deadline armed (none carries an authenticated
-        socket)."""
-        return len(self._auth_deadlines)
-
     def _auth_deadline_passed(self, connection: str) -> None:
         self._auth_deadlines.pop(connection, None)
         self._tasks.spawn(
@@ -350,7 +345,11 @@ class Sessions:
 
     # -- rooms -------------------------------------------------------------------------------
     def principal_of(self, sid: str) -> Principal:
-        principal = self.get(sid).principal
+        return self._principal(self.get(sid))
+
+    @staticmethod
+    def _principal(session: SocketSession) -> Principal:
+        principal = session.principal
         if principal is None:
             raise GatewayError("unauthenticated", "authenticate first")
         return principal
@@ -363,10 +362,7 @@ class Sessions:
         session = self.get(sid)
         if session.replaying is not None:
             session = await self._after_replay(sid)
-        principal = session.principal
-        if principal is None:
-            raise GatewayError("unauthenticated", "authenticate first")
-        return await self._joins.join(session, principal, room_id, last_event_id)
+        return await self._joins.join(session, self._principal(session), room_id, last_event_id)
 
     async def leave(self, sid: str, room_id: str) -> str:
         self.principal_of(sid)

@@ -25,7 +25,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from bson import ObjectId
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import UNLIMITED  # noqa: E402
+from bench import UNLIMITED, free_port  # noqa: E402
 from bench.rawclient import RawClient  # noqa: E402
 from storage.sqlite.store import SqliteStore  # noqa: E402
 
@@ -47,12 +46,6 @@ SHOPS = [f"s{n}" for n in range(10)]
 STAFF_PER_SHOP, ADMINS, WATCHERS_PER_SHOP = 5, 5, 20
 DELIVERIES_PER_CHANGE = 1 + STAFF_PER_SHOP + ADMINS + WATCHERS_PER_SHOP
 SLOT = {"startsAt": "2026-11-21T10:00:00.000Z", "durationMinutes": 60}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pinned(cpu: int) -> list[str]:

@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import sysconfig
 import tempfile
@@ -54,7 +53,7 @@ from aiohttp import web
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import UNLIMITED  # noqa: E402
+from bench import UNLIMITED, free_port  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 NODE_SERVER = os.path.join(ROOT, "bench", "node", "server.mjs")
@@ -214,12 +213,6 @@ def site_name(filename: str, lineno: int) -> str:
 
 
 # --- the clients' side ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def pinned(cpu: int) -> list[str]:

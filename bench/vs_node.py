@@ -47,7 +47,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench import UNLIMITED  # noqa: E402
+from bench import UNLIMITED, free_port  # noqa: E402
 
 LOADGEN = os.path.join(ROOT, "bench", "node", "loadgen.mjs")
 NODE_SERVER = os.path.join(ROOT, "bench", "node", "server.mjs")
@@ -170,12 +169,6 @@ def wait_until_quiet(limit_pct: float, patience: float) -> tuple[float, float]:
         waited = time.monotonic() - started
         if busy < limit_pct or waited >= patience:
             return waited, busy
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:

@@ -365,7 +365,9 @@ class Sessions:
         return await self._joins.join(session, self._principal(session), room_id, last_event_id)
 
     async def leave(self, sid: str, room_id: str) -> str:
-        self.principal_of(sid)
+        # after a handshake's replay under way, which would enter the room again after it
+        session = await self._after_replay(sid)
+        self._principal(session)
         return await self._joins.leave(sid, room_id)
 
     def members_losing(self, room: str, parties: ReservationParties) -> list[str]:

@@ -97,6 +97,8 @@ class GatewayServer(socketio.AsyncServer):
         turns = getattr(self.eio, "connecting_turns", None)
         if turns is not None:
             await turns.take()  # a flood of connects (a reconnect storm): a few per turn
+            if eio_sid not in self.environ:
+                return  # its connection closed while it waited: nothing to connect
         namespace = namespace or NAMESPACE
         if not (
             namespace in self.handlers

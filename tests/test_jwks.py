@@ -21,6 +21,7 @@ from realtime.errors import GatewayError
 from server.app import create_app
 from tests.clients import Refused, make_client
 from tests.conftest import SECRET
+from tests.test_transport import eventually
 
 pytestmark = pytest.mark.env(JWT_ALGORITHMS="RS256,ES256,HS256")
 
@@ -342,8 +343,13 @@ async def test_a_set_never_fetched_is_waited_for(jwks):
 
 
 @pytest.mark.env(JWT_JWKS_CACHE="0.001")
-async def test_handshakes_of_known_kids_do_not_wait_for_a_hanging_provider(clients, jwks):
+async def test_handshakes_of_known_kids_do_not_wait_for_a_hanging_provider(
+    clients, jwks, gateway
+):
     assert (await handshake(clients, RSA_KEY.token()))["userId"] == "u1"
+    # the stale set's refresh that handshake started ends first (else the next handshake
+    # finds it under way and starts none: nothing would ask the hanging provider)
+    await eventually(lambda: gateway.verifier.jwks._fetching is None)
     jwks.gate = asyncio.Event()  # the provider hangs; the set is stale at once
     jwks.asked.clear()
     try:

@@ -343,9 +343,7 @@ async def test_a_set_never_fetched_is_waited_for(jwks):
 
 
 @pytest.mark.env(JWT_JWKS_CACHE="0.001")
-async def test_handshakes_of_known_kids_do_not_wait_for_a_hanging_provider(
-    clients, jwks, gateway
-):
+async def test_handshakes_of_known_kids_do_not_wait_for_a_hanging_provider(clients, jwks, gateway):
     assert (await handshake(clients, RSA_KEY.token()))["userId"] == "u1"
     # the stale set's refresh that handshake started ends first (else the next handshake
     # finds it under way and starts none: nothing would ask the hanging provider)

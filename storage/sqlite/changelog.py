@@ -166,11 +166,23 @@ def token_sequence(resume_token: ResumeToken) -> int:
 
 
 class SqliteChangeStream(ChangeStream):
-    """Reads the change log after a sequence, polling while it is idle."""
+    """Reads the change log after a sequence, polling while it is idle. A poll reads only when
+    something was committed to the file since the last read began (`commits`, a counter read
+    on the event loop in microseconds; None: unknown, so read): an idle gateway made a hundred
+    reads a second off the loop, 4% of a core."""
 
-    def __init__(self, read_changes: ReadChanges, after: int, poll_s: float):
+    def __init__(
+        self,
+        read_changes: ReadChanges,
+        after: int,
+        poll_s: float,
+        commits: Callable[[], int | None] = lambda: None,
+    ):
         self._read_changes = read_changes
         self._poll_s = poll_s
+        self._commits = commits
+        self._read_at: int | None = None  # `commits()` when the last read began
+        self._newest = 0  # the newest sequence the last read saw
         self._buffer: deque[dict[str, Any]] = deque()
         self._token = token(after)
 
@@ -198,6 +210,12 @@ class SqliteChangeStream(ChangeStream):
         return None
 
     async def _read(self) -> int:
+        commits = self._commits()
+        if commits is not None and commits == self._read_at:
+            return self._newest  # nothing committed anywhere since the last read began
         last, changes = await self._read_changes(token_sequence(self._token), READ_BATCH)
+        # all that was committed before `commits` is read now, unless the batch was full
+        self._read_at = commits if len(changes) < READ_BATCH else None
+        self._newest = last
         self._buffer.extend(changes)
         return last

@@ -146,7 +146,9 @@ class SqliteStore(Store):
         async def read_changes(after: int, limit: int):
             return await self._run(changelog.read, self._database_name, watched, after, limit)
 
-        return changelog.SqliteChangeStream(read_changes, after, self._poll_s)
+        return changelog.SqliteChangeStream(
+            read_changes, after, self._poll_s, self._connection.commits
+        )
 
     async def load_resume_token(self, name: str) -> ResumeToken | None:
         row = await self._run(

@@ -346,7 +346,11 @@ async function waitFor(predicate, seconds) {
 const pollAgent =
   opt.scenario === "polling_close" ? false : new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
+// requests made by long-polling clients, by method (the polling scenarios report them per window)
+const pollRequests = { GET: 0, POST: 0 };
+
 function pollRequest(method, path, body) {
+  pollRequests[method] += 1;
   return new Promise((resolve) => {
     const headers = {};
     if (body !== undefined) {
@@ -518,8 +522,11 @@ async function fanout() {
 async function latencyOver(clients, received, rate) {
   await sleep(WARMUP * 1000);
   const stopMeter = meter();
+  const { GET: getsBefore, POST: postsBefore } = pollRequests;
   const sent = await broadcastAtRate(rate, SECONDS);
   const figures = stopMeter();
+  figures.pollGets = pollRequests.GET - getsBefore;
+  figures.pollPosts = pollRequests.POST - postsBefore;
   const expected = sent * clients.length;
   await waitFor(() => received.length >= expected, Number(opt.drain));
   return {

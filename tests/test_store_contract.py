@@ -684,3 +684,34 @@ async def test_mongodb_rounds_a_fractional_retention_up_to_whole_seconds(stores)
         pytest.skip("MongoDB only: the embedded store prunes by milliseconds, it has no index")
     indexes = await store.state["realtime_events"].index_information()
     assert indexes["created_1"]["expireAfterSeconds"] == 2
+
+
+async def test_an_idle_embedded_stream_reads_only_after_a_commit(tmp_path):
+    """The embedded store's stream polls every few ms while idle; it reads the log off the
+    loop only when something was committed since its last read, by any connection."""
+    path = str(tmp_path / "idle.db")
+    store, writer = SqliteStore(path, poll_ms=1), SqliteStore(path)
+    await store.open()
+    await writer.open()
+    stream = await store.watch(["bookings"], None)
+    reads = 0
+    read_changes = stream._read_changes
+
+    async def counted(after: int, limit: int):
+        nonlocal reads
+        reads += 1
+        return await read_changes(after, limit)
+
+    stream._read_changes = counted
+    try:
+        for _ in range(50):
+            assert await stream.try_next() is None
+        assert reads <= 1  # (the first look)
+        await writer.insert_document("bookings", {"shopId": "s1"})  # another connection's
+        change = await asyncio.wait_for(stream.try_next(), WAIT_S)
+        assert change is not None and change["operationType"] == "insert"
+        assert reads == 2
+    finally:
+        await stream.close()
+        await store.close()
+        await writer.close()

@@ -1,9 +1,11 @@
-"""What one client may cost: token buckets (events per connection, connections per address,
-failed logins) and the client's address as a trusted proxy names it."""
+"""What one client may cost: its outgoing queue's bounds, token buckets (events per connection,
+connections per address, failed logins) and the client's address as a trusted proxy names
+it."""
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import ipaddress
 import time
@@ -15,6 +17,14 @@ LOGIN_FAILURES_PER_ADDRESS_PER_MINUTE = 5
 LOGIN_FAILURES_PER_ADDRESS_BURST = 10
 LOGIN_FAILURES_PER_MINUTE = 30
 LOGIN_FAILURES_BURST = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bounds:
+    """How much may wait in one client's outgoing queue, in packets and in bytes."""
+
+    packets: int
+    bytes: int
 
 
 class TokenBucket:

@@ -28,6 +28,7 @@ from realtime.config import (
     load_settings,
     with_demo_credentials,
 )
+from realtime.engine import LaneRunner
 from realtime.gateway import GATEWAY
 from realtime.logs import configure_logging
 from realtime.ops.collector import CollectorPacing
@@ -334,7 +335,7 @@ async def serve(
 ) -> None:
     """Serve `app` on the settings' host and port until SIGINT or SIGTERM (benchmarks serve
     an app of their own through here, served as `python -m realtime` serves it)."""
-    runner = web.AppRunner(
+    runner = LaneRunner(  # aiohttp's, long-polling served in a lane of its own
         app,
         handle_signals=False,
         shutdown_timeout=settings.shutdown_timeout_s,

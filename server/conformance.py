@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from typing import Any
 
 from aiohttp import web
 
 from realtime.config import Settings
-from realtime.engine import Bounds, Engine, GatewayPacket, GatewayServer
+from realtime.engine import Bounds, Engine, GatewayPacket, GatewayServer, LaneRunner
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)
@@ -133,15 +134,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="listen address [127.0.0.1]")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    web.run_app(
-        create_conformance_app(),
-        host=arguments.host,
-        port=arguments.port,
-        print=lambda _: print(
-            f"conformance app listening on http://{arguments.host}:{arguments.port}", flush=True
-        ),
-    )
+    asyncio.run(_serve(arguments.host, arguments.port))
     return 0
+
+
+async def _serve(host: str, port: int) -> None:
+    """Serve the app as the gateway serves its own: long-polling in the engine's lane."""
+    runner = LaneRunner(create_conformance_app())
+    await runner.setup()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(f"conformance app listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from realtime.access.auth import issue_token
 from realtime.config import Settings, load_settings
+from realtime.engine import LaneRunner
 from realtime.gateway import GATEWAY
 from server.app import create_app
 from tests.clients import KINDS, Client, make_client
@@ -101,6 +103,30 @@ def settings(environ) -> Settings:
 @pytest.fixture
 def app(settings) -> web.Application:
     return create_app(settings)
+
+
+class LaneTestServer(TestServer):
+    """pytest-aiohttp's test server, run as `python -m realtime` runs the app: long-polling
+    in the engine's lane (`LaneRunner`)."""
+
+    async def _make_runner(self, **kwargs) -> LaneRunner:
+        return LaneRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+async def aiohttp_server() -> AsyncIterator[Callable]:
+    """pytest-aiohttp's `aiohttp_server(app)`, with the gateway's runner."""
+    servers: list[LaneTestServer] = []
+
+    async def start(app: web.Application, *, host: str = "127.0.0.1", port=None, **kwargs):
+        server = LaneTestServer(app, host=host, port=port)
+        await server.start_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ import inspect
 import re
 
 import aiohttp.base_protocol
+import aiohttp.http
+import aiohttp.web
 import aiohttp.web_protocol
 import aiohttp.web_request
+import aiohttp.web_runner
+import aiohttp.web_server
 import aiohttp.web_ws
 import engineio
 import engineio.async_drivers.aiohttp as engineio_aiohttp
@@ -80,10 +84,19 @@ def test_endpoint(settings):
     assert issubclass(sio.eio._async["websocket"], engineio_aiohttp.WebSocket)
     assert sio.eio._async["websocket"] is not engineio_aiohttp.WebSocket
     assert engineio_aiohttp._async["websocket"] is engineio_aiohttp.WebSocket
-    assert callable(sio.eio._async["translate_request"])
-    for name in ("_unauthorized", "_make_response", "handle_request", "generate_id"):
+    for name in ("_unauthorized", "handle_request", "generate_id"):
         assert callable(getattr(sio.eio, name)), name
     assert isinstance(sio.eio.ping_interval_grace_period, (int, float))
+
+
+def test_runner():
+    # the lane's runner wraps the server aiohttp's runner makes, and hands connections over to
+    # the handlers it makes; the runner calls these of it
+    assert inspect.iscoroutinefunction(aiohttp.web.AppRunner._make_server)
+    for name in ("__call__", "pre_shutdown", "shutdown"):
+        assert callable(getattr(aiohttp.web_server.Server, name)), name
+    assert "self._server.pre_shutdown()" in inspect.getsource(aiohttp.web_runner.BaseRunner)
+    assert isinstance(aiohttp.http.SERVER_SOFTWARE, str)  # (the lane's answers say it too)
 
 
 def test_websocket():

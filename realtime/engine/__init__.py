@@ -9,6 +9,8 @@ library internals it touches (`tests/test_engine_internals.py` fails if one move
 - `websocket.py`: a connection once a WebSocket, aiohttp's HTTP request let go;
 - `endpoint.py`, `polling.py`, `answers.py`: the HTTP/WebSocket route, long-polling, and the
   answers and environ they give;
+- `lane.py`, `runner.py`: long-polling requests served without aiohttp's per-request
+  machinery, and the runner that puts that lane in front of the app;
 - `lifecycle.py`: connections opening, pinged, timed out and closed;
 - `dispatch.py`: what clients send, dispatched (reserved names, binary events);
 - `membership.py`: who is in which room (python-socketio's manager, indexed);
@@ -29,9 +31,10 @@ from realtime.engine.dispatch import (
     RefusedEventName,
 )
 from realtime.engine.facade import Engine
-from realtime.engine.outbox import Bounds
 from realtime.engine.packets import GatewayPacket
+from realtime.engine.runner import LaneRunner
 from realtime.engine.server import create_engine
+from realtime.limits import Bounds
 
 __all__ = [
     "ADMIN_NAMESPACE",
@@ -43,6 +46,7 @@ __all__ = [
     "Engine",
     "GatewayPacket",
     "GatewayServer",
+    "LaneRunner",
     "RefusedEventName",
     "create_engine",
 ]

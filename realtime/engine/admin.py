@@ -32,7 +32,7 @@ from typing import Any
 import socketio
 
 from realtime.engine.dispatch import ADMIN_NAMESPACE, NAMESPACE, GatewayServer
-from realtime.engine.endpoint import Traffic
+from realtime.engine.packets import Traffic
 from realtime.engine.socket import kept_socket_calls, put_back_socket_calls
 from realtime.limits import LoginGuard
 from realtime.tasks import TaskKeeper

@@ -5,13 +5,17 @@ request, kept for a connection's life) with the few fields that are read: `cors_
 its CORS answers, `connect_environ` for the namespace's `connect`. Its 400s and 429s carry
 its CORS headers.
 
-Library internals touched: `AsyncServer._cors_headers` and `_cors_allowed_origins`.
+Library internals touched: `AsyncServer._cors_headers`, `_cors_allowed_origins` and
+`_unauthorized`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import engineio
 from aiohttp import web
+from multidict import CIMultiDict
 
 from realtime.engine.packets import FastJson
 from realtime.errors import GatewayError
@@ -43,10 +47,22 @@ async def refuse_and_close(
     would read it on, and log a body that is not what its encoding says as its own error)."""
     refused = bad_request(eio, request, message)
     refused.force_close()
-    await refused.prepare(request)
-    await refused.write_eof()
+    if isinstance(request, web.BaseRequest):  # (the lane writes its answers itself)
+        await refused.prepare(request)
+        await refused.write_eof()
     request.protocol.force_close()
     return refused
+
+
+def unauthorized(eio: engineio.AsyncServer, request: web.Request, refusal: Any) -> web.Response:
+    """python-engineio's 401 for a handshake its connect handler refused (`_unauthorized`, as
+    its `_make_response` answers it), with its CORS headers."""
+    answer = eio._unauthorized(refusal or None)
+    return web.Response(
+        body=answer["response"],
+        status=int(answer["status"].split()[0]),
+        headers=CIMultiDict(answer["headers"] + list(cors_headers(eio, request).items())),
+    )
 
 
 def turned_away(eio: engineio.AsyncServer, request: web.Request) -> web.Response:

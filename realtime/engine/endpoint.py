@@ -10,8 +10,10 @@ required, a duplicate poll closing the session, one upgrade per session, `pingIn
 ms, other methods 400. WebSocket compression only when asked (the library's driver always
 negotiated it: four times the memory); what a WebSocket keeps, see `websocket.py`.
 
-Library internals touched: `AsyncServer._async` (its driver), `_unauthorized`,
-`_make_response` and `ping_interval_grace_period`.
+Its long-polling requests are served through the lane (`lane.py`) where a `LaneRunner`
+serves the app: `lane_serves` says which it takes.
+
+Library internals touched: `AsyncServer._async` (its driver) and `ping_interval_grace_period`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from realtime.engine.answers import (
     connect_environ,
     origin_allowed,
     turned_away,
+    unauthorized,
 )
+from realtime.engine.http11 import LaneRequest
+from realtime.engine.packets import Traffic
+from realtime.engine.runner import LANES
 from realtime.engine.socket import GatewaySocket
 from realtime.engine.websocket import detach, release_http
 from realtime.limits import Admission
@@ -41,35 +47,11 @@ from realtime.limits import Admission
 logger = logging.getLogger(__name__)
 
 
-class Traffic:
-    """The bytes one endpoint's transports carried each way while an Admin UI is on (its stats
-    read them): WebSocket frames as on the wire (headers in, before per-message compression)
-    and long-polling bodies (HTTP headers out). An integer add per frame, where the engine
-    writes or reads it: the library's counts (`sio.instrument()`) see none of those paths."""
-
-    __slots__ = ("received", "sent")
-
-    def __init__(self) -> None:
-        self.received = self.sent = 0
-
-    def frame_sent(self, data: str | bytes) -> None:
-        self.sent += _frame_size(data)
-
-    def frame_received(self, data: str | bytes) -> None:
-        self.received += _frame_size(data) + 4  # a client's frames carry a mask
-
-
-def _frame_size(data: str | bytes) -> int:
-    # a str of ASCII (what a str knows of itself) weighs its length: no encoding made
-    size = len(data) if type(data) is not str or data.isascii() else len(data.encode())
-    return size + (2 if size < 126 else 4 if size < 65536 else 10)
-
-
 class Endpoint:
     """Serves the Engine.IO endpoint of one server."""
 
     def __init__(self, eio: engineio.AsyncServer, compression: bool):
-        self._eio = eio
+        self.eio = eio
         self._compression = compression
         # who may open a connection (`Engine.watch`)
         self.admit: Callable[[Mapping[str, str]], Admission] = _admitted
@@ -83,17 +65,43 @@ class Endpoint:
         `handle_request` on all three methods): GET through `route`."""
         path = "/" + path.strip("/") + "/"
         app.router.add_get(path, self.route)
-        app.router.add_post(path, self._post)
-        app.router.add_route("OPTIONS", path, self._eio.handle_request)
+        app.router.add_post(path, self.post)
+        app.router.add_route("OPTIONS", path, self.eio.handle_request)
         app.router.add_route("*", path, self._no_such_method)
+        app.setdefault(LANES, {})[path] = self  # its long-polling served by `LaneRunner`s
 
-    async def _post(self, request: web.Request) -> web.StreamResponse:
-        return await polling.post(self._eio, request)
+    @property
+    def max_body(self) -> int:
+        return self.eio.max_http_buffer_size
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        return await polling.post(self.eio, request)
+
+    def lane_serves(self, request: LaneRequest) -> bool:
+        """Whether `route` answers this long-polling GET itself (or `post` a POST) with the
+        sessions as they are now, rather than the library, from aiohttp's request."""
+        if request.method != "GET":
+            return True
+        query = request.query
+        if query.get("transport") != "polling" or "j" in query:
+            return False
+        if not origin_allowed(self.eio, request):
+            return False
+        sid = next((value for value in query.getall("sid", ()) if value), None)
+        if sid is None:
+            return query.get("EIO") == "4"
+        socket = self.eio.sockets.get(sid)
+        return (
+            socket is None
+            or socket.closed
+            or socket.upgraded
+            or (type(socket) is GatewaySocket and socket.connected and not socket.upgrading)
+        )
 
     async def _no_such_method(self, request: web.Request) -> web.Response:
         """PUT, DELETE...: 400, as the protocol's reference server answers (aiohttp's 405 would
         answer in its own words, without the CORS headers)."""
-        return bad_request(self._eio, request, "unsupported method")
+        return bad_request(self.eio, request, "unsupported method")
 
     async def route(self, request: web.Request) -> web.StreamResponse:
         """A GET on the Engine.IO endpoint. Handshakes (long-polling and WebSocket), polls
@@ -101,9 +109,9 @@ class Endpoint:
         a shorter stack: a WebSocket keeps a task of its own and a small environ for its
         life, not the library's request handling and environ. What is left (JSONP, a check
         that refuses) goes to the library, which answers it as always."""
-        eio = self._eio
+        eio = self.eio
         if request.method != "GET":  # HEAD: refused (a poll's body would be lost)
-            return bad_request(self._eio, request, "unsupported method")
+            return bad_request(self.eio, request, "unsupported method")
         query = request.query
         transport, jsonp, eio4 = query.get("transport"), "j" in query, query.get("EIO") == "4"
         # the session, as python-engineio reads the query (it drops empty values)
@@ -197,7 +205,7 @@ class Endpoint:
         """python-engineio's `_handle_connect`: a new socket, its OPEN packet queued and the
         connect handlers run; (None, what they answered) when they refuse it (it is then
         forgotten)."""
-        eio = self._eio
+        eio = self.eio
         sid = eio.generate_id()
         socket = GatewaySocket(eio, sid)
         socket.queue.traffic = self.traffic
@@ -223,27 +231,21 @@ class Endpoint:
             return None, accepted
         return socket, None
 
-    async def _refused_handshake(self, request: web.Request, refusal: Any) -> web.StreamResponse:
-        eio = self._eio
-        return await eio._make_response(
-            eio._unauthorized(refusal or None), eio._async["translate_request"](request)
-        )
-
     async def _open_polling(self, request: web.Request) -> web.StreamResponse:
         """python-engineio's `_handle_connect`, long-polling: OPEN is the first poll's answer."""
         socket, refusal = await self._open(request, ["websocket"])
         if socket is None:
-            return await self._refused_handshake(request, refusal)
+            return unauthorized(self.eio, request, refusal)
         socket.schedule_ping()
         socket.connected = True
-        return await polling.poll(self._eio, request, socket)
+        return await polling.poll(self.eio, request, socket)
 
     async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
         """python-engineio's `_handle_connect`, for a WebSocket."""
-        eio = self._eio
+        eio = self.eio
         socket, refusal = await self._open(request, [])
         if socket is None:
-            return await self._refused_handshake(request, refusal)
+            return unauthorized(self.eio, request, refusal)
         socket.schedule_ping()
         try:
             response = await self._websocket_response(request, socket)
@@ -262,7 +264,7 @@ class Endpoint:
         """The socket's WebSocket, prepared: compression negotiated only under
         `WS_COMPRESSION` (python-engineio's driver always negotiates it)."""
         response = web.WebSocketResponse(
-            max_msg_size=self._eio.max_http_buffer_size, compress=self._compression
+            max_msg_size=self.eio.max_http_buffer_size, compress=self._compression
         )
         await response.prepare(request)
         self.connections[socket] = request.transport
@@ -271,7 +273,7 @@ class Endpoint:
 
     def _install_driver(self) -> None:
         """Requests `route` leaves to the library take the socket's WebSocket from it."""
-        driver = self._eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
+        driver = self.eio._async["websocket"]  # the aiohttp driver's WebSocket wrapper class
         endpoint = self
 
         class GatewayWebSocket(driver):  # type: ignore[misc, valid-type]
@@ -291,7 +293,7 @@ class Endpoint:
                 await self.handler(self)
                 return self.response
 
-        self._eio._async = {**self._eio._async, "websocket": GatewayWebSocket}
+        self.eio._async = {**self.eio._async, "websocket": GatewayWebSocket}
 
 
 def _admitted(environ: Mapping[str, str]) -> Admission:

@@ -30,9 +30,9 @@ from realtime.engine.dispatch import ADMIN_NAMESPACE, NAMESPACE, GatewayServer
 from realtime.engine.endpoint import Endpoint
 from realtime.engine.lifecycle import Lifecycle
 from realtime.engine.membership import NO_ROOMS, RoomIndex
-from realtime.engine.outbox import Bounds, Outbox
+from realtime.engine.outbox import Outbox
 from realtime.engine.packets import SharedPacket, encode_event
-from realtime.limits import Admission
+from realtime.limits import Admission, Bounds
 from realtime.tasks import TaskKeeper
 
 # recipients handed an event before the loop gets a turn: 5-15 ms of work

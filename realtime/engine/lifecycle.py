@@ -27,10 +27,11 @@ import engineio
 import engineio.async_socket
 
 from realtime.engine.answers import connect_environ
-from realtime.engine.outbox import Bounds, Outbox
+from realtime.engine.outbox import Outbox
 from realtime.engine.packets import NOOP
 from realtime.engine.socket import LAST_POLL_WAIT_S, GatewaySocket
 from realtime.engine.turns import Turns
+from realtime.limits import Bounds
 from realtime.tasks import TaskKeeper
 
 logger = logging.getLogger(__name__)

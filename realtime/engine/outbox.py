@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,40 +20,28 @@ import engineio.payload
 from aiohttp import web
 
 from realtime.engine.packets import NOOP, SharedPacket, websocket_frame, weight
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Bounds:
-    """How much may wait in one client's outgoing queue, in packets and in bytes."""
-
-    packets: int
-    bytes: int
-
+from realtime.limits import Bounds
 
 # what may wait in a WebSocket connection's own write buffer before packets queue in its
 # Outbox instead (where they are bounded, and drained at the pace of the client)
 DIRECT_WRITE_LIMIT = 64 * 1024
 # how long a WebSocket whose client has gone quiet may take to close before it is cut
 CLOSE_TIMEOUT_S = 10.0
+NOTHING = object()  # `Outbox.ready()`: nothing yet
 # what python-engineio clients accept in one long-polling payload
 PACKETS_PER_POLL = engineio.payload.Payload.max_decode_packets
 
 
 class Outbox:
     """One socket's outgoing packets, in place of python-engineio's `asyncio.Queue` (the same
-    calls: `put`, `put_nowait`, `get`, `get_nowait`, `task_done`, `join`, `qsize`, `empty`).
-
-    Bounded in packets and in bytes: past either bound a packet is dropped and `overflow` is
-    called, once. One packet always fits in an empty outbox, and `None` (the end of the
-    transport) always gets in.
-
-    Once the socket is on a WebSocket (`attach`), a packet put while nothing waits before it is
-    written to the connection at once, as one frame, unless the connection's write buffer is
-    past `DIRECT_WRITE_LIMIT`; otherwise it waits here and a drain task sends what waits, in
-    order, through aiohttp (which waits for the client to read); with a `traffic` (an Admin UI
-    on), the frames' bytes are counted in it. Before that (long-polling, an upgrade under way)
-    packets wait for `get()`; a poll takes at most `PACKETS_PER_POLL`.
-    """
+    calls). Bounded in packets and in bytes: past either bound a packet is dropped and
+    `overflow` is called, once; one packet always fits in an empty outbox, and `None` (the end
+    of the transport) always gets in. On a WebSocket (`attach`), a packet put while nothing
+    waits before it is written at once, as one frame, unless the connection's write buffer is
+    past `DIRECT_WRITE_LIMIT`; otherwise a drain task sends what waits, in order, through
+    aiohttp (at the client's pace); a `traffic` (an Admin UI on) counts the frames' bytes.
+    Before that, packets wait for a poll (`get()`, or `ready()` and `waiter()` by callback),
+    which takes at most `PACKETS_PER_POLL`."""
 
     __slots__ = (
         "_bounds",
@@ -132,28 +119,41 @@ class Outbox:
         return self._pop()
 
     async def get(self) -> Any:
-        while not self._items:
-            if self._ws is not None:  # a poll left over from before an upgrade: it ends
-                return NOOP
-            getter = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
+        while (item := self.ready()) is NOTHING:
+            getter = self.waiter()
             try:
                 await getter
             except BaseException:
-                if self._items and not getter.cancelled():
-                    self._wake_getter(getter)  # it was woken: pass that on
+                self.forget(getter, passing_on=True)
                 raise
-            finally:
-                self._getters.remove(getter)
-                if not self._getters:
-                    self._getters = None
-        self._taken = 0  # after the wait: a concurrent poll may have taken some meanwhile
-        return self.get_nowait()
+            self.forget(getter)
+        return item
 
-    def waited_on(self) -> bool:
-        """Whether a poll waits for what comes next."""
+    def ready(self) -> Any:
+        """What `get()` returns now (a poll left over from before an upgrade ends with a NOOP),
+        or `NOTHING` when it would wait."""
+        if self._items:
+            self._taken = 0  # a concurrent poll may have taken some meanwhile: counted anew
+            return self.get_nowait()
+        return NOTHING if self._ws is None else NOOP
+
+    def waiter(self) -> asyncio.Future:
+        """A future done when a packet may have come for a poll (`ready()` says), given back
+        to `forget` once done or given up."""
+        getter = asyncio.get_running_loop().create_future()
+        if self._getters is None:
+            self._getters = []
+        self._getters.append(getter)
+        return getter
+
+    def forget(self, getter: asyncio.Future, passing_on: bool = False) -> None:
+        self._getters.remove(getter)
+        if not self._getters:
+            self._getters = None
+        elif passing_on and self._items and not getter.cancelled():
+            self._wake_getter(None)  # woken, but it gives up: another poll takes the wake
+
+    def waited_on(self) -> bool:  # whether a poll waits for what comes next
         return bool(self._getters)
 
     def task_done(self) -> None:

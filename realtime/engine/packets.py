@@ -94,3 +94,27 @@ def weight(item: Any) -> int:
 PING = engineio.packet.Packet(engineio.packet.PING)
 NOOP = engineio.packet.Packet(engineio.packet.NOOP)
 CLOSE = engineio.packet.Packet(engineio.packet.CLOSE)
+
+
+class Traffic:
+    """The bytes one endpoint's transports carried each way while an Admin UI is on (its stats
+    read them): WebSocket frames as on the wire (headers in, before per-message compression)
+    and long-polling bodies (HTTP headers out). An integer add per frame, where the engine
+    writes or reads it: the library's counts (`sio.instrument()`) see none of those paths."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self) -> None:
+        self.received = self.sent = 0
+
+    def frame_sent(self, data: str | bytes) -> None:
+        self.sent += _frame_size(data)
+
+    def frame_received(self, data: str | bytes) -> None:
+        self.received += _frame_size(data) + 4  # a client's frames carry a mask
+
+
+def _frame_size(data: str | bytes) -> int:
+    # a str of ASCII (what a str knows of itself) weighs its length: no encoding made
+    size = len(data) if type(data) is not str or data.isascii() else len(data.encode())
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)

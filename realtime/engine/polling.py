@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import engineio
 import engineio.exceptions
@@ -109,6 +110,27 @@ async def _body(eio: engineio.AsyncServer, request: web.Request) -> bytes | None
     return bytes(body)
 
 
+def pollable(eio: engineio.AsyncServer, request: web.Request, sid: str) -> GatewaySocket | None:
+    """The socket of a long-poll that `Endpoint.route` hands straight to `poll`, the usual
+    one (a session open on long-polling, no poll waiting on it, its pongs in time, its origin
+    allowed), for a request on long-polling without JSONP or Upgrade; None otherwise (`route`
+    decides)."""
+    socket = eio.sockets.get(sid)
+    if (
+        type(socket) is not GatewaySocket
+        or not socket.connected
+        or socket.closed
+        or socket.closing
+        or socket.upgrading
+        or socket.upgraded
+        or socket.queue.waited_on()
+        or (socket.last_ping and time.time() - socket.last_ping > eio.ping_timeout)
+        or not origin_allowed(eio, request)
+    ):
+        return None
+    return socket
+
+
 async def poll(
     eio: engineio.AsyncServer, request: web.Request, socket: GatewaySocket
 ) -> web.Response:
@@ -116,11 +138,29 @@ async def poll(
     `_ok`), without building the request's environ: what waits, or what comes."""
     try:
         packets = await socket.poll()
-    except engineio.exceptions.QueueEmpty:  # nothing for a ping interval and more: gone
-        await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
-        if socket.sid in eio.sockets:
-            await eio.disconnect(socket.sid)
-        return bad_request(eio, request, "Bad Request")
+    except engineio.exceptions.QueueEmpty:
+        return await gone(eio, request, socket)
+    return answer(eio, request, socket, packets)
+
+
+async def gone(
+    eio: engineio.AsyncServer, request: web.Request, socket: GatewaySocket
+) -> web.Response:
+    """A poll that got nothing for a ping interval and more, or was cut short: the session
+    is closed (its client is gone, or catches up on reconnecting)."""
+    await socket.close(wait=False, reason=eio.reason.TRANSPORT_ERROR)
+    if socket.sid in eio.sockets:
+        await eio.disconnect(socket.sid)
+    return bad_request(eio, request, "Bad Request")
+
+
+def answer(
+    eio: engineio.AsyncServer,
+    request: web.Request,
+    socket: GatewaySocket,
+    packets: list[engineio.packet.Packet],
+) -> web.Response:
+    """A poll's answer: its packets as one payload, compressed when asked and worth it."""
     body = engineio.payload.Payload(packets=packets).encode().encode()
     headers = {"Content-Type": "text/plain; charset=UTF-8", **cors_headers(eio, request)}
     if eio.http_compression and len(body) >= eio.compression_threshold:

@@ -19,8 +19,8 @@ from realtime.engine.admin import AdminReport, AdminView
 from realtime.engine.dispatch import GatewayServer
 from realtime.engine.facade import Engine
 from realtime.engine.membership import client_manager
-from realtime.engine.outbox import Bounds
 from realtime.engine.packets import GatewayPacket
+from realtime.limits import Bounds
 from realtime.tasks import TaskKeeper
 
 

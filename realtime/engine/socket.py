@@ -26,7 +26,7 @@ import engineio.packet
 import engineio.payload
 from aiohttp import web
 
-from realtime.engine.outbox import CLOSE_TIMEOUT_S, Outbox
+from realtime.engine.outbox import CLOSE_TIMEOUT_S, NOTHING, Outbox
 from realtime.engine.packets import CLOSE, NOOP, PING
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,21 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
             self.queue.put_nowait(PING)
 
     async def poll(self) -> list[engineio.packet.Packet]:
-        outbox = self.queue
-        try:
-            if outbox.empty():
-                # a timer, not `wait_for` (on Python 3.11 a task per poll)
+        first = self.queue.ready()
+        if first is NOTHING:
+            try:  # (a timer, not `wait_for`: on Python 3.11 a task per poll)
                 async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
-                    first = await outbox.get()
-            else:
-                first = await outbox.get()  # at once
-        except (TimeoutError, asyncio.CancelledError):
-            raise engineio.exceptions.QueueEmpty() from None
+                    first = await self.queue.get()
+            except (TimeoutError, asyncio.CancelledError):
+                raise engineio.exceptions.QueueEmpty() from None
+        return self.polled(first)
+
+    def polled(self, first: Any) -> list[engineio.packet.Packet]:
+        """A poll's packets, `first` (what the outbox gave it) and what follows it."""
         if first is None:
             return []
         packets = [first]
+        outbox = self.queue
         while True:
             try:
                 packet = outbox.get_nowait()
@@ -251,12 +253,10 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                     await self.queue.join()
 
     async def _close_after_last_poll(self, reason: Any) -> None:
-        """python-engineio's `close(wait=True)` on long-polling writes CLOSE, marks the
-        socket closed and waits for its outbox to be drained, which no poll can do any more
-        (a closed socket's polls are refused): the request that closes it (a client leaving
-        its last namespace, say) would wait for ever. Here the socket stays open to polls,
-        for `LAST_POLL_WAIT_S` at most, until one takes what waits and the CLOSE; nobody
-        waits for that."""
+        """python-engineio's `close(wait=True)` on long-polling writes CLOSE, marks the socket
+        closed and waits for a drain no poll can make (a closed socket's polls are refused).
+        Here the socket stays open to polls, for `LAST_POLL_WAIT_S` at most, until one takes
+        what waits and the CLOSE; nobody waits for that."""
         self.closing = True
         # queued first: a poll that empties the outbox from now on has taken it
         self.queue.put_nowait(CLOSE)

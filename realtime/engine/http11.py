@@ -1,0 +1,189 @@
+"""The lane's HTTP/1.1 (`lane.py`): a request's head read strictly, an answer written whole.
+
+A request is the lane's only when its head reads plainly: the request line `GET` or `POST`,
+an endpoint's path, `HTTP/1.1`; every header line `name: value` (no folding, no control
+characters); no Upgrade, Expect, Transfer-Encoding or Content-Encoding; a body only on a POST,
+and then by exactly one Content-Length. Anything else is aiohttp's to read (its parser, llhttp,
+refuses what it must): where a request ends is never guessed here.
+
+Library internals touched: none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+HEAD_LIMIT = 16 * 1024  # a head not ended by then is aiohttp's to refuse
+INCOMPLETE, AIOHTTPS = True, False  # `read_request`: wait for more bytes; hand it over
+_REQUEST_LINE = re.compile(rb"(GET|POST) (/[\x21-\x7e]*) HTTP/1\.1")
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+# what aiohttp reads itself (bodies it inflates or delimits by chunks, upgrades, 100-continue)
+_AIOHTTP_HEADERS = ("Transfer-Encoding", "Content-Encoding", "Upgrade", "Expect")
+_WRITTEN_HERE = frozenset({"content-length", "connection", "date", "server"})
+
+
+class LaneRequest(dict):
+    """What the endpoint reads of a request (aiohttp's `web.Request` has all of it, and costs
+    more than the rest of a poll's answer); the mapping holds what the endpoint marks on it."""
+
+    __slots__ = (
+        "closes",  # whether it asked for the connection to close after its answer
+        "content",
+        "content_length",
+        "headers",
+        "method",
+        "path",
+        "protocol",
+        "query",
+        "query_string",
+        "remote",
+        "transport",
+    )
+
+
+class Body:
+    """A request's body (`request.content`), read as it arrives: `feed` takes its bytes, `read`
+    gives them; it ends at its length, or with an error when the connection is lost first."""
+
+    __slots__ = ("_chunks", "_failed", "_waiter", "left")
+
+    def __init__(self, length: int):
+        self._chunks: list[bytes] = []
+        self.left = length  # bytes still to come
+        self._waiter: asyncio.Future | None = None
+        self._failed = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Take what of `data` is the body's; the rest (what follows the request)."""
+        part, rest = data[: self.left], data[self.left :]
+        if part:
+            self.left -= len(part)
+            self._chunks.append(part)
+            self._wake()
+        return rest
+
+    def fail(self) -> None:
+        self._failed = True
+        self._wake()
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._chunks and self.left and not self._failed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._chunks:
+            chunks, self._chunks = self._chunks, []
+            return b"".join(chunks)
+        if self._failed and self.left:
+            raise ConnectionResetError("the connection was lost before the body's end")
+        return b""
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def read_request(data: bytes, lanes: dict[bytes, Any]) -> tuple[Any, LaneRequest, int] | bool:
+    """The request `data` starts with, if it is a lane's: (the endpoint of its path, the
+    request, where it ends in `data`: its body may be on its way, `request.content.left`);
+    `INCOMPLETE` while its head has not all arrived; `AIOHTTPS` when it is not a lane's."""
+    end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT)
+    if end == -1:
+        if len(data) >= HEAD_LIMIT or data.count(b"\n") != data.count(b"\r\n"):
+            return AIOHTTPS  # (a line ended by a bare LF: aiohttp refuses it at once)
+        return INCOMPLETE
+    line_end = data.find(b"\r\n", 0, end + 2)
+    first = _REQUEST_LINE.fullmatch(data, 0, line_end)
+    if first is None:
+        return AIOHTTPS
+    method, target = first.groups()
+    path, _, query_string = target.partition(b"?")
+    endpoint = lanes.get(path)
+    if endpoint is None or b"#" in query_string:
+        return AIOHTTPS
+    if _FIELD_LINES.fullmatch(data, line_end + 2, end + 2) is None:
+        return AIOHTTPS
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name.decode(), value.decode("utf-8", "surrogateescape"))
+        for name, value in _FIELD.findall(data, line_end + 2, end + 2)
+    )
+    lengths = headers.getall("Content-Length", ())
+    length = 0
+    if method == b"POST":
+        if len(lengths) != 1 or not (lengths[0].isascii() and lengths[0].isdecimal()):
+            return AIOHTTPS
+        length = int(lengths[0])
+        if length > endpoint.max_body:
+            return AIOHTTPS  # (refused there, and the rest of it left unread)
+    elif lengths:
+        return AIOHTTPS
+    if any(name in headers for name in _AIOHTTP_HEADERS):
+        return AIOHTTPS
+    request = LaneRequest()
+    request.method = method.decode()
+    request.path = path.decode()
+    request.query_string = query_string.decode()
+    request.query = MultiDictProxy(MultiDict(_query(request.query_string)))
+    request.headers = CIMultiDictProxy(headers)
+    request.content_length = length if method == b"POST" else None
+    request.content = Body(length)  # (the rest of it, if any, fed as it arrives)
+    request.content.feed(data[end + 4 : end + 4 + length])
+    request.closes = "Connection" in headers and "close" in [
+        token.strip() for token in headers.get("Connection", "").lower().split(",")
+    ]
+    return endpoint, request, min(len(data), end + 4 + length)
+
+
+def answer_bytes(response: web.StreamResponse, close: bool) -> bytes:
+    """An answer of the endpoint's (a `web.Response` whose body is bytes) as it goes out: its
+    status and headers, the ones aiohttp adds (Date, Server) and its body, in one piece."""
+    body = response.body  # type: ignore[attr-defined]
+    head = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
+    for name, value in response.headers.items():
+        if name.lower() not in _WRITTEN_HERE:
+            head.append(f"{name}: {value}\r\n")
+    head.append(
+        f"Content-Length: {len(body)}\r\nDate: {_date()}\r\nServer: {SERVER_SOFTWARE}\r\n"
+        + ("Connection: close\r\n\r\n" if close else "\r\n")
+    )
+    return "".join(head).encode("utf-8", "surrogateescape") + body
+
+
+def failed() -> web.Response:
+    """aiohttp's answer to a handler that failed (the connection is closed after it)."""
+    return web.Response(status=500, text="500 Internal Server Error")
+
+
+def _query(query_string: str) -> list[tuple[str, str]]:
+    """The query's fields, as aiohttp (yarl) reads them: `+` a space, %-escapes decoded."""
+    fields = []
+    for field in query_string.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            if "%" in field or "+" in field:
+                name, value = unquote_plus(name), unquote_plus(value)
+            fields.append((name, value))
+    return fields
+
+
+_dated = [0, ""]  # the Date header, made once a second
+
+
+def _date() -> str:
+    now = int(time.time())
+    if _dated[0] != now:
+        _dated[:] = [now, formatdate(now, usegmt=True)]
+    return _dated[1]

@@ -1,0 +1,281 @@
+"""Long-polling's own lane: its requests served without aiohttp's machinery for each request.
+
+A long-polling client makes a request for each answer it gets: a poll waits for what comes,
+the next follows. aiohttp serves each with a request object, a task to run it in, the
+router, the middlewares and a response written in three steps, which cost twice what the
+engine's own code for a poll does (Node's engine.io spent half the gateway's CPU per poll).
+Each connection starts here (`LaneConnection`): a request to an Engine.IO endpoint whose head
+reads plainly (`http11.py`) is served by the endpoint's own code (`Endpoint.route`,
+`Endpoint.post`) given a light request, and answered in one write; the usual poll (a session
+open on long-polling, `polling.pollable`) waits by a callback on the socket's outbox, with no
+task. Anything else (another route, a WebSocket, a head of another shape, a session in a
+state only the library answers) hands the connection to aiohttp for good: its bytes from that
+request on go to an aiohttp handler, as though it had read them from the start.
+
+A poll cut short by its client closes its session, as Node's engine.io does: it takes no
+packets to write nowhere, and its client catches up on reconnecting.
+
+Library internals touched: none (the runner, `runner.py`, hands over to aiohttp).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from realtime.engine import polling
+from realtime.engine.http11 import (
+    AIOHTTPS,
+    INCOMPLETE,
+    Body,
+    LaneRequest,
+    answer_bytes,
+    failed,
+)
+from realtime.engine.http11 import read_request as _read_request
+from realtime.engine.outbox import NOTHING
+from realtime.engine.socket import GatewaySocket
+
+logger = logging.getLogger(__name__)
+
+IDLE_S = 75.0  # a connection with no request under way is closed after (aiohttp's keep-alive)
+AHEAD_LIMIT = 64 * 1024  # what a client may send ahead of an answer before reading pauses
+
+
+class LaneConnection(asyncio.Protocol):
+    """One client connection while its requests are the lane's (see the module)."""
+
+    __slots__ = (
+        "_ahead",
+        "_body",
+        "_last",
+        "_paused",
+        "_poll",
+        "_remote",
+        "_server",
+        "_serving",
+        "_timer",
+        "_transport",
+        "close_after",
+    )
+
+    def __init__(self, server: Any):
+        self._server = server  # `runner.LaneServer`
+        self._transport: asyncio.Transport | None = None
+        self._ahead = b""  # what arrived of requests not yet served
+        self._body: Body | None = None  # the body of the POST served, while it arrives
+        self._serving: asyncio.Future | None = None  # a task, or the poll's outbox waiter
+        self._poll = False  # whether what is served waits for packets (a GET)
+        self._paused = False
+        self._remote: str | None = None
+        self._last = 0.0  # when the last answer went (the loop's time)
+        self._timer: asyncio.TimerHandle | None = None
+        self.close_after = False  # the answer under way is the connection's last
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server.live.add(self)
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._timer = loop.call_at(self._last + IDLE_S, self._idle)
+        if self._server.closing:
+            self.close_when_idle()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+        self._left()
+        if self._body is not None:
+            self._body.fail()
+        if self._serving is not None and self._poll:
+            self._serving.cancel()  # a poll cut short: its session closes
+
+    def data_received(self, data: bytes) -> None:
+        if self._body is not None:
+            data = self._body.feed(data)
+            if not self._body.left:
+                self._body = None
+        self._ahead = self._ahead + data if self._ahead else data
+        if self._serving is None:
+            self._next()
+        elif len(self._ahead) > AHEAD_LIMIT and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def force_close(self) -> None:  # (`LaneRequest.protocol`: aiohttp's name for it)
+        self.close_after = True
+
+    def close_when_idle(self) -> None:
+        self.close_after = True
+        if self._serving is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _next(self) -> None:
+        """Serve the next request if it has all arrived; hand over one that is not the lane's."""
+        read = _read_request(self._ahead, self._server.lanes)
+        if read is INCOMPLETE:
+            return
+        if read is AIOHTTPS:
+            return self._hand_over()
+        endpoint, request, ends = read
+        raw, self._ahead = self._ahead[:ends], self._ahead[ends:]
+        if request.content.left:
+            self._body = request.content  # the rest of it is on its way
+        request.transport = self._transport
+        request.protocol = self
+        request.remote = self._remote_address()
+        self.close_after = self.close_after or request.closes
+        self._poll = request.method == "GET"
+        if self._poll:
+            query, eio = request.query, endpoint.eio
+            sid = next((value for value in query.getall("sid", ()) if value), None)
+            if sid and query.get("transport") == "polling" and "j" not in query:
+                socket = polling.pollable(eio, request, sid)
+                if socket is not None:  # the usual poll: served without a task
+                    first = socket.queue.ready()
+                    if first is NOTHING:
+                        return self._wait(eio, request, socket, None)
+                    return self._answer_poll(eio, request, socket, first)
+        self._serving = asyncio.get_running_loop().create_task(self._serve(endpoint, request, raw))
+
+    async def _serve(self, endpoint: Any, request: LaneRequest, raw: bytes) -> None:
+        try:
+            # (decided in the same step as the endpoint's own checks: the state is the same)
+            if not endpoint.lane_serves(request):  # (a GET: no body)
+                self._ahead = raw + self._ahead
+                self._serving = None
+                return self._hand_over()
+            if request.method == "GET":
+                response = await endpoint.route(request)
+            else:
+                response = await endpoint.post(request)
+        except asyncio.CancelledError:
+            return  # the connection is gone
+        except Exception:
+            logger.exception("error handling a long-polling request")
+            response = self._failed()
+        self._answer(response)
+
+    def _wait(
+        self,
+        eio: Any,
+        request: LaneRequest,
+        socket: GatewaySocket,
+        deadline: asyncio.TimerHandle | None,
+    ) -> None:
+        """Wait for the socket's next packets, as `GatewaySocket.poll` does, by a callback:
+        for a ping interval and timeout at most."""
+        getter = self._serving = socket.queue.waiter()
+        if deadline is None:
+            deadline = asyncio.get_running_loop().call_later(
+                eio.ping_interval + eio.ping_timeout, self._time_up
+            )
+        getter.add_done_callback(functools.partial(self._woken, eio, request, socket, deadline))
+
+    def _woken(
+        self,
+        eio: Any,
+        request: LaneRequest,
+        socket: GatewaySocket,
+        deadline: asyncio.TimerHandle,
+        getter: asyncio.Future,
+    ) -> None:
+        socket.queue.forget(getter)
+        if getter.cancelled():  # nothing came in time, or the connection was lost
+            deadline.cancel()
+            self._serving = asyncio.get_running_loop().create_task(
+                self._serve_gone(eio, request, socket)
+            )
+            return
+        first = socket.queue.ready()
+        if first is NOTHING:  # (another poll took it)
+            return self._wait(eio, request, socket, deadline)
+        deadline.cancel()
+        self._answer_poll(eio, request, socket, first)
+
+    def _time_up(self) -> None:
+        if self._serving is not None:
+            self._serving.cancel()  # (the waiter: `_woken` takes it from there)
+
+    def _answer_poll(
+        self, eio: Any, request: LaneRequest, socket: GatewaySocket, first: Any
+    ) -> None:
+        try:
+            response = polling.answer(eio, request, socket, socket.polled(first))
+        except Exception:
+            logger.exception("error answering a long-poll")
+            response = self._failed()
+        self._answer(response)
+
+    async def _serve_gone(self, eio: Any, request: LaneRequest, socket: GatewaySocket) -> None:
+        self._answer(await polling.gone(eio, request, socket))
+
+    def _failed(self) -> web.Response:
+        self.close_after = True
+        return failed()
+
+    def _answer(self, response: web.StreamResponse) -> None:
+        self._serving = None
+        transport = self._transport
+        if transport is None:
+            return
+        if type(getattr(response, "body", None)) is not bytes:  # (the endpoint's are bytes)
+            logger.error("a long-polling answer without a body of bytes")
+            response = self._failed()
+        close = self.close_after or response.keep_alive is False
+        transport.write(answer_bytes(response, close))
+        if close:
+            transport.close()
+            return
+        self._last = asyncio.get_running_loop().time()
+        if self._paused and len(self._ahead) <= AHEAD_LIMIT:
+            self._paused = False
+            transport.resume_reading()
+        if self._ahead:
+            self._next()  # pipelined
+
+    def _hand_over(self) -> None:
+        """From here on, the connection is aiohttp's: what arrived unserved goes to its
+        handler, then everything else."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._left()
+        ahead, self._ahead = self._ahead, b""
+        handler = self._server.handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._paused:
+            transport.resume_reading()
+        if ahead:
+            handler.data_received(ahead)
+
+    def _left(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._server.left(self)
+
+    def _idle(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._serving is None and now - self._last >= IDLE_S:
+            transport.close()  # (a request begun and never finished, too)
+            return
+        due = now if self._serving is not None else self._last
+        self._timer = asyncio.get_running_loop().call_at(due + IDLE_S, self._idle)
+
+    def _remote_address(self) -> str | None:
+        if self._remote is None and self._transport is not None:
+            peer = self._transport.get_extra_info("peername")
+            self._remote = peer[0] if isinstance(peer, (tuple, list)) else str(peer or "")
+        return self._remote

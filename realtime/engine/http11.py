@@ -2,9 +2,11 @@
 
 A request is the lane's only when its head reads plainly: the request line `GET` or `POST`,
 an endpoint's path, `HTTP/1.1`; every header line `name: value` (no folding, no control
-characters); no Upgrade, Expect, Transfer-Encoding or Content-Encoding; a body only on a POST,
-and then by exactly one Content-Length. Anything else is aiohttp's to read (its parser, llhttp,
-refuses what it must): where a request ends is never guessed here.
+characters) within aiohttp's bounds (8190 bytes a line, 128 headers), none of those that may
+be there once (`SINGLETON_HEADERS`) twice; no Upgrade, Expect, Transfer-Encoding or
+Content-Encoding; a body only on a POST, and then by exactly one Content-Length. Anything
+else is aiohttp's to read (its parser, llhttp, refuses what it must): where a request ends is
+never guessed here.
 
 Library internals touched: none.
 """
@@ -20,13 +22,17 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 HEAD_LIMIT = 16 * 1024  # a head not ended by then is aiohttp's to refuse
 INCOMPLETE, AIOHTTPS = True, False  # `read_request`: wait for more bytes; hand it over
-_REQUEST_LINE = re.compile(rb"(GET|POST) (/[\x21-\x7e]*) HTTP/1\.1")
+# (aiohttp's parser refuses a target, a header line past 8190 bytes, more than 128 headers)
+_REQUEST_LINE = re.compile(rb"(GET|POST) (/[\x21-\x7e]{0,8189}) HTTP/1\.1")
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD_LINES = re.compile(
+    rb"(?:(?=[^\r]{0,8190}\r)" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n){0,128}"
+)
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
 # what aiohttp reads itself (bodies it inflates or delimits by chunks, upgrades, 100-continue)
 _AIOHTTP_HEADERS = ("Transfer-Encoding", "Content-Encoding", "Upgrade", "Expect")
@@ -116,10 +122,14 @@ def read_request(data: bytes, lanes: dict[bytes, Any]) -> tuple[Any, LaneRequest
         return AIOHTTPS
     if _FIELD_LINES.fullmatch(data, line_end + 2, end + 2) is None:
         return AIOHTTPS
+    fields = _FIELD.findall(data, line_end + 2, end + 2)
     headers: CIMultiDict[str] = CIMultiDict(
-        (name.decode(), value.decode("utf-8", "surrogateescape"))
-        for name, value in _FIELD.findall(data, line_end + 2, end + 2)
+        (name.decode(), value.decode("utf-8", "surrogateescape")) for name, value in fields
     )
+    if len({name.lower() for name, _ in fields}) < len(fields) and any(
+        len(headers.getall(name, ())) > 1 for name in SINGLETON_HEADERS
+    ):
+        return AIOHTTPS  # (a header twice that may be there once: aiohttp refuses it)
     lengths = headers.getall("Content-Length", ())
     length = 0
     if method == b"POST":

@@ -6,12 +6,17 @@ what a connection leaves behind. Each answer is compared with what aiohttp alone
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 
+import engineio.packet
 import pytest
 from aiohttp.test_utils import TestServer
 
+from realtime.engine.lane import LaneConnection
 from server.app import create_app
-from tests.test_lane import PATH, Http
+from tests.test_lane import PATH, Http, get, handshake, lane_of, poll_until, post
+from tests.test_transport import eventually
 
 NOPE = PATH + "&sid=nope"  # a session that does not exist: the lane answers it 400 itself
 
@@ -100,3 +105,151 @@ ODD_HEADS = {
 async def test_heads_are_read_as_aiohttp_reads_them(server, plain, name):
     data = ODD_HEADS[name]
     assert await exchange(server, data, 1) == await exchange(plain, data, 1)
+
+
+async def test_a_handshake_whose_client_left_leaves_no_session_unattended(server, gateway):
+    sockets = gateway.engine.sio.eio.sockets
+    for _ in range(20):
+        http = await Http.open(server)
+        await http.send(raw_get(PATH, b"Host: g"))
+        http.writer.transport.abort()  # gone before its answer
+    await eventually(lambda: not lane_of(server).live)
+    await eventually(lambda: all(s.closed or s.ping_timer is not None for s in sockets.values()))
+
+
+async def exchange_pieces(served, pieces: list[bytes], answers: int) -> list:
+    """`exchange`, the bytes written in `pieces` one after the other (each drained first)."""
+    http = await Http.open(served)
+    got: list = []
+    try:
+        for piece in pieces:
+            await http.send(piece)
+        for _ in range(answers):
+            try:
+                status, headers, body = await http.answer()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                got.append("closed")
+                break
+            got.append((status, body if status != 200 else body[:1], headers.get("connection")))
+    finally:
+        http.close()
+    return got
+
+
+NOPE_POST = raw_post(NOPE, b"40", b"Host: g", b"Content-Length: 2")
+HEALTH = raw_get("/socket.io/?EIO=4", b"Host: g")  # not the lane's: no transport
+SEQUENCES = {
+    "a lane POST, then another route": ([NOPE_POST + HEALTH], 2),
+    "another route, then a lane POST": ([HEALTH + NOPE_POST], 2),
+    "a body in pieces, the next request with its last": (
+        [NOPE_POST[:-2], b"4", b"0" + raw_get(NOPE, b"Host: g")],
+        2,
+    ),
+    "a body that reads as a request": (
+        [
+            raw_post(NOPE, b"GET /health HTTP/1.1\r\n\r\n", b"Host: g", b"Content-Length: 24")
+            + raw_get(NOPE, b"Host: g")
+        ],
+        2,
+    ),
+    "a head in pieces across its CRLFs": (
+        [NOPE_POST[:40], NOPE_POST[40:-5] + b"\r", b"\n" + NOPE_POST[-4:]],
+        1,
+    ),
+    "three lane requests, then a WebSocket refused": (
+        [NOPE_POST * 3 + raw_get(NOPE, b"Host: g", b"Upgrade: websocket", b"Connection: Upgrade")],
+        4,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SEQUENCES)
+async def test_requests_run_together_are_answered_as_aiohttp_answers_them(server, plain, name):
+    pieces, answers = SEQUENCES[name]
+    assert await exchange_pieces(server, pieces, answers) == await exchange_pieces(
+        plain, pieces, answers
+    )
+
+
+# where a client may close: what it has written by then (`target`: its session's polls)
+CUT_AT = {
+    "mid-head": lambda target, auth: raw_get(target, b"Host: g")[:30],
+    "after a POST's head": lambda target, auth: raw_post(
+        target, b"", b"Host: g", b"Content-Length: 200"
+    ),
+    "mid-body": lambda target, auth: raw_post(
+        target, auth[:5], b"Host: g", b"Content-Length: %d" % len(auth)
+    ),
+    "while its packets are handled": lambda target, auth: raw_post(
+        target, auth, b"Host: g", b"Content-Length: %d" % len(auth)
+    ),
+    "while a poll waits": lambda target, auth: raw_get(target, b"Host: g"),
+}
+
+
+@pytest.mark.parametrize("point", CUT_AT)
+async def test_a_client_closing_at_any_point_leaves_nothing_behind(server, token, point):
+    http = await Http.open(server)
+    target = f"{PATH}&sid={await handshake(http)}"
+    assert len(lane_of(server).live) == 1
+    auth = ("40" + json.dumps({"token": token("u1")})).encode()
+    await http.send(CUT_AT[point](target, auth))
+    http.writer.transport.abort()
+    await eventually(lambda: not lane_of(server).live)
+    await eventually(lambda: not lane_connections())
+
+
+def lane_connections() -> list[LaneConnection]:
+    """Every `LaneConnection` still in memory (those kept only by a cycle collected first)."""
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is LaneConnection]
+
+
+async def test_a_poll_whose_connection_is_lost_as_its_packet_comes_closes_its_session(
+    server, gateway, token
+):
+    """The connection is lost, and a packet comes for its waiting poll, in the same turn of
+    the loop (the loss is handled first): the packet went nowhere, so the session closes, as
+    it does for any poll cut short (its client catches up on reconnecting)."""
+    sockets = gateway.engine.sio.eio.sockets
+    http = await Http.open(server)
+    sid = await handshake(http)
+    target = f"{PATH}&sid={sid}"
+    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
+    await http.answer()
+    await poll_until(http, target, '"auth_success"')  # (a session that stays: authenticated)
+    await http.send(get(target))
+    await eventually(lambda: sockets[sid].queue.waited_on())
+    (connection,) = lane_of(server).live
+    connection.abort()  # (what a reset read in this turn does: its loss is handled next)
+    sockets[sid].queue.put_nowait(engineio.packet.Packet(engineio.packet.MESSAGE, "lost"))
+    await eventually(lambda: sid not in sockets or sockets[sid].closed)
+    http.close()
+
+
+async def test_a_request_whose_client_leaves_while_it_closes_a_session_closes_it_whole(
+    server, gateway, token
+):
+    """An overlapping poll closes its session (the first poll takes the CLOSE); its client
+    leaving while that close waits its turn (`closing_turns`, many sessions closing at once)
+    must not cut the close short: a session left closing, never closed, is never swept."""
+    eio = gateway.engine.sio.eio
+    first = await Http.open(server)
+    sid = await handshake(first)
+    target = f"{PATH}&sid={sid}"
+    await first.send(post(target, "40" + json.dumps({"token": token("u1")})))
+    await first.answer()
+    await poll_until(first, target, '"auth_success"')
+    await first.send(get(target))
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    # many closes before this one: it waits some turns of the loop for its own
+    others = [asyncio.ensure_future(eio.closing_turns.take()) for _ in range(20_000)]
+    second = await Http.open(server)
+    await second.send(get(target))
+    await eventually(lambda: eio.sockets[sid].closing or eio.sockets[sid].closed)
+    second.writer.transport.abort()  # gone while its request closes the session
+    await asyncio.gather(*others)
+    await eventually(lambda: sid not in eio.sockets or eio.sockets[sid].closed)
+    status, _, body = await first.answer()  # the waiting poll took the CLOSE
+    assert status == 200 and body.endswith(b"1"), body
+    first.close()

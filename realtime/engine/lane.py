@@ -188,7 +188,9 @@ class LaneConnection(asyncio.Protocol):
         getter: asyncio.Future,
     ) -> None:
         socket.queue.forget(getter)
-        if getter.cancelled():  # nothing came in time, or the connection was lost
+        # nothing came in time, or the connection was lost (before what came, in the same
+        # turn of the loop: taken now, it would go nowhere)
+        if getter.cancelled() or self._transport is None:
             deadline.cancel()
             self._serving = asyncio.get_running_loop().create_task(
                 self._serve_gone(eio, request, socket)

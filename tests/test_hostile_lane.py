@@ -253,3 +253,77 @@ async def test_a_request_whose_client_leaves_while_it_closes_a_session_closes_it
     status, _, body = await first.answer()  # the waiting poll took the CLOSE
     assert status == 200 and body.endswith(b"1"), body
     first.close()
+
+
+async def answer_heads(served, data: bytes) -> tuple:
+    """The status and headers `served` answers `data` with (Date and the session's own
+    bytes aside), and the body of a refusal."""
+    http = await Http.open(served)
+    try:
+        await http.send(data)
+        status, headers, body = await http.answer()
+    finally:
+        http.close()
+    headers.pop("date", None)
+    return status, headers, body if status != 200 else body[:1]
+
+
+ORIGIN = "https://app.example"
+CORS_REQUESTS = {
+    "a handshake from an allowed origin": raw_get(PATH, b"Host: g", b"Origin: " + ORIGIN.encode()),
+    "a handshake from another origin": raw_get(PATH, b"Host: g", b"Origin: https://evil.example"),
+    "a POST from an allowed origin": raw_post(
+        NOPE, b"40", b"Host: g", b"Origin: " + ORIGIN.encode(), b"Content-Length: 2"
+    ),
+    "a POST from another origin": raw_post(
+        NOPE, b"40", b"Host: g", b"Origin: https://evil.example", b"Content-Length: 2"
+    ),
+    "an origin of bytes past ASCII": raw_get(PATH, b"Host: g", b"Origin: https://\xc3\xa9.example"),
+    "two origins": raw_get(
+        PATH, b"Host: g", b"Origin: " + ORIGIN.encode(), b"Origin: https://evil.example"
+    ),
+    "a forwarded scheme": raw_get(
+        PATH, b"Host: g", b"Origin: " + ORIGIN.encode(), b"X-Forwarded-Proto: https"
+    ),
+}
+
+
+@pytest.mark.env(CORS_ORIGINS=ORIGIN)
+@pytest.mark.parametrize("name", CORS_REQUESTS)
+async def test_cors_answers_are_aiohttps(server, plain, name):
+    data = CORS_REQUESTS[name]
+    assert await answer_heads(server, data) == await answer_heads(plain, data)
+
+
+@pytest.mark.parametrize("name", CORS_REQUESTS)
+async def test_same_origin_answers_are_aiohttps(server, plain, name):
+    data = CORS_REQUESTS[name]
+    assert await answer_heads(server, data) == await answer_heads(plain, data)
+
+
+async def test_shutdown_waits_its_timeout_once_for_lane_and_aiohttp_connections_alike(
+    aiohttp_server, app
+):
+    """A request under way in the lane and one under way in aiohttp (each a POST whose body
+    never comes) are waited for side by side: the shutdown takes its timeout, not twice it."""
+    within = 2.0
+    served = await aiohttp_server(app, shutdown_timeout=within)
+    lane_post, aiohttp_post = await Http.open(served), await Http.open(served)
+    sid = await handshake(lane_post)
+    await lane_post.send(raw_post(f"{PATH}&sid={sid}", b"4", b"Host: g", b"Content-Length: 100"))
+    await aiohttp_post.send(
+        raw_post(
+            "/broadcast",
+            b"{",
+            b"Host: g",
+            b"Content-Type: application/json",
+            b"Content-Length: 100",
+        )
+    )
+    await eventually(lambda: len(lane_of(served).live) == 1)  # (the other one is aiohttp's)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(served.close(), 4 * within)
+    assert loop.time() - started < 1.5 * within
+    assert await lane_post.ended()
+    await asyncio.wait_for(aiohttp_post.reader.read(), 10.0)  # (aiohttp may answer first)

@@ -50,7 +50,13 @@ class LaneServer:
             connection.close_when_idle()
 
     async def shutdown(self, within: float | None = None) -> None:
-        await self._server.shutdown(within)
+        """Wait for the answers under way, aiohttp's and the lane's side by side (`within`
+        bounds the whole shutdown), then cut the lane's connections still open."""
+        await asyncio.gather(self._server.shutdown(within), self._drained(within))
+        for connection in list(self.live):
+            connection.abort()
+
+    async def _drained(self, within: float | None) -> None:
         if self.live:  # (the app's shutdown has closed the sessions: their polls answer)
             self._emptied = asyncio.Event()
             try:
@@ -58,8 +64,6 @@ class LaneServer:
                     await self._emptied.wait()
             except TimeoutError:
                 pass
-        for connection in list(self.live):
-            connection.abort()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)

@@ -327,3 +327,33 @@ async def test_shutdown_waits_its_timeout_once_for_lane_and_aiohttp_connections_
     assert loop.time() - started < 1.5 * within
     assert await lane_post.ended()
     await asyncio.wait_for(aiohttp_post.reader.read(), 10.0)  # (aiohttp may answer first)
+
+
+async def authenticated(http: Http, token) -> tuple[str, str]:
+    """A session opened and authenticated on `http`: its id and poll target."""
+    sid = await handshake(http)
+    target = f"{PATH}&sid={sid}"
+    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
+    await http.answer()
+    await poll_until(http, target, '"auth_success"')
+    return sid, target
+
+
+async def test_a_post_pipelined_behind_a_waiting_poll_gets_its_whole_body(server, gateway, token):
+    """What a client writes ahead of a waiting poll past `AHEAD_LIMIT` pauses reading; a POST
+    in it, once its turn comes, must have the rest of its body read."""
+    eio = gateway.engine.sio.eio
+    http = await Http.open(server)
+    sid, target = await authenticated(http, token)
+    await http.send(get(target))
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    payload = ("42" + json.dumps(["no_such_event", "x" * 100_000])).encode()
+    ahead = raw_post(target, payload, b"Host: g", b"Content-Length: %d" % len(payload))
+    await http.send(ahead[:70_000])
+    (connection,) = lane_of(server).live
+    await eventually(lambda: not connection._transport.is_reading())  # paused
+    await http.send(ahead[70_000:])
+    await eio.send(sid, "wake")  # the waiting poll is answered
+    assert (await http.answer())[0] == 200
+    assert (await http.answer())[:3:2] == (200, b"ok")
+    http.close()

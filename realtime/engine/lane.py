@@ -128,6 +128,7 @@ class LaneConnection(asyncio.Protocol):
         raw, self._ahead = self._ahead[:ends], self._ahead[ends:]
         if request.content.left:
             self._body = request.content  # the rest of it is on its way
+            self._resume()  # (what was read ahead of it is all taken: read it on)
         request.transport = self._transport
         request.protocol = self
         request.remote = self._remote_address()
@@ -237,11 +238,14 @@ class LaneConnection(asyncio.Protocol):
             transport.close()
             return
         self._last = asyncio.get_running_loop().time()
-        if self._paused and len(self._ahead) <= AHEAD_LIMIT:
-            self._paused = False
-            transport.resume_reading()
+        self._resume()
         if self._ahead:
             self._next()  # pipelined
+
+    def _resume(self) -> None:
+        if self._paused and len(self._ahead) <= AHEAD_LIMIT and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
 
     def _hand_over(self) -> None:
         """From here on, the connection is aiohttp's: what arrived unserved goes to its

@@ -357,3 +357,26 @@ async def test_a_post_pipelined_behind_a_waiting_poll_gets_its_whole_body(server
     assert (await http.answer())[0] == 200
     assert (await http.answer())[:3:2] == (200, b"ok")
     http.close()
+
+
+async def test_a_client_that_pipelines_polls_and_never_reads_is_not_written_to_without_end(
+    server, gateway, token
+):
+    """A poll's answer is not written while the connection's write buffer is past its high
+    mark (the client does not read): the packets wait in the outbox, bounded, which cuts the
+    client off as a slow one once past its bounds. Writing the answers of its polls one after
+    the other would hold everything sent to it in the server's memory."""
+    eio = gateway.engine.sio.eio
+    http = await Http.open(server)
+    sid, target = await authenticated(http, token)
+    (connection,) = lane_of(server).live
+    http.writer.write(get(target).encode() * 1000)  # (never read from here on)
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    for _ in range(2000):  # 20 MB, each packet sent once the last has been taken by a poll
+        await eio.send(sid, "x" * 10_000)
+        try:
+            await asyncio.wait_for(eio.sockets[sid].queue.wait_for_room(0, 0), 2.0)
+        except TimeoutError:
+            break  # polls no longer take them
+    assert connection._transport.get_write_buffer_size() < 1_000_000
+    http.writer.transport.abort()

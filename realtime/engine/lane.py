@@ -60,6 +60,7 @@ class LaneConnection(asyncio.Protocol):
         "_serving",
         "_timer",
         "_transport",
+        "_writable",
         "close_after",
     )
 
@@ -71,6 +72,7 @@ class LaneConnection(asyncio.Protocol):
         self._serving: asyncio.Future | None = None  # a task, or the poll's outbox waiter
         self._poll = False  # whether what is served waits for packets (a GET)
         self._paused = False
+        self._writable = True  # (False while the transport's write buffer is past its mark)
         self._remote: str | None = None
         self._last = 0.0  # when the last answer went (the loop's time)
         self._timer: asyncio.TimerHandle | None = None
@@ -99,11 +101,21 @@ class LaneConnection(asyncio.Protocol):
             if not self._body.left:
                 self._body = None
         self._ahead = self._ahead + data if self._ahead else data
-        if self._serving is None:
+        if self._serving is None and self._writable:
             self._next()
         elif len(self._ahead) > AHEAD_LIMIT and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
+
+    def pause_writing(self) -> None:
+        """The client does not read its answers as fast as they come: none is made until it
+        has (a poll's packets wait in the outbox, bounded, meanwhile)."""
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        if self._serving is None and self._ahead and self._transport is not None:
+            self._next()
 
     def force_close(self) -> None:  # (`LaneRequest.protocol`: aiohttp's name for it)
         self.close_after = True
@@ -239,7 +251,7 @@ class LaneConnection(asyncio.Protocol):
             return
         self._last = asyncio.get_running_loop().time()
         self._resume()
-        if self._ahead:
+        if self._ahead and self._writable:
             self._next()  # pipelined
 
     def _resume(self) -> None:

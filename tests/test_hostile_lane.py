@@ -98,6 +98,10 @@ ODD_HEADS = {
     "a POST of no body": raw_post(NOPE, b"", b"Host: g", b"Content-Length: 0"),
     "a POST without a length": raw_post(NOPE, b"", b"Host: g"),
     "Connection: keep-alive, close": raw_get(NOPE, b"Host: g", b"Connection: keep-alive, close"),
+    "close in a second Connection header": raw_get(
+        NOPE, b"Host: g", b"Connection: keep-alive", b"Connection: close"
+    ),
+    "Connection: Close, spelt so": raw_get(NOPE, b"Host: g", b"Connection:  Close "),
 }
 
 
@@ -184,6 +188,7 @@ CUT_AT = {
         target, auth, b"Host: g", b"Content-Length: %d" % len(auth)
     ),
     "while a poll waits": lambda target, auth: raw_get(target, b"Host: g"),
+    "handed over to aiohttp": lambda target, auth: raw_get("/health", b"Host: g"),
 }
 
 

@@ -151,8 +151,8 @@ def read_request(data: bytes, lanes: dict[bytes, Any]) -> tuple[Any, LaneRequest
     request.content_length = length if method == b"POST" else None
     request.content = Body(length)  # (the rest of it, if any, fed as it arrives)
     request.content.feed(data[end + 4 : end + 4 + length])
-    request.closes = "Connection" in headers and "close" in [
-        token.strip() for token in headers.get("Connection", "").lower().split(",")
+    request.closes = "Connection" in headers and "close" in [  # (in any of its lines)
+        token.strip() for token in ",".join(headers.getall("Connection")).lower().split(",")
     ]
     return endpoint, request, min(len(data), end + 4 + length)
 

@@ -102,13 +102,19 @@ class Body:
             self._waiter.set_result(None)
 
 
-def read_request(data: bytes, lanes: dict[bytes, Any]) -> tuple[Any, LaneRequest, int] | bool:
+def read_request(
+    data: bytes, lanes: dict[bytes, Any], scanned: int = 0
+) -> tuple[Any, LaneRequest, int] | bool:
     """The request `data` starts with, if it is a lane's: (the endpoint of its path, the
     request, where it ends in `data`: its body may be on its way, `request.content.left`);
-    `INCOMPLETE` while its head has not all arrived; `AIOHTTPS` when it is not a lane's."""
-    end = data.find(b"\r\n\r\n", 0, HEAD_LIMIT)
+    `INCOMPLETE` while its head has not all arrived; `AIOHTTPS` when it is not a lane's.
+    `scanned`: how much of `data` was `INCOMPLETE` before (a head trickled in a byte at a
+    time is not searched again from its start for each: that took 0.35 s of CPU for 16 KB)."""
+    end = data.find(b"\r\n\r\n", max(0, scanned - 3), HEAD_LIMIT)
     if end == -1:
-        if len(data) >= HEAD_LIMIT or data.count(b"\n") != data.count(b"\r\n"):
+        if len(data) >= HEAD_LIMIT or data.count(b"\n", scanned) != data.count(
+            b"\r\n", max(0, scanned - 1)
+        ):
             return AIOHTTPS  # (a line ended by a bare LF: aiohttp refuses it at once)
         return INCOMPLETE
     line_end = data.find(b"\r\n", 0, end + 2)

@@ -100,9 +100,9 @@ class LaneConnection(asyncio.Protocol):
             data = self._body.feed(data)
             if not self._body.left:
                 self._body = None
-        self._ahead = self._ahead + data if self._ahead else data
+        scanned, self._ahead = len(self._ahead), self._ahead + data if self._ahead else data
         if self._serving is None and self._writable:
-            self._next()
+            self._next(scanned)  # (what was here already: found incomplete)
         elif len(self._ahead) > AHEAD_LIMIT and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
@@ -129,9 +129,9 @@ class LaneConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _next(self) -> None:
+    def _next(self, scanned: int = 0) -> None:
         """Serve the next request if it has all arrived; hand over one that is not the lane's."""
-        read = _read_request(self._ahead, self._server.lanes)
+        read = _read_request(self._ahead, self._server.lanes, scanned)
         if read is INCOMPLETE:
             return
         if read is AIOHTTPS:

@@ -10,12 +10,14 @@ import gc
 import json
 import time
 
+import aiohttp
 import engineio.packet
 import pytest
 from aiohttp.test_utils import TestServer
 
 from realtime.engine.http11 import HEAD_LIMIT, INCOMPLETE, read_request
 from realtime.engine.lane import LaneConnection
+from realtime.gateway import GATEWAY
 from server.app import create_app
 from tests.test_lane import PATH, Http, get, handshake, lane_of, poll_until, post
 from tests.test_transport import eventually
@@ -417,3 +419,69 @@ async def test_a_head_trickled_a_byte_at_a_time_is_still_the_lanes(server):
     assert (await http.answer())[::2] == (400, b'"unknown session"')
     assert len(lane_of(server).live) == 1  # (not handed over)
     http.close()
+
+
+def masked_text_frame(text: str) -> bytes:
+    data, mask = text.encode(), b"\x01\x02\x03\x04"
+    return (
+        bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    )
+
+
+@pytest.mark.parametrize("runner", ["lane", "aiohttp"])
+async def test_a_websocket_upgrade_and_its_probe_written_behind_a_lane_request(
+    server, plain, runner
+):
+    """A POST, the session's WebSocket upgrade and its first frame, in one write: the POST is
+    answered, then aiohttp takes the upgrade with the frame behind it."""
+    served = server if runner == "lane" else plain
+    http = await Http.open(served)
+    sid = await handshake(http)
+    upgrade = raw_get(
+        f"/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        b"Host: g",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        b"Sec-WebSocket-Version: 13",
+    )
+    await http.send(NOPE_POST + upgrade + masked_text_frame("2probe"))
+    assert (await http.answer())[::2] == (400, b'"unknown session"')
+    assert (await http.answer(head_only=True))[0] == 101
+    frame = await asyncio.wait_for(http.reader.readexactly(8), 10.0)
+    assert frame == b"\x81\x063probe"
+    http.close()
+
+
+@pytest.mark.parametrize("runner", ["lane", "aiohttp"])
+async def test_a_waiting_poll_is_answered_when_its_session_upgrades_or_another_poll_comes(
+    server, plain, token, runner
+):
+    served = server if runner == "lane" else plain
+    eio = served.app[GATEWAY].engine.sio.eio
+    first, second = await Http.open(served), await Http.open(served)
+    sid, target = await authenticated(first, token)
+    await first.send(get(target))
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    ws = await aiohttp.ClientSession().__aenter__()
+    try:
+        upgrade = await ws.ws_connect(
+            f"http://{served.host}:{served.port}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        )
+        await upgrade.send_str("2probe")
+        assert (await upgrade.receive_str()) == "3probe"
+        assert (await first.answer())[::2] == (200, b"6")  # the waiting poll: a NOOP
+        await upgrade.send_str("5")
+        await first.send(get(target))  # upgraded: no more polls
+        assert (await first.answer())[0] == 400
+        await upgrade.close()
+    finally:
+        await ws.close()
+    sid, target = await authenticated(second, token)
+    await first.send(get(target))
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    await second.send(get(target))  # overlapping: refused, the session closed
+    assert (await second.answer())[::2] == (400, b'"overlapping poll"')
+    status, _, body = await first.answer()
+    assert status == 200 and body.endswith(b"1"), body
+    first.close(), second.close()

@@ -82,6 +82,7 @@ ODD_HEADS = {
     "a request line of 9000 bytes": raw_get(NOPE + "&t=" + "a" * 9000, b"Host: g"),
     "obs-text in a value": raw_get(NOPE, b"Host: g", b"X-A: caf\xc3\xa9 \xff"),
     "a length with leading zeros": raw_post(NOPE, b"ab", b"Host: g", b"Content-Length: 002"),
+    "a length of 5000 digits": raw_post(NOPE, b"ab", b"Host: g", b"Content-Length: " + b"9" * 5000),
     "a length with a sign": raw_post(NOPE, b"ab", b"Host: g", b"Content-Length: +2"),
     "Transfer-Encoding with a space before its colon": raw_post(
         NOPE, b"2\r\nab\r\n0\r\n\r\n", b"Host: g", b"Transfer-Encoding : chunked"

@@ -486,3 +486,34 @@ async def test_a_waiting_poll_is_answered_when_its_session_upgrades_or_another_p
     status, _, body = await first.answer()
     assert status == 200 and body.endswith(b"1"), body
     first.close(), second.close()
+
+
+async def test_a_server_shutting_down_ends_lane_connections_in_every_state(
+    aiohttp_server, app, token
+):
+    within = 2.0
+    served = await aiohttp_server(app, shutdown_timeout=within)
+    eio = app[GATEWAY].engine.sio.eio
+    idle, mid_head, mid_body, polling, handed, not_reading = [
+        await Http.open(served) for _ in range(6)
+    ]
+    await handshake(idle)
+    await mid_head.send(raw_get(NOPE, b"Host: g")[:20])
+    sid = await handshake(mid_body)
+    await mid_body.send(raw_post(f"{PATH}&sid={sid}", b"4", b"Host: g", b"Content-Length: 9"))
+    sid, target = await authenticated(polling, token)
+    await polling.send(get(target))
+    await eventually(lambda: eio.sockets[sid].queue.waited_on())
+    await handed.send(raw_get("/health", b"Host: g"))
+    await handed.answer()
+    await not_reading.send(NOPE_POST * 20_000)  # (its answers never read)
+    await eventually(lambda: len(lane_of(served).live) == 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(served.close(), 4 * within)
+    assert loop.time() - started < 1.5 * within
+    for http in (idle, mid_head, mid_body, handed):
+        assert await http.ended()
+    assert (await polling.answer())[0] in (200, 400)
+    assert await polling.ended()
+    not_reading.close()

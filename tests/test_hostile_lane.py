@@ -15,6 +15,7 @@ import engineio.packet
 import pytest
 from aiohttp.test_utils import TestServer
 
+from realtime.engine import lane
 from realtime.engine.http11 import HEAD_LIMIT, INCOMPLETE, read_request
 from realtime.engine.lane import LaneConnection
 from realtime.gateway import GATEWAY
@@ -517,3 +518,14 @@ async def test_a_server_shutting_down_ends_lane_connections_in_every_state(
     assert (await polling.answer())[0] in (200, 400)
     assert await polling.ended()
     not_reading.close()
+
+
+async def test_a_connection_whose_client_never_reads_is_cut_once_idle(server, monkeypatch):
+    """Answers it never reads: closing it waits for them to be written, for ever; once idle
+    for `IDLE_S` it is cut instead."""
+    monkeypatch.setattr(lane, "IDLE_S", 0.5)
+    http = await Http.open(server)
+    http.writer.write(NOPE_POST * 50_000)  # (its answers never read)
+    await eventually(lambda: len(lane_of(server).live) == 1)
+    await eventually(lambda: not lane_of(server).live)  # (not kept: cut)
+    http.writer.transport.abort()

@@ -282,13 +282,14 @@ class LaneConnection(asyncio.Protocol):
         self._server.left(self)
 
     def _idle(self) -> None:
-        transport = self._transport
+        transport, now = self._transport, asyncio.get_running_loop().time()
         if transport is None:
             return
-        now = asyncio.get_running_loop().time()
         if self._serving is None and now - self._last >= IDLE_S:
-            transport.close()  # (a request begun and never finished, too)
-            return
+            # (a request begun and never finished, too; closed with answers its client never
+            # reads, it would wait for them for ever: cut)
+            (transport.abort if transport.is_closing() else transport.close)()
+            self._last = now
         due = now if self._serving is not None else self._last
         self._timer = asyncio.get_running_loop().call_at(due + IDLE_S, self._idle)
 

@@ -541,3 +541,20 @@ def test_a_header_value_full_of_blanks_is_read_in_linear_time():
         _, request, ends = read_request(head, lanes)
         assert time.process_time() - started < 0.03
         assert request.headers["X-A"] == value.decode() and ends == len(head)
+
+
+@pytest.mark.env(CLIENT_BACKLOG_MAX="40000", CLIENT_BACKLOG_MAX_BYTES="50000000")
+async def test_pipelined_polls_each_answered_at_once_are_all_answered(server, gateway, token):
+    """Polls written at once, each finding packets waiting: answered one after the other,
+    however many (not each from within the last one's answer: a stack as deep as they are)."""
+    eio = gateway.engine.sio.eio
+    http = await Http.open(server)
+    sid, target = await authenticated(http, token)
+    for _ in range(32_000):
+        await eio.send(sid, "x")
+    polls = 32_000 // 16
+    await http.send(get(target) * polls)
+    for _ in range(polls):
+        status, _, body = await http.answer()
+        assert status == 200 and body.count(b"\x1e") == 15, body
+    http.close()

@@ -28,14 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from realtime.engine import polling
-from realtime.engine.http11 import (
-    AIOHTTPS,
-    INCOMPLETE,
-    Body,
-    LaneRequest,
-    answer_bytes,
-    failed,
-)
+from realtime.engine.http11 import AIOHTTPS, INCOMPLETE, Body, LaneRequest, answer_bytes, failed
 from realtime.engine.http11 import read_request as _read_request
 from realtime.engine.outbox import NOTHING
 from realtime.engine.socket import GatewaySocket
@@ -130,33 +123,37 @@ class LaneConnection(asyncio.Protocol):
             self._transport.abort()
 
     def _next(self, scanned: int = 0) -> None:
-        """Serve the next request if it has all arrived; hand over one that is not the lane's."""
-        read = _read_request(self._ahead, self._server.lanes, scanned)
-        if read is INCOMPLETE:
+        """Serve the requests that have all arrived, in order: those answered at once one
+        after the other here (not each from within the last's answer: a stack as deep as they
+        are many), until one is under way; hand over one that is not the lane's."""
+        while (read := _read_request(self._ahead, self._server.lanes, scanned)) is not INCOMPLETE:
+            if read is AIOHTTPS:
+                return self._hand_over()
+            endpoint, request, ends = read
+            raw, self._ahead, scanned = self._ahead[:ends], self._ahead[ends:], 0
+            if request.content.left:
+                self._body = request.content  # the rest of it is on its way
+                self._resume()  # (what was read ahead of it is all taken: read it on)
+            request.transport = self._transport
+            request.protocol = self
+            request.remote = self._remote_address()
+            self.close_after = self.close_after or request.closes
+            self._poll = request.method == "GET"
+            if self._poll:
+                query, eio = request.query, endpoint.eio
+                sid = next((value for value in query.getall("sid", ()) if value), None)
+                if sid and query.get("transport") == "polling" and "j" not in query:
+                    socket = polling.pollable(eio, request, sid)
+                    if socket is not None:  # the usual poll: served without a task
+                        first = socket.queue.ready()
+                        if first is NOTHING:
+                            return self._wait(eio, request, socket, None)
+                        if self._answer_poll(eio, request, socket, first, pipelined=False):
+                            continue
+                        return
+            serving = self._serve(endpoint, request, raw)
+            self._serving = asyncio.get_running_loop().create_task(serving)
             return
-        if read is AIOHTTPS:
-            return self._hand_over()
-        endpoint, request, ends = read
-        raw, self._ahead = self._ahead[:ends], self._ahead[ends:]
-        if request.content.left:
-            self._body = request.content  # the rest of it is on its way
-            self._resume()  # (what was read ahead of it is all taken: read it on)
-        request.transport = self._transport
-        request.protocol = self
-        request.remote = self._remote_address()
-        self.close_after = self.close_after or request.closes
-        self._poll = request.method == "GET"
-        if self._poll:
-            query, eio = request.query, endpoint.eio
-            sid = next((value for value in query.getall("sid", ()) if value), None)
-            if sid and query.get("transport") == "polling" and "j" not in query:
-                socket = polling.pollable(eio, request, sid)
-                if socket is not None:  # the usual poll: served without a task
-                    first = socket.queue.ready()
-                    if first is NOTHING:
-                        return self._wait(eio, request, socket, None)
-                    return self._answer_poll(eio, request, socket, first)
-        self._serving = asyncio.get_running_loop().create_task(self._serve(endpoint, request, raw))
 
     async def _serve(self, endpoint: Any, request: LaneRequest, raw: bytes) -> None:
         try:
@@ -201,8 +198,7 @@ class LaneConnection(asyncio.Protocol):
         getter: asyncio.Future,
     ) -> None:
         socket.queue.forget(getter)
-        # nothing came in time, or the connection was lost (before what came, in the same
-        # turn of the loop: taken now, it would go nowhere)
+        # nothing came in time, or the connection is gone (what came would be written nowhere)
         if getter.cancelled() or self._transport is None:
             deadline.cancel()
             self._serving = asyncio.get_running_loop().create_task(
@@ -220,14 +216,14 @@ class LaneConnection(asyncio.Protocol):
             self._serving.cancel()  # (the waiter: `_woken` takes it from there)
 
     def _answer_poll(
-        self, eio: Any, request: LaneRequest, socket: GatewaySocket, first: Any
-    ) -> None:
+        self, eio: Any, request: LaneRequest, socket: GatewaySocket, first: Any, pipelined=True
+    ) -> bool:
         try:
             response = polling.answer(eio, request, socket, socket.polled(first))
         except Exception:
             logger.exception("error answering a long-poll")
             response = self._failed()
-        self._answer(response)
+        return self._answer(response, pipelined)
 
     async def _serve_gone(self, eio: Any, request: LaneRequest, socket: GatewaySocket) -> None:
         self._answer(await polling.gone(eio, request, socket))
@@ -236,11 +232,13 @@ class LaneConnection(asyncio.Protocol):
         self.close_after = True
         return failed()
 
-    def _answer(self, response: web.StreamResponse) -> None:
+    def _answer(self, response: web.StreamResponse, pipelined: bool = True) -> bool:
+        """Write `response`; then serve the next request (`pipelined`), or say whether it may
+        be served now."""
         self._serving = None
         transport = self._transport
         if transport is None:
-            return
+            return False
         if type(getattr(response, "body", None)) is not bytes:  # (the endpoint's are bytes)
             logger.error("a long-polling answer without a body of bytes")
             response = self._failed()
@@ -248,11 +246,13 @@ class LaneConnection(asyncio.Protocol):
         transport.write(answer_bytes(response, close))
         if close:
             transport.close()
-            return
+            return False
         self._last = asyncio.get_running_loop().time()
         self._resume()
-        if self._ahead and self._writable:
-            self._next()  # pipelined
+        more = bool(self._ahead) and self._writable
+        if more and pipelined:
+            self._next()
+        return more and not pipelined
 
     def _resume(self) -> None:
         if self._paused and len(self._ahead) <= AHEAD_LIMIT and self._transport is not None:
@@ -286,8 +286,7 @@ class LaneConnection(asyncio.Protocol):
         if transport is None:
             return
         if self._serving is None and now - self._last >= IDLE_S:
-            # (a request begun and never finished, too; closed with answers its client never
-            # reads, it would wait for them for ever: cut)
+            # (a head never ended, too; closing, with answers never read, it waits for ever: cut)
             (transport.abort if transport.is_closing() else transport.close)()
             self._last = now
         due = now if self._serving is not None else self._last

@@ -20,7 +20,7 @@ from realtime.engine.http11 import HEAD_LIMIT, INCOMPLETE, read_request
 from realtime.engine.lane import LaneConnection
 from realtime.gateway import GATEWAY
 from server.app import create_app
-from tests.test_lane import PATH, Http, get, handshake, lane_of, poll_until, post
+from tests.test_lane import PATH, Http, authenticated, get, handshake, lane_of
 from tests.test_transport import eventually
 
 NOPE = PATH + "&sid=nope"  # a session that does not exist: the lane answers it 400 itself
@@ -29,20 +29,7 @@ NOPE = PATH + "&sid=nope"  # a session that does not exist: the lane answers it 
 async def exchange(served, data: bytes, answers: int) -> list:
     """What `served` answers to `data`, written at once: `answers` (status, body, Connection
     header), "closed" in place of those the connection ends before."""
-    http = await Http.open(served)
-    got: list = []
-    try:
-        await http.send(data)
-        for _ in range(answers):
-            try:
-                status, headers, body = await http.answer()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                got.append("closed")
-                break
-            got.append((status, body, headers.get("connection")))
-    finally:
-        http.close()
-    return got
+    return await exchange_pieces(served, [data], answers, whole=True)
 
 
 @pytest.fixture
@@ -127,8 +114,9 @@ async def test_a_handshake_whose_client_left_leaves_no_session_unattended(server
     await eventually(lambda: all(s.closed or s.ping_timer is not None for s in sockets.values()))
 
 
-async def exchange_pieces(served, pieces: list[bytes], answers: int) -> list:
-    """`exchange`, the bytes written in `pieces` one after the other (each drained first)."""
+async def exchange_pieces(served, pieces: list[bytes], answers: int, whole: bool = False) -> list:
+    """`exchange`, the bytes written in `pieces` one after the other (each drained first); of a
+    200's body only its first byte unless `whole` (a handshake's sid differs between servers)."""
     http = await Http.open(served)
     got: list = []
     try:
@@ -140,7 +128,8 @@ async def exchange_pieces(served, pieces: list[bytes], answers: int) -> list:
             except (asyncio.IncompleteReadError, ConnectionError):
                 got.append("closed")
                 break
-            got.append((status, body if status != 200 else body[:1], headers.get("connection")))
+            kept = body if whole or status != 200 else body[:1]
+            got.append((status, kept, headers.get("connection")))
     finally:
         http.close()
     return got
@@ -232,11 +221,7 @@ async def test_a_poll_whose_connection_is_lost_as_its_packet_comes_closes_its_se
     it does for any poll cut short (its client catches up on reconnecting)."""
     sockets = gateway.engine.sio.eio.sockets
     http = await Http.open(server)
-    sid = await handshake(http)
-    target = f"{PATH}&sid={sid}"
-    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
-    await http.answer()
-    await poll_until(http, target, '"auth_success"')  # (a session that stays: authenticated)
+    sid, target = await authenticated(http, token)  # (a session that stays)
     await http.send(get(target))
     await eventually(lambda: sockets[sid].queue.waited_on())
     (connection,) = lane_of(server).live
@@ -254,11 +239,7 @@ async def test_a_request_whose_client_leaves_while_it_closes_a_session_closes_it
     must not cut the close short: a session left closing, never closed, is never swept."""
     eio = gateway.engine.sio.eio
     first = await Http.open(server)
-    sid = await handshake(first)
-    target = f"{PATH}&sid={sid}"
-    await first.send(post(target, "40" + json.dumps({"token": token("u1")})))
-    await first.answer()
-    await poll_until(first, target, '"auth_success"')
+    sid, target = await authenticated(first, token)
     await first.send(get(target))
     await eventually(lambda: eio.sockets[sid].queue.waited_on())
     # many closes before this one: it waits some turns of the loop for its own
@@ -346,16 +327,6 @@ async def test_shutdown_waits_its_timeout_once_for_lane_and_aiohttp_connections_
     assert loop.time() - started < 1.5 * within
     assert await lane_post.ended()
     await asyncio.wait_for(aiohttp_post.reader.read(), 10.0)  # (aiohttp may answer first)
-
-
-async def authenticated(http: Http, token) -> tuple[str, str]:
-    """A session opened and authenticated on `http`: its id and poll target."""
-    sid = await handshake(http)
-    target = f"{PATH}&sid={sid}"
-    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
-    await http.answer()
-    await poll_until(http, target, '"auth_success"')
-    return sid, target
 
 
 async def test_a_post_pipelined_behind_a_waiting_poll_gets_its_whole_body(server, gateway, token):

@@ -96,6 +96,16 @@ async def poll_until(http: Http, target: str, wanted: str) -> list[str]:
     return packets
 
 
+async def authenticated(http: Http, token) -> tuple[str, str]:
+    """A session opened and authenticated on `http`: its id and poll target."""
+    sid = await handshake(http)
+    target = f"{PATH}&sid={sid}"
+    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
+    assert (await http.answer())[2] == b"ok"
+    await poll_until(http, target, '"auth_success"')
+    return sid, target
+
+
 def lane_of(server) -> LaneServer:
     return server.runner.server
 
@@ -185,11 +195,7 @@ async def test_connection_close_is_answered_and_the_connection_closed(server):
 
 async def test_a_poll_cut_short_by_its_client_closes_its_session(server, gateway, token):
     http = await Http.open(server)
-    sid = await handshake(http)
-    target = f"{PATH}&sid={sid}"
-    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
-    await http.answer()
-    await poll_until(http, target, '"auth_success"')
+    sid, target = await authenticated(http, token)
     sockets = gateway.engine.sio.eio.sockets
     await http.send(get(target))  # waits: nothing more comes
     await eventually(lambda: sockets[sid].queue.waited_on())
@@ -252,11 +258,7 @@ async def test_a_server_shutting_down_answers_a_waiting_poll_then_closes(
 ):
     served = await aiohttp_server(app)
     http = await Http.open(served)
-    sid = await handshake(http)
-    target = f"{PATH}&sid={sid}"
-    await http.send(post(target, "40" + json.dumps({"token": token("u1")})))
-    await http.answer()
-    await poll_until(http, target, '"auth_success"')
+    sid, target = await authenticated(http, token)
     await http.send(get(target))
     sockets = app[GATEWAY].engine.sio.eio.sockets
     await eventually(lambda: sockets[sid].queue.waited_on())

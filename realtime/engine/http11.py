@@ -8,7 +8,7 @@ Content-Encoding; a body only on a POST, and then by exactly one Content-Length.
 else is aiohttp's to read (its parser, llhttp, refuses what it must): where a request ends is
 never guessed here.
 
-Library internals touched: none.
+Library internals touched: aiohttp's `http_parser.SINGLETON_HEADERS` (read).
 """
 
 from __future__ import annotations

@@ -715,3 +715,20 @@ async def test_an_idle_embedded_stream_reads_only_after_a_commit(tmp_path):
         await stream.close()
         await store.close()
         await writer.close()
+
+
+async def test_an_in_memory_embedded_store_streams_what_is_written_after_it_idles():
+    """`:memory:` is one database per connection: the stream cannot ask another connection
+    whether something was committed, so it reads on every poll, as before."""
+    store = SqliteStore(":memory:", poll_ms=1)
+    await store.open()
+    stream = await store.watch(["bookings"], None)
+    try:
+        for _ in range(5):
+            assert await stream.try_next() is None
+        await store.insert_document("bookings", {"shopId": "s1"})
+        change = await asyncio.wait_for(stream.try_next(), WAIT_S)
+        assert change is not None and change["operationType"] == "insert"
+    finally:
+        await stream.close()
+        await store.close()

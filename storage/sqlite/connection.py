@@ -98,10 +98,10 @@ class SqliteConnection:
         process or another (SQLite's `data_version`, read through a connection that never
         writes); None when it cannot be read. Read on the event loop: it takes microseconds
         (a look at the WAL index in shared memory, no I/O)."""
+        if self._db is None or self.path == ":memory:" or "mode=memory" in self.path:
+            return None  # (another connection to an in-memory database sees another one)
         try:
             if self._watching is None:
-                if self._db is None:
-                    return None
                 self._watching = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=0
                 )

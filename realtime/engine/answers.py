@@ -11,6 +11,7 @@ Library internals touched: `AsyncServer._cors_headers`, `_cors_allowed_origins` 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import engineio
@@ -27,8 +28,15 @@ PAST_ITS_RATE = web.RequestKey("past_its_rate", bool)
 
 
 def cors_headers(eio: engineio.AsyncServer, request: web.Request) -> dict[str, str]:
-    """python-engineio's CORS headers for this request."""
-    return dict(eio._cors_headers(cors_environ(request)))
+    """python-engineio's CORS headers for this request (not to be changed: a lane's request
+    shares them with its likes)."""
+    worked_out = _worked_out(eio, request)
+    if worked_out is None:
+        return dict(eio._cors_headers(cors_environ(request)))
+    headers = worked_out.get(request.method)
+    if headers is None:
+        headers = worked_out[request.method] = dict(eio._cors_headers(cors_environ(request)))
+    return headers
 
 
 def bad_request(eio: engineio.AsyncServer, request: web.Request, message: str) -> web.Response:
@@ -80,8 +88,25 @@ def origin_allowed(eio: engineio.AsyncServer, request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if not origin or eio.cors_allowed_origins == []:
         return True
+    worked_out = _worked_out(eio, request)
+    if worked_out is not None and (allowed := worked_out.get(ORIGIN_ALLOWED)) is not None:
+        return allowed
     allowed = eio._cors_allowed_origins(cors_environ(request))
-    return allowed is None or origin in allowed
+    allowed = allowed is None or origin in allowed
+    if worked_out is not None:
+        worked_out[ORIGIN_ALLOWED] = allowed
+    return allowed
+
+
+ORIGIN_ALLOWED = 0  # (`_worked_out`'s other keys are methods)
+
+
+def _worked_out(eio: engineio.AsyncServer, request: web.Request) -> dict[Any, Any] | None:
+    """What this server worked out from a lane request's header fields, for every request
+    that repeats them (`LaneRequest.derived`); None for aiohttp's requests. (By a weak
+    reference: the fields are kept process-wide, their servers may come and go.)"""
+    derived = getattr(request, "derived", None)
+    return None if derived is None else derived.setdefault(weakref.ref(eio), {})
 
 
 def cors_environ(request: web.Request) -> dict[str, str]:

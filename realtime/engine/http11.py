@@ -48,6 +48,7 @@ class LaneRequest(dict):
         "closes",  # whether it asked for the connection to close after its answer
         "content",
         "content_length",
+        "derived",  # what is worked out from its header fields alone, shared by their likes
         "headers",
         "method",
         "path",
@@ -103,6 +104,9 @@ class Body:
             self._waiter.set_result(None)
 
 
+_NO_BODY = Body(0)  # a GET's
+
+
 def read_request(
     data: bytes, lanes: dict[bytes, Any], scanned: int = 0
 ) -> tuple[Any, LaneRequest, int] | bool:
@@ -127,19 +131,11 @@ def read_request(
     endpoint = lanes.get(path)
     if endpoint is None or b"#" in query_string:
         return AIOHTTPS
-    if _FIELD_LINES.fullmatch(data, line_end + 2, end + 2) is None:
+    fields = data[line_end + 2 : end + 2]
+    head = _heads.get(fields) or _read_head(fields)
+    if head is None:
         return AIOHTTPS
-    fields = _FIELD.findall(data, line_end + 2, end + 2)
-    headers: CIMultiDict[str] = CIMultiDict(
-        (name.decode(), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
-        for name, value in fields
-    )
-    if len({name.lower() for name, _ in fields}) < len(fields) and any(
-        len(headers.getall(name, ())) > 1 for name in SINGLETON_HEADERS
-    ):
-        return AIOHTTPS  # (a header twice that may be there once: aiohttp refuses it)
-    lengths = headers.getall("Content-Length", ())
-    length = 0
+    lengths, length = head.lengths, 0
     if method == b"POST":
         if len(lengths) != 1 or not (lengths[0].isascii() and lengths[0].isdecimal()):
             return AIOHTTPS
@@ -148,29 +144,77 @@ def read_request(
             return AIOHTTPS
     elif lengths:
         return AIOHTTPS
-    if any(name in headers for name in _AIOHTTP_HEADERS):
-        return AIOHTTPS
     request = LaneRequest()
     request.method = method.decode()
     request.path = path.decode()
     request.query_string = query_string.decode()
     request.query = MultiDictProxy(MultiDict(_query(request.query_string)))
-    request.headers = CIMultiDictProxy(headers)
-    request.content_length = length if method == b"POST" else None
-    request.content = Body(length)  # (the rest of it, if any, fed as it arrives)
-    request.content.feed(data[end + 4 : end + 4 + length])
-    request.closes = "Connection" in headers and "close" in [  # (in any of its lines)
-        token.strip() for token in ",".join(headers.getall("Connection")).lower().split(",")
-    ]
+    request.headers = head.headers
+    request.derived = head.derived
+    request.closes = head.closes
+    if method == b"POST":
+        request.content_length = length
+        request.content = Body(length)  # (the rest of it, if any, fed as it arrives)
+        request.content.feed(data[end + 4 : end + 4 + length])
+    else:
+        request.content_length, request.content = None, _NO_BODY
     return endpoint, request, min(len(data), end + 4 + length)
 
 
-def answer_bytes(response: web.StreamResponse, close: bool) -> bytes:
-    """An answer of the endpoint's (a `web.Response` whose body is bytes) as it goes out: its
-    status and headers, the ones aiohttp adds (Date, Server) and its body, in one piece."""
-    body = response.body  # type: ignore[attr-defined]
-    head = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]
-    for name, value in response.headers.items():
+class _Head:
+    """A request's header fields as read, and what is worked out from them alone."""
+
+    __slots__ = ("closes", "derived", "headers", "lengths")
+
+    def __init__(self, headers: CIMultiDict[str]):
+        self.headers = CIMultiDictProxy(headers)
+        self.lengths = tuple(headers.getall("Content-Length", ()))
+        self.closes = "Connection" in headers and "close" in [  # (in any of its lines)
+            token.strip() for token in ",".join(headers.getall("Connection")).lower().split(",")
+        ]
+        self.derived: dict[Any, Any] = {}  # (`LaneRequest.derived`)
+
+
+# A client's polls repeat their header fields byte for byte, and clients of one app much
+# alike: each block is read once (a browser's took 10 us of a poll's ~80), kept while few.
+_heads: dict[bytes, _Head] = {}
+HEADS_KEPT, HEAD_KEPT_LIMIT = 512, 4096
+
+
+def _read_head(fields: bytes) -> _Head | None:
+    """The head of these header field lines (each ended by CRLF), or None when it is not a
+    lane's."""
+    if _FIELD_LINES.fullmatch(fields) is None:
+        return None
+    found = _FIELD.findall(fields)
+    headers: CIMultiDict[str] = CIMultiDict(
+        (name.decode(), value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
+        for name, value in found
+    )
+    if len({name.lower() for name, _ in found}) < len(found) and any(
+        len(headers.getall(name, ())) > 1 for name in SINGLETON_HEADERS
+    ):
+        return None  # (a header twice that may be there once: aiohttp refuses it)
+    if any(name in headers for name in _AIOHTTP_HEADERS):
+        return None
+    head = _Head(headers)
+    if len(fields) <= HEAD_KEPT_LIMIT:
+        if len(_heads) >= HEADS_KEPT:
+            del _heads[next(iter(_heads))]  # (the oldest)
+        _heads[fields] = head
+    return head
+
+
+def answer_bytes(response: web.StreamResponse | tuple[bytes, dict[str, str]], close: bool) -> bytes:
+    """An answer of the endpoint's (a `web.Response` whose body is bytes, or a poll's 200 as
+    its body and headers) as it goes out: its status and headers, the ones aiohttp adds (Date,
+    Server) and its body, in one piece."""
+    if type(response) is tuple:
+        (body, headers), head = response, ["HTTP/1.1 200 OK\r\n"]
+    else:
+        body, headers = response.body, response.headers  # type: ignore[union-attr]
+        head = [f"HTTP/1.1 {response.status} {response.reason}\r\n"]  # type: ignore[union-attr]
+    for name, value in headers.items():
         if name.lower() not in _WRITTEN_HERE:
             head.append(f"{name}: {value}\r\n")
     head.append(

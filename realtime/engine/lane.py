@@ -21,7 +21,6 @@ Library internals touched: none (the runner, `runner.py`, hands over to aiohttp)
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any
 
@@ -45,12 +44,16 @@ class LaneConnection(asyncio.Protocol):
     __slots__ = (
         "_ahead",
         "_body",
+        "_due",
         "_last",
+        "_loop",
         "_paused",
         "_poll",
+        "_polled",
         "_remote",
         "_server",
         "_serving",
+        "_since",
         "_timer",
         "_transport",
         "_writable",
@@ -67,16 +70,20 @@ class LaneConnection(asyncio.Protocol):
         self._paused = False
         self._writable = True  # (False while the transport's write buffer is past its mark)
         self._remote: str | None = None
-        self._last = 0.0  # when the last answer went (the loop's time)
+        self._last = self._since = 0.0  # when the last answer went; the waiting poll came
+        self._polled: tuple | None = None  # the waiting poll's endpoint, request and socket
+        # one timer for the idle limit and a waiting poll's (one a poll cost ~2 us): ringing
+        # (at `_due`), it works out whether either is reached, and when to ring next
         self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._loop = asyncio.get_event_loop()  # (`get_running_loop` calls getpid() on 3.11)
         self.close_after = False  # the answer under way is the connection's last
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self._server.live.add(self)
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        self._timer = loop.call_at(self._last + IDLE_S, self._idle)
+        self._last = self._loop.time()
+        self._ring_at(self._last + IDLE_S)
         if self._server.closing:
             self.close_when_idle()
 
@@ -136,7 +143,6 @@ class LaneConnection(asyncio.Protocol):
                 self._resume()  # (what was read ahead of it is all taken: read it on)
             request.transport = self._transport
             request.protocol = self
-            request.remote = self._remote_address()
             self.close_after = self.close_after or request.closes
             self._poll = request.method == "GET"
             if self._poll:
@@ -147,12 +153,13 @@ class LaneConnection(asyncio.Protocol):
                     if socket is not None:  # the usual poll: served without a task
                         first = socket.queue.ready()
                         if first is NOTHING:
-                            return self._wait(eio, request, socket, None)
+                            self._since = self._loop.time()
+                            return self._wait(eio, request, socket)
                         if self._answer_poll(eio, request, socket, first, pipelined=False):
                             continue
                         return
-            serving = self._serve(endpoint, request, raw)
-            self._serving = asyncio.get_running_loop().create_task(serving)
+            request.remote = self._remote_address()  # (a poll has no use for it)
+            self._serving = self._loop.create_task(self._serve(endpoint, request, raw))
             return
 
     async def _serve(self, endpoint: Any, request: LaneRequest, raw: bytes) -> None:
@@ -173,57 +180,41 @@ class LaneConnection(asyncio.Protocol):
             response = self._failed()
         self._answer(response)
 
-    def _wait(
-        self,
-        eio: Any,
-        request: LaneRequest,
-        socket: GatewaySocket,
-        deadline: asyncio.TimerHandle | None,
-    ) -> None:
+    def _wait(self, eio: Any, request: LaneRequest, socket: GatewaySocket) -> None:
         """Wait for the socket's next packets, as `GatewaySocket.poll` does, by a callback:
-        for a ping interval and timeout at most."""
-        getter = self._serving = socket.queue.waiter()
-        if deadline is None:
-            deadline = asyncio.get_running_loop().call_later(
-                eio.ping_interval + eio.ping_timeout, self._time_up
-            )
-        getter.add_done_callback(functools.partial(self._woken, eio, request, socket, deadline))
+        for a ping interval and timeout at most (from `_since`)."""
+        getter = self._serving = socket.queue.waiter(self._loop)
+        self._polled = (eio, request, socket)
+        if self._due > (due := self._since + eio.ping_interval + eio.ping_timeout):
+            self._ring_at(due)
+        getter.add_done_callback(self._woken)
 
-    def _woken(
-        self,
-        eio: Any,
-        request: LaneRequest,
-        socket: GatewaySocket,
-        deadline: asyncio.TimerHandle,
-        getter: asyncio.Future,
-    ) -> None:
+    def _woken(self, getter: asyncio.Future) -> None:
+        (eio, request, socket), self._polled = self._polled, None  # type: ignore[misc]
         socket.queue.forget(getter)
         # nothing came in time, or the connection is gone (what came would be written nowhere)
         if getter.cancelled() or self._transport is None:
-            deadline.cancel()
-            self._serving = asyncio.get_running_loop().create_task(
-                self._serve_gone(eio, request, socket)
-            )
+            self._serving = self._loop.create_task(self._serve_gone(eio, request, socket))
             return
         first = socket.queue.ready()
         if first is NOTHING:  # (another poll took it)
-            return self._wait(eio, request, socket, deadline)
-        deadline.cancel()
+            return self._wait(eio, request, socket)
         self._answer_poll(eio, request, socket, first)
 
-    def _time_up(self) -> None:
-        if self._serving is not None:
-            self._serving.cancel()  # (the waiter: `_woken` takes it from there)
-
     def _answer_poll(
-        self, eio: Any, request: LaneRequest, socket: GatewaySocket, first: Any, pipelined=True
+        self,
+        eio: Any,
+        request: LaneRequest,
+        socket: GatewaySocket,
+        first: Any,
+        pipelined=True,
     ) -> bool:
         try:
-            response = polling.answer(eio, request, socket, socket.polled(first))
+            answer = polling.payload(eio, request, socket, socket.polled(first))
         except Exception:
             logger.exception("error answering a long-poll")
-            response = self._failed()
-        return self._answer(response, pipelined)
+            return self._answer(self._failed(), pipelined)
+        return self._answer(answer, pipelined)
 
     async def _serve_gone(self, eio: Any, request: LaneRequest, socket: GatewaySocket) -> None:
         self._answer(await polling.gone(eio, request, socket))
@@ -232,22 +223,22 @@ class LaneConnection(asyncio.Protocol):
         self.close_after = True
         return failed()
 
-    def _answer(self, response: web.StreamResponse, pipelined: bool = True) -> bool:
-        """Write `response`; then serve the next request (`pipelined`), or say whether it may
-        be served now."""
+    def _answer(self, response: web.StreamResponse | tuple, pipelined: bool = True) -> bool:
+        """Write `response` (or a poll's 200, its body and headers); then serve the next
+        request (`pipelined`), or say whether it may be served now."""
         self._serving = None
         transport = self._transport
         if transport is None:
             return False
-        if type(getattr(response, "body", None)) is not bytes:  # (the endpoint's are bytes)
-            logger.error("a long-polling answer without a body of bytes")
+        if type(response) is not tuple and type(getattr(response, "body", None)) is not bytes:
+            logger.error("a long-polling answer without a body of bytes")  # (the endpoint's are)
             response = self._failed()
-        close = self.close_after or response.keep_alive is False
+        close = self.close_after or getattr(response, "keep_alive", None) is False
         transport.write(answer_bytes(response, close))
         if close:
             transport.close()
             return False
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         self._resume()
         more = bool(self._ahead) and self._writable
         if more and pipelined:
@@ -281,16 +272,25 @@ class LaneConnection(asyncio.Protocol):
             self._timer = None
         self._server.left(self)
 
-    def _idle(self) -> None:
-        transport, now = self._transport, asyncio.get_running_loop().time()
+    def _ring_at(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._due = self._loop.call_at(due, self._ring), due
+
+    def _ring(self) -> None:
+        transport, now, self._timer = self._transport, self._loop.time(), None
         if transport is None:
             return
-        if self._serving is None and now - self._last >= IDLE_S:
+        if self._polled is not None:  # a poll waits: until its ping interval and timeout
+            eio = self._polled[0]
+            if now < (due := self._since + eio.ping_interval + eio.ping_timeout):
+                return self._ring_at(due)
+            self._serving.cancel()  # type: ignore[union-attr]  # (`_woken` takes it on)
+        elif self._serving is None and now - self._last >= IDLE_S:
             # (a head never ended, too; closing, with answers never read, it waits for ever: cut)
             (transport.abort if transport.is_closing() else transport.close)()
             self._last = now
-        due = now if self._serving is not None else self._last
-        self._timer = asyncio.get_running_loop().call_at(due + IDLE_S, self._idle)
+        self._ring_at((now if self._serving is not None else self._last) + IDLE_S)
 
     def _remote_address(self) -> str | None:
         if self._remote is None and self._transport is not None:

@@ -137,10 +137,10 @@ class Outbox:
             return self.get_nowait()
         return NOTHING if self._ws is None else NOOP
 
-    def waiter(self) -> asyncio.Future:
+    def waiter(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future:
         """A future done when a packet may have come for a poll (`ready()` says), given back
         to `forget` once done or given up."""
-        getter = asyncio.get_running_loop().create_future()
+        getter = (loop or asyncio.get_running_loop()).create_future()
         if self._getters is None:
             self._getters = []
         self._getters.append(getter)

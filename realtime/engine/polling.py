@@ -18,7 +18,6 @@ import time
 
 import engineio
 import engineio.exceptions
-import engineio.payload
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -161,7 +160,19 @@ def answer(
     packets: list[engineio.packet.Packet],
 ) -> web.Response:
     """A poll's answer: its packets as one payload, compressed when asked and worth it."""
-    body = engineio.payload.Payload(packets=packets).encode().encode()
+    body, headers = payload(eio, request, socket, packets)
+    return web.Response(body=body, headers=headers)
+
+
+def payload(
+    eio: engineio.AsyncServer,
+    request: web.Request,
+    socket: GatewaySocket,
+    packets: list[engineio.packet.Packet],
+) -> tuple[bytes, dict[str, str]]:
+    """A poll's answer (`answer`) as its body and headers (the lane writes them itself)."""
+    # (python-engineio's `Payload.encode`, without its object)
+    body = "\x1e".join([packet.encode(b64=True) for packet in packets]).encode()
     headers = {"Content-Type": "text/plain; charset=UTF-8", **cors_headers(eio, request)}
     if eio.http_compression and len(body) >= eio.compression_threshold:
         accepted = request.headers.get("Accept-Encoding", "").split(",")
@@ -172,4 +183,4 @@ def answer(
                 break
     if socket.queue.traffic is not None:  # an Admin UI is on
         socket.queue.traffic.sent += len(body)
-    return web.Response(body=body, headers=headers)
+    return body, headers

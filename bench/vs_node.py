@@ -1,7 +1,7 @@
 """Benchmark: the gateway beside stock python-socketio and Node socket.io, same protocol, same load.
 
     .venv/bin/python bench/vs_node.py [--reps 3] [--seconds 10]
-        [--scenarios fanout,latency,idle,connects,polling,polling_close,acks]
+        [--scenarios fanout,latency,idle,connects,polling,polling_close,acks,acks_client]
         [--servers node,bare,gateway,before] [--gateway-root PATH] [--before-root PATH]
         [--gateway-env KEY=VALUE ...] [--clients N] [--quick] [--json PATH]
 
@@ -32,7 +32,9 @@ Scenarios (full size; `--quick`: a few dozen clients, 2 s):
 - polling:  200 long-polling clients in the room; 20 broadcasts/s; server CPU, latency;
 - polling_close: the same, each request on a new connection closed after it (what
             socket.io-client does in Node): a room's polls reconnect at once after a broadcast;
-- acks:     100 WebSocket clients, each with one `join_room` in flight at a time; acks/s.
+- acks:     100 WebSocket clients, each with one `join_room` in flight at a time; acks/s;
+- acks_client: the same with the official socket.io-client (WebSocket), `emit` with an ack
+            callback that sends the next (the generator's own cost is higher: see its CPU).
 Server CPU % is utime + stime from /proc/PID/stat over the measurement window (100 = one CPU).
 """
 
@@ -72,7 +74,7 @@ SERVER_CPU, GENERATOR_CPU = 0, 1
 GENERATOR_SATURATED_PCT = 90.0
 OTHERS_NOISY_PCT = 10.0
 # idle measures memory
-CPU_SENSITIVE = {"fanout", "latency", "connects", "polling", "polling_close", "acks"}
+CPU_SENSITIVE = {"fanout", "latency", "connects", "polling", "polling_close", "acks", "acks_client"}
 
 SERVERS = ("node", "bare", "gateway", "before")
 # the gateway's own code: from --gateway-root, and from --before-root to compare with
@@ -86,6 +88,7 @@ SCENARIOS = {
     "polling": ({"clients": 200, "rate": 20}, {"clients": 20}),
     "polling_close": ({"clients": 200, "rate": 20}, {"clients": 20}),
     "acks": ({"clients": 100}, {"clients": 20}),
+    "acks_client": ({"clients": 100}, {"clients": 20}),
 }
 # per scenario: (result key, label, compared to node as "ratio" or "diff", format)
 CPU = ("server_cpu_pct", "server CPU %", "diff", "{:.0f}")
@@ -111,6 +114,7 @@ METRICS = {
     "acks": [("acks_per_s", "acks/s", "ratio", "{:,.0f}"), CPU],
 }
 METRICS["polling_close"] = METRICS["polling"]
+METRICS["acks_client"] = METRICS["acks"]
 
 
 def describe(scenario: str, options: dict, seconds: float) -> str:
@@ -129,6 +133,8 @@ def describe(scenario: str, options: dict, seconds: float) -> str:
         "polling_close": f"{clients} long-polling clients in {ROOM}, each request on a new "
         f"connection; {options.get('rate')} broadcasts/s for {seconds:g} s",
         "acks": f"{clients} WebSocket clients, one join_room in flight each, {seconds:g} s",
+        "acks_client": f"{clients} socket.io-client clients (WebSocket), one join_room in "
+        f"flight each, {seconds:g} s",
     }[scenario]
 
 

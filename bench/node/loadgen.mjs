@@ -7,7 +7,8 @@
 //   node bench/node/loadgen.mjs --url http://127.0.0.1:8000 --scenario fanout --clients 1000 \
 //     --seconds 10 --secret <JWT_SECRET> --broadcast-token <BROADCAST_TOKEN> --server-pid <pid>
 //
-// Scenarios: fanout, latency, idle, connects, polling, acks (see bench/vs_node.py).
+// Scenarios: fanout, latency, idle, connects, polling, polling_close, acks, acks_client
+// (see bench/vs_node.py).
 // Cheap on purpose: event frames are counted by their `42` prefix and never parsed, except
 // where the payload is the figure (latency, polling). Its own CPU use over each measurement
 // window is reported (`gen_cpu_pct`, 100 = one CPU), and the server's from /proc/PID/stat.
@@ -18,6 +19,7 @@ import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 
 import jwt from "jsonwebtoken";
+import { io } from "socket.io-client";
 import WebSocket from "ws";
 
 const { values: opt } = parseArgs({
@@ -674,10 +676,64 @@ async function acks() {
   };
 }
 
+// acks_client: the same with the official socket.io-client (WebSocket only), as an app
+// would: `emit("join_room", ..., ack)`, the next one from the ack's callback
+async function acksClient() {
+  let acked = 0;
+  let refused = 0;
+  let measuring = false;
+  let stop = false;
+  const open = (n) =>
+    new Promise((resolve, reject) => {
+      const socket = io(opt.url, {
+        auth: { token: token(n) },
+        transports: ["websocket"],
+        reconnection: false,
+        forceNew: true,
+      });
+      socket.once("auth_success", () => resolve(socket));
+      socket.once("connect_error", reject);
+    });
+  const { clients } = await connectMany(CLIENTS, Number(opt["connect-concurrency"]), open);
+  const join = (socket) =>
+    socket.emit("join_room", { roomId: ROOM }, (answer) => {
+      if (!answer?.ok) refused += 1;
+      if (measuring) acked += 1;
+      if (!stop) join(socket); // exactly one join_room in flight per client
+    });
+  clients.forEach(join);
+  await sleep(WARMUP * 1000);
+  const stopMeter = meter();
+  const refused0 = refused;
+  measuring = true;
+  await sleep(SECONDS * 1000);
+  measuring = false;
+  const figures = stopMeter();
+  stop = true;
+  await sleep(200);
+  for (const socket of clients) socket.disconnect();
+  return {
+    ...figures,
+    clients: clients.length,
+    acks: acked,
+    acks_per_s: acked / figures.seconds,
+    refused: refused - refused0,
+  };
+}
+
 // polling_close: each request on a connection of its own, closed after it, as socket.io-client
 // does in Node (engine.io-client's XMLHttpRequest there takes `agent: false`): a room's polls
 // all reconnect at once after each broadcast
-const SCENARIOS = { fanout, latency, idle, connects, polling, polling_close: polling, acks };
+const SCENARIOS = {
+  fanout,
+  latency,
+  idle,
+  connects,
+  polling,
+  polling_close: polling,
+  acks,
+  acks_client: acksClient,
+};
 
 const run = SCENARIOS[opt.scenario];
 if (!run) fail(`unknown scenario ${opt.scenario}`);

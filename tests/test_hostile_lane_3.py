@@ -151,11 +151,6 @@ def flip_callable(eio) -> None:
     return allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lane's CORS memo (`derived`, per server) outlives a change of the server's "
-    "`cors_allowed_origins`, and a callable's later answers: aiohttp's path asks afresh",
-)
 @pytest.mark.env(CORS_ORIGINS=A)
 @pytest.mark.parametrize("change", ["list replaced", "callable answering otherwise"])
 async def test_an_origin_refused_after_a_change_of_settings_is_refused_by_the_lane_too(
@@ -201,16 +196,11 @@ async def test_many_distinct_heads_keep_the_heads_kept_bounded(server, gateway):
     assert all(
         len(worked_out) <= 3
         for head in http11._heads.values()
-        for worked_out in head.derived.values()
+        for _settings, worked_out in head.derived.values()
     )
     http.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`_Head.derived` keeps a dead weak reference and its answers for every server that "
-    "ever read the head: it grows with servers coming and going while the head stays kept",
-)
 async def test_servers_coming_and_going_leave_nothing_in_a_head_they_read(environ):
     """Servers made and closed one after the other in one process (a test suite, an app that
     restarts its gateway), each read the same head: what each worked out goes with it."""
@@ -254,7 +244,7 @@ async def test_a_compressed_answer_does_not_mark_the_shared_cors_headers(server,
     assert headers["access-control-allow-origin"] == A
     data = get(target, origin, accept).encode()
     head = http11._heads[fields_of(data)]
-    (worked_out,) = head.derived.values()
+    ((_settings, worked_out),) = head.derived.values()
     _, request, _ = http11.read_request(data, lane_of(server).lanes)
     assert worked_out["GET"] == dict(eio._cors_headers(cors_environ(request)))
     await eio.send(sid, "last")
@@ -402,16 +392,7 @@ async def test_a_poll_after_the_connection_went_to_aiohttp_waits_its_deadline(
 @pytest.mark.parametrize(
     "turns",
     [
-        pytest.param(
-            0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="(since before f98406c) the loss, handled after `_woken` made the gone "
-                "poll's task but before it ran, cancels that task (`connection_lost` cancels "
-                "`_serving` while `_poll`): `polling.gone` never runs, the session stays open "
-                "until its ping check",
-            ),
-        ),
+        0,
         1,
         "1, behind many closes",
     ],

@@ -11,7 +11,6 @@ Library internals touched: `AsyncServer._cors_headers`, `_cors_allowed_origins` 
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import engineio
@@ -103,10 +102,18 @@ ORIGIN_ALLOWED = 0  # (`_worked_out`'s other keys are methods)
 
 def _worked_out(eio: engineio.AsyncServer, request: web.Request) -> dict[Any, Any] | None:
     """What this server worked out from a lane request's header fields, for every request
-    that repeats them (`LaneRequest.derived`); None for aiohttp's requests. (By a weak
-    reference: the fields are kept process-wide, their servers may come and go.)"""
+    that repeats them (`LaneRequest.derived`, by a weak reference: the fields are kept
+    process-wide, their servers may come and go); None for aiohttp's requests, and where the
+    allowed origins are asked of a function (it may answer otherwise each time). Worked out
+    afresh when the server is given other origins (a list changed in place goes unseen)."""
     derived = getattr(request, "derived", None)
-    return None if derived is None else derived.setdefault(weakref.ref(eio), {})
+    if derived is None or callable(origins := eio.cors_allowed_origins):
+        return None
+    settings = (origins, eio.cors_credentials)
+    worked_out = derived.get(eio)
+    if worked_out is None or worked_out[0][0] is not origins or worked_out[0] != settings:
+        worked_out = derived[eio] = (settings, {})
+    return worked_out[1]
 
 
 def cors_environ(request: web.Request) -> dict[str, str]:

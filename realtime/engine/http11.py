@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote_plus
@@ -172,7 +173,8 @@ class _Head:
         self.closes = "Connection" in headers and "close" in [  # (in any of its lines)
             token.strip() for token in ",".join(headers.getall("Connection")).lower().split(",")
         ]
-        self.derived: dict[Any, Any] = {}  # (`LaneRequest.derived`)
+        # (`LaneRequest.derived`: by server, each forgotten with it)
+        self.derived: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # A client's polls repeat their header fields byte for byte, and clients of one app much

@@ -194,6 +194,7 @@ class LaneConnection(asyncio.Protocol):
         socket.queue.forget(getter)
         # nothing came in time, or the connection is gone (what came would be written nowhere)
         if getter.cancelled() or self._transport is None:
+            self._poll = False  # (no longer waits: the connection's loss must not cut this)
             self._serving = self._loop.create_task(self._serve_gone(eio, request, socket))
             return
         first = socket.queue.ready()

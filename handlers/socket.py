@@ -8,6 +8,7 @@ the acknowledgement (`{ok: false, error}`) and as an event (`auth_error` for the
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import socketio
@@ -15,7 +16,7 @@ import socketio
 from realtime import events
 from realtime.access.sessions import Sessions
 from realtime.delivery.emitter import Emitter
-from realtime.engine import RefusedEventName
+from realtime.engine import Later, RefusedEventName
 from realtime.errors import AUTH_CODES, GatewayError, answer_for
 from realtime.metrics import Metrics
 
@@ -45,8 +46,14 @@ class GatewayNamespace(socketio.AsyncNamespace):
         # `RefusedEventName`, so these two names are the library's own lifecycle calls.
         if isinstance(event, str) and event in LIFECYCLE_EVENTS:
             return await super().trigger_event(event, *args)
-        sid, payload = args[0], args[1:]
-        name = str(event)[:64]
+        answer = self.answer_now(event, *args)
+        return await answer.answer if type(answer) is Later else answer
+
+    def answer_now(self, event: Any, sid: str, *payload: Any) -> Any:
+        """A client event's answer (what its acknowledgement carries), or `Later` with the
+        coroutine that answers it when that needs a wait (the store's word, a replay). The
+        engine calls it as the event is read (`GatewayServer`): a usual `join_room` is
+        answered without a coroutine."""
         try:
             self._sessions.admit_event(sid)
             if isinstance(event, RefusedEventName):
@@ -56,17 +63,34 @@ class GatewayNamespace(socketio.AsyncNamespace):
             if not isinstance(event, str) or event not in events.CLIENT_EVENTS:
                 raise GatewayError(
                     "invalid_payload",
-                    f"unknown event {name!r}",
+                    f"unknown event {str(event)[:64]!r}",
                     details={"known": sorted(events.CLIENT_EVENTS)},
                 )
             if len(payload) > 1:
                 raise GatewayError("invalid_payload", "send one payload object")
+            data = payload[0] if payload else None
+            if event == events.JOIN_ROOM:
+                body = events.load(_JOIN, data)
+                joined = self._sessions.join_now(sid, body["roomId"], body.get("lastEventId"))
+                if joined is not None:
+                    return {"ok": True, **joined}
+                return Later(self._answer_later(sid, event, self._join(sid, body)))
             # the library's dispatch would turn a cancelled handler into an empty ack
             handler = getattr(self, f"on_{event}")
-            return await handler(sid, payload[0] if payload else None)
+            return Later(self._answer_later(sid, event, handler(sid, data)))
         except Exception as exc:
-            error = answer_for(exc, "event", logger, sid=sid, event=name)
-            return self._answer_error(sid, name, error)
+            return self._failed(sid, event, exc)
+
+    async def _answer_later(self, sid: str, event: Any, answer: Awaitable[Any]) -> Any:
+        try:
+            return await answer
+        except Exception as exc:
+            return self._failed(sid, event, exc)
+
+    def _failed(self, sid: str, event: Any, exc: Exception) -> dict[str, Any]:
+        name = str(event)[:64]
+        error = answer_for(exc, "event", logger, sid=sid, event=name)
+        return self._answer_error(sid, name, error)
 
     def _answer_error(self, sid: str, event: str, error: GatewayError) -> dict[str, Any]:
         if error.code in AUTH_CODES:
@@ -106,7 +130,9 @@ class GatewayNamespace(socketio.AsyncNamespace):
         return {"ok": True, **await self._sessions.announce(sid, payload)}
 
     async def on_join_room(self, sid: str, data: Any) -> dict[str, Any]:
-        body = events.load(_JOIN, data)
+        return await self._join(sid, events.load(_JOIN, data))
+
+    async def _join(self, sid: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = await self._sessions.join(sid, body["roomId"], body.get("lastEventId"))
         return {"ok": True, **answer}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-import weakref
 from typing import Any
 
 from marshmallow import (
@@ -157,13 +156,12 @@ class _PlainStrings:
         return accepted
 
 
-_PLAIN: weakref.WeakKeyDictionary[Schema, _PlainStrings] = weakref.WeakKeyDictionary()
-
-
 def _plain_strings(schema: Schema) -> _PlainStrings:
-    reader = _PLAIN.get(schema)
-    if reader is None:  # each schema is read once (the handlers' are module-level)
-        reader = _PLAIN[schema] = _PlainStrings(schema)
+    # kept on the schema (a weak mapping's lookup was a tenth of `load`'s cost): each schema
+    # is read once, and its reader goes with it
+    reader = schema.__dict__.get("_plain_strings")
+    if reader is None:
+        reader = schema.__dict__["_plain_strings"] = _PlainStrings(schema)
     return reader
 
 

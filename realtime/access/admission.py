@@ -105,8 +105,8 @@ class ConnectionLimits:
             rate = self._settings.rate_limit_events
             use.events = TokenBucket(rate, max(1.0, 2 * rate), now)
         if use.events.take(now):
-            if use.events.idle(now):  # it kept to its rate for a whole burst: forgiven
-                use.refused_in_a_row = 0
+            if use.refused_in_a_row and use.events.idle(now):
+                use.refused_in_a_row = 0  # it kept to its rate for a whole burst: forgiven
             return
         use.refused_in_a_row += 1
         self._metrics.rate_limited.labels("events").inc()

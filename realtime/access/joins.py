@@ -19,7 +19,7 @@ from realtime.delivery.replay import Replay
 from realtime.engine import Engine
 from realtime.errors import GatewayError
 from realtime.metrics import Metrics
-from realtime.rooms import ADMIN_GENERAL, parse_room, parties_in, user_room
+from realtime.rooms import ADMIN_GENERAL, Room, parse_room, parties_in, user_room
 from storage.base import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -53,26 +53,13 @@ class Joins:
     ) -> dict[str, Any]:
         """Authorise and join, first replaying the room's events after `last_event_id`;
         returns the acknowledgement's fields."""
-        sid = session.sid
-        room = parse_room(room_id)
-        most = self._settings.max_rooms_per_socket
-        rooms = self._engine.rooms_of(sid)
-        if room.name not in rooms and len(rooms) >= most:
-            self._metrics.rate_limited.labels("rooms").inc()
-            raise GatewayError(
-                "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
-            )
-        allowed = self._policy.authorize_now(principal, room)
+        room, allowed = self._decide_now(session, principal, room_id)
         if allowed is None:  # a reservation's: the store says
             await self._policy.authorize(principal, room)
-        elif not allowed:
-            raise_forbidden(room)
-        if last_event_id is None and allowed:
-            # the usual join: nothing to replay or recheck, the room's newest id known here
-            upto = self.sent_from(session, room.name)
-            replay = self._emitter.enter_known(room.name, partial(self.enter, session, room.name))
-            if replay is not None:
-                return self._joined(session, room.name, replay, upto, None)
+        elif last_event_id is None:
+            answer = self._join_known(session, room)
+            if answer is not None:
+                return answer
 
         async def recheck() -> None:
             # decided again as the socket enters (with no event going out meanwhile): the
@@ -84,7 +71,7 @@ class Joins:
             visible = await self._reservation_history(principal, room.name, last_event_id)
         upto = self.sent_from(session, room.name)
         replay = await self._emitter.enter_with_replay(
-            sid,
+            session.sid,
             room.name,
             last_event_id,
             partial(self.enter, session, room.name),
@@ -93,6 +80,45 @@ class Joins:
             upto,
         )
         return self._joined(session, room.name, replay, upto, last_event_id)
+
+    def join_now(
+        self,
+        session: SocketSession,
+        principal: Principal,
+        room_id: str,
+        last_event_id: str | None,
+    ) -> dict[str, Any] | None:
+        """`join`, when it needs no wait: no replay (no `last_event_id`), the policy's decision
+        made here and the room's newest id known here. None, having done nothing, otherwise."""
+        room, allowed = self._decide_now(session, principal, room_id)
+        if allowed is None or last_event_id is not None:
+            return None
+        return self._join_known(session, room)
+
+    def _decide_now(
+        self, session: SocketSession, principal: Principal, room_id: str
+    ) -> tuple[Room, bool | None]:
+        """The room and whether the principal may join it (None: the store must say); raises
+        for a room past the socket's limit or one it may not join."""
+        room = parse_room(room_id)
+        most = self._settings.max_rooms_per_socket
+        rooms = self._engine.rooms_of(session.sid)
+        if room.name not in rooms and len(rooms) >= most:
+            self._metrics.rate_limited.labels("rooms").inc()
+            raise GatewayError(
+                "rate_limited", f"a socket may be in {most} rooms at most: leave one first"
+            )
+        allowed = self._policy.authorize_now(principal, room)
+        if allowed is not None and not allowed:
+            raise_forbidden(room)
+        return room, allowed
+
+    def _join_known(self, session: SocketSession, room: Room) -> dict[str, Any] | None:
+        """The usual join: nothing to replay or recheck, the room's newest id known here
+        (None: not known, nothing done)."""
+        upto = self.sent_from(session, room.name)
+        replay = self._emitter.enter_known(room.name, partial(self.enter, session, room.name))
+        return None if replay is None else self._joined(session, room.name, replay, upto, None)
 
     def _joined(
         self,

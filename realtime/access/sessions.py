@@ -364,6 +364,13 @@ class Sessions:
             session = await self._after_replay(sid)
         return await self._joins.join(session, self._principal(session), room_id, last_event_id)
 
+    def join_now(self, sid: str, room_id: str, last_event_id: str | None) -> dict[str, Any] | None:
+        """`join` if it needs no wait (`Joins.join_now`); else None, having done nothing."""
+        session = self.get(sid)
+        if session.replaying is not None:
+            return None
+        return self._joins.join_now(session, self._principal(session), room_id, last_event_id)
+
     async def leave(self, sid: str, room_id: str) -> str:
         # after a handshake's replay under way, which would enter the room again after it
         session = await self._after_replay(sid)

@@ -28,6 +28,7 @@ from realtime.engine.dispatch import (
     NAMESPACE,
     RESERVED_EVENTS,
     GatewayServer,
+    Later,
     RefusedEventName,
 )
 from realtime.engine.facade import Engine
@@ -47,6 +48,7 @@ __all__ = [
     "GatewayPacket",
     "GatewayServer",
     "LaneRunner",
+    "Later",
     "RefusedEventName",
     "create_engine",
 ]

@@ -14,13 +14,12 @@ server's `closing_turns` and `connecting_turns` (set by `lifecycle.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import engineio.packet
 import socketio
 
-from realtime.engine.packets import FastJson
+from realtime.engine.packets import FastJson, ack_packet
 
 NAMESPACE = "/"
 ADMIN_NAMESPACE = "/admin"  # the Socket.IO Admin UI's, when ADMIN_UI_USERNAME is set
@@ -45,22 +44,32 @@ class RefusedEventName:
         return str(self.name)
 
 
+class Later:
+    """What a namespace's `answer_now` returns for an event it cannot answer without a wait:
+    the coroutine that answers it (its result is the acknowledgement's)."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: Coroutine[Any, Any, Any]):
+        self.answer = answer
+
+
 MAX_ID_DIGITS = 18  # an ack id the fast read takes; longer ones the library reads (up to 99)
 # Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK)
 _BINARY_PACKETS = (str(socketio.packet.BINARY_EVENT), str(socketio.packet.BINARY_ACK))
 
 
-def _event_on_main_namespace(data: str) -> tuple[int | None, Any] | None:
-    """An EVENT on namespace `/` (`2[...]`, `2<id>[...]`): its ack id and its data, read as
-    python-socketio's `Packet.decode` reads them; None for any other shape (the library
-    reads those)."""
-    start = data.find("[", 1, MAX_ID_DIGITS + 2)
+def _event_on_main_namespace(data: str, at: int = 0) -> tuple[int | None, Any] | None:
+    """An EVENT on namespace `/` (`2[...]`, `2<id>[...]`) at `at` in `data`: its ack id and
+    its data, read as python-socketio's `Packet.decode` reads them; None for any other shape
+    (the library reads those)."""
+    start = data.find("[", at + 1, at + MAX_ID_DIGITS + 2)
     if start == -1:
         return None
-    digits = data[1:start]
+    digits = data[at + 1 : start]
     if digits and not (digits.isascii() and digits.isdigit()):
         return None
-    return (int(digits) if digits else None), FastJson.loads(data[start:])
+    return (int(digits) if digits else None), FastJson.loads_from(data, start)
 
 
 class GatewayServer(socketio.AsyncServer):
@@ -80,6 +89,8 @@ class GatewayServer(socketio.AsyncServer):
     def __init__(self, *args: Any, rules: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rules = rules
+        self.eio.message_now = self.message_now  # what its WebSockets read (`socket.py`)
+        self._reading = self.eio.handlers["message"]  # python-socketio's reader of messages
 
     def refuse_connects(self, eio_sid: str) -> None:
         """From now on, a namespace CONNECT on this connection ends it, unanswered. (The
@@ -202,13 +213,48 @@ class GatewayServer(socketio.AsyncServer):
         sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
         if not self.manager.is_connected(sid, NAMESPACE):
             return
-        answer = await handler.trigger_event(data[0], sid, *data[1:])
+        self._ack(eio_sid, id, await handler.trigger_event(data[0], sid, *data[1:]))
+
+    def message_now(self, eio_sid: str, message: str) -> Coroutine[Any, Any, None] | None:
+        """An Engine.IO MESSAGE read from a WebSocket (`message`: its text, `4` first): the
+        usual one, a named EVENT on `/` that the namespace answers without a wait
+        (`answer_now`), is handled now, its ACK put in the socket's outbox, and None is
+        returned; for any other, the coroutine that handles it, to await before the next.
+        No coroutine is made for the usual event, none awaited."""
+        reader = self.eio.handlers["message"]  # (another's, on a server that only echoes)
+        if message[1:2] == "2" and reader is self._reading and self._answers_now():
+            handler = self.namespace_handlers.get(NAMESPACE)
+            answer_now = getattr(handler, "answer_now", None)
+            if eio_sid not in self.environ:
+                return None  # read after its transport closed (as `_handle_eio_message`)
+            event = _event_on_main_namespace(message, 1) if answer_now else None
+            if event is not None:
+                id, data = event
+                if not (type(data) is list and data and type(data[0]) is str) or (
+                    data[0] in RESERVED_EVENTS
+                ):
+                    return self._handle_event(eio_sid, None, id, data)  # refused there
+                sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+                if not self.manager.is_connected(sid, NAMESPACE):
+                    return None
+                answer = answer_now(data[0], sid, *data[1:])
+                if type(answer) is Later:
+                    return self._ack_later(eio_sid, id, answer.answer)
+                self._ack(eio_sid, id, answer)
+                return None
+        return reader(eio_sid, message[1:])
+
+    def _answers_now(self) -> bool:
+        # the gateway's rules; no Admin UI (the library's path reports events); no task per event
+        return self.rules and not (self.instrumented or self.async_handlers)
+
+    async def _ack_later(self, eio_sid: str, id: Any, answer: Coroutine[Any, Any, Any]) -> None:
+        self._ack(eio_sid, id, await answer)
+
+    def _ack(self, eio_sid: str, id: Any, answer: Any) -> None:
+        """The ACK of an event that asked for one (an `id`): its answer as its one argument
+        (None: none), as python-socketio's `_handle_event_internal` sends it."""
         if id is not None:
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None and not socket.closed:
-                arguments = [] if answer is None else [answer]
-                socket.queue.put_nowait(
-                    engineio.packet.Packet(
-                        engineio.packet.MESSAGE, f"3{id}" + FastJson.dumps(arguments)
-                    )
-                )
+                socket.queue.put_nowait(ack_packet(id, answer))

@@ -39,9 +39,21 @@ class FastJson:
     def loads(text: str, **_: Any) -> Any:
         return _DECODER.decode(text)
 
+    @staticmethod
+    def loads_from(text: str, start: int) -> Any:
+        """`loads(text[start:])` for JSON that starts at `start` with no whitespace before it,
+        read in place by the decoder's scanner; what it cannot read whole, `loads` reads (and
+        raises what it raises)."""
+        try:
+            value, end = _SCAN(text, start)
+        except (StopIteration, ValueError):
+            end = -1
+        return value if end == len(text) else _DECODER.decode(text[start:])
+
 
 # python-engineio's `json.loads` (integers of at most 100 digits), made once rather than per call
 _DECODER = json.JSONDecoder(parse_int=engineio.json._safe_int)
+_SCAN = _DECODER.scan_once  # (the C scanner forgets what it read after each call)
 
 
 class GatewayPacket(socketio.packet.Packet):
@@ -74,7 +86,10 @@ class SharedPacket(engineio.packet.Packet):
     long-polling answers, its frame (built at the first WebSocket recipient) onto WebSockets."""
 
     def __init__(self, socketio_packet: str):
-        super().__init__(engineio.packet.MESSAGE, socketio_packet)
+        # python-engineio's fields of a text MESSAGE, set without its checks of the data
+        self.packet_type = engineio.packet.MESSAGE
+        self.data = socketio_packet
+        self.binary = False
         self.encode_cache = "4" + socketio_packet
         self._frame: bytes | None = None
 
@@ -83,6 +98,12 @@ class SharedPacket(engineio.packet.Packet):
         if self._frame is None:
             self._frame = websocket_frame(self.encode_cache)
         return self._frame
+
+
+def ack_packet(ack_id: int, answer: Any) -> SharedPacket:
+    """The ACK on namespace `/` of an event with this id, carrying `answer` as its one
+    argument (None: none), as python-socketio's `_handle_event_internal` sends it."""
+    return SharedPacket(f"3{ack_id}" + FastJson.dumps([] if answer is None else [answer]))
 
 
 def weight(item: Any) -> int:

@@ -4,8 +4,9 @@ Each socket becomes a `GatewaySocket` when it opens (`lifecycle.py`): a timer fo
 rather than a sleeping task; long-polls answered at once, without a timer, when packets
 wait; a POST's packets handled in order, up to `PACKETS_PER_POST` (the library read 16 and
 dropped the rest); one upgrade per session; a WebSocket loop with neither a writer task (the
-`Outbox` writes) nor a task per message; and a long-polling socket closed by the server kept
-for the poll that takes its CLOSE (the library waited for a drain no poll could make).
+`Outbox` writes) nor a task per message (nor a coroutine for the usual one: the server's
+`message_now`, set by `GatewayServer`); a long-polling socket closed by the server kept for
+the poll that takes its CLOSE (the library waited for a drain no poll could make).
 
 Library internals touched: `AsyncSocket`'s `_websocket_handler` (replaced), its state
 (`last_ping`, `upgrading`, `upgraded`, `closing`, `queue`) and python-engineio's
@@ -107,8 +108,7 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         return packets
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
-        """python-engineio's entry for a POST, for the ones that reach the library's request
-        handling (the endpoint serves every POST itself): refused."""
+        """python-engineio's entry for a POST: refused (the endpoint serves every POST)."""
         raise engineio.exceptions.EngineIOError()
 
     async def receive_payload(self, body: bytes) -> None:
@@ -186,11 +186,10 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
         pings is closed by python-engineio's ping check (`close` ends the WebSocket)."""
         outbox = self.queue
         outbox.attach(response, transport)
-        handle_message = self.server.handlers["message"]  # python-socketio's
+        message_now = self.server.message_now  # python-socketio's, `GatewayServer`'s way
         traffic = outbox.traffic  # the endpoint's, while an Admin UI is on
         try:
-            if self.receiving is not None:
-                # a POST still handled: its packets first, one socket's events one at a time
+            if self.receiving is not None:  # a POST still handled: its packets first
                 await asyncio.shield(self.receiving)
             while True:
                 try:
@@ -204,7 +203,8 @@ class GatewaySocket(engineio.async_socket.AsyncSocket):
                     traffic.frame_received(data)
                 try:
                     if type(data) is str and data[:1] == "4":  # MESSAGE: what `receive` does
-                        await handle_message(self.sid, data[1:])
+                        if (later := message_now(self.sid, data)) is not None:  # None: done
+                            await later
                         continue
                     await self.receive(engineio.packet.Packet(encoded_packet=data))
                 except engineio.exceptions.UnknownPacketError:

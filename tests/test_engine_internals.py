@@ -29,7 +29,7 @@ import socketio.async_manager
 import socketio.async_server
 import socketio.base_manager
 
-from realtime.engine import create_engine, membership
+from realtime.engine import create_engine, membership, packets
 from realtime.tasks import TaskKeeper
 
 
@@ -43,6 +43,13 @@ def test_packets():
     assert engineio.json._safe_int("12") == 12
     assert "json" in vars(socketio.packet.Packet)  # the JSON module, a class attribute
     assert "encode_cache" in inspect.getsource(engineio.packet.Packet.encode)
+    # the fields a packet's `__init__` sets, which `SharedPacket` sets itself
+    made = set(re.findall(r"self\.(\w+) =", inspect.getsource(engineio.packet.Packet.__init__)))
+    assert made == {"packet_type", "data", "encode_cache", "binary"}, made
+    shared = packets.SharedPacket("2[1]")
+    assert vars(shared).keys() >= made and shared.encode() == "42[1]"
+    # the standard library's scanner: (value, end), reading from an offset
+    assert packets._SCAN('x["a",{"b":1}] ', 1) == (["a", {"b": 1}], 14)
 
 
 def test_outbox():
@@ -160,6 +167,10 @@ def test_dispatch(settings):
         assert name in vars(server), name
     assert "_handle_disconnect" not in vars(type(sio))
     assert isinstance(socketio.base_server.BaseServer.reserved_events, list)
+    # python-socketio's reader of Engine.IO messages, registered on python-engineio's server
+    # (`message_now` reads the usual event in its place while it is the one registered)
+    assert sio.eio.handlers["message"] == sio._handle_eio_message
+    assert sio.eio.handlers["message"] is sio._reading and sio.eio.message_now == sio.message_now
 
 
 def test_membership(settings):

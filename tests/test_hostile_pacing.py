@@ -175,3 +175,9 @@ def test_the_fast_event_reader_reads_what_the_library_reads():
             fast = ("raises", type(exc))
         if fast is not None:
             assert repr(fast) == repr(_library_read(data)), data
+        # read where a WebSocket's message has it, after its Engine.IO type: the same
+        try:
+            in_place = _event_on_main_namespace("4" + data, 1)
+        except Exception as exc:
+            in_place = ("raises", type(exc))
+        assert repr(in_place) == repr(fast), data

@@ -5,11 +5,13 @@ with a reserved name (or no string name) reaches the namespace as `RefusedEventN
 its lifecycle handlers; binary events are refused at once (the library kept every announced
 attachment); a client that leaves its last namespace is closed; the gateway's namespace is
 answered without the library's dispatch chain, its EVENT packets read without the library's
-packet object. Without `rules` (the conformance app) it is the protocol's own server.
+packet object, and on a WebSocket (`message_now`) the usual one without a coroutine. Without
+`rules` (the conformance app) it is the protocol's own server.
 
 Library internals touched: `AsyncServer._handle_connect`, `_handle_eio_disconnect`,
 `_handle_eio_message`, `_handle_event` (overridden) and `_send_packet`; python-engineio's
-server's `closing_turns` and `connecting_turns` (set by `lifecycle.py`).
+server's `handlers["message"]` (python-socketio's reader, compared), `message_now` (set here,
+read by `socket.py`), `closing_turns` and `connecting_turns` (set by `lifecycle.py`).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ is one Socket.IO packet, one Engine.IO packet (`SharedPacket`) and, for WebSocke
 one frame (server frames are unmasked: the same bytes for everyone).
 
 Library internals touched: `engineio.json._safe_int` (how python-engineio reads integers),
-`socketio.packet.Packet.json` (the JSON it is given) and `engineio.packet.Packet`'s
-`encode_cache` (an encoding kept for every recipient).
+`socketio.packet.Packet.json` (the JSON it is given) and `engineio.packet.Packet`'s fields
+(`SharedPacket` sets them without its `__init__`; `encode_cache`: an encoding kept for every
+recipient); the standard library's `JSONDecoder.scan_once` (JSON read in place).
 """
 
 from __future__ import annotations

@@ -135,6 +135,16 @@ async def server(aiohttp_server, app):
 
 
 @pytest.fixture
+async def plain(settings):
+    """The same app served by aiohttp's own runner: no lane (what the lane must answer
+    alike)."""
+    served = TestServer(create_app(settings))
+    await served.start_server()
+    yield served
+    await served.close()
+
+
+@pytest.fixture
 def gateway(app):
     return app[GATEWAY]
 

@@ -13,13 +13,11 @@ import time
 import aiohttp
 import engineio.packet
 import pytest
-from aiohttp.test_utils import TestServer
 
 from realtime.engine import lane
 from realtime.engine.http11 import HEAD_LIMIT, INCOMPLETE, read_request
 from realtime.engine.lane import LaneConnection
 from realtime.gateway import GATEWAY
-from server.app import create_app
 from tests.test_lane import PATH, Http, authenticated, get, handshake, lane_of
 from tests.test_transport import eventually
 
@@ -30,15 +28,6 @@ async def exchange(served, data: bytes, answers: int) -> list:
     """What `served` answers to `data`, written at once: `answers` (status, body, Connection
     header), "closed" in place of those the connection ends before."""
     return await exchange_pieces(served, [data], answers, whole=True)
-
-
-@pytest.fixture
-async def plain(settings):
-    """The same app served by aiohttp's own runner: no lane."""
-    served = TestServer(create_app(settings))
-    await served.start_server()
-    yield served
-    await served.close()
 
 
 def raw_get(target: str, *lines: bytes) -> bytes:

@@ -11,7 +11,6 @@ import pytest
 
 from storage.sqlite.store import SqliteStore
 from tests.test_hostile_lane import authenticated, exchange, raw_get, raw_post
-from tests.test_hostile_lane import plain as plain  # (the fixture: the app on aiohttp's runner)
 from tests.test_lane import WAIT_S, Http, get, post
 from tests.test_transport import eventually
 

@@ -15,7 +15,6 @@ import weakref
 
 import pytest
 import socketio
-from aiohttp.test_utils import TestServer
 
 from realtime.config import load_settings
 from realtime.engine import http11, lane
@@ -35,15 +34,6 @@ def fields_of(data: bytes) -> bytes:
     """A request's header field lines, as `_heads` keys them."""
     line_end, end = data.find(b"\r\n"), data.find(b"\r\n\r\n")
     return data[line_end + 2 : end + 2]
-
-
-@pytest.fixture
-async def plain(settings):
-    """The same app served by aiohttp's own runner: no lane."""
-    served = TestServer(create_app(settings))
-    await served.start_server()
-    yield served
-    await served.close()
 
 
 # --- a head read once: variants that must not be taken for one another -----------------------

@@ -638,15 +638,42 @@ async function connects() {
   };
 }
 
+/** Counts acks to `join_room` ({ok}) while `measuring`; `stop` ends the chains of joins. */
+function ackCounter() {
+  const counter = { acked: 0, refused: 0, measuring: false, stop: false };
+  counter.answered = (ok) => {
+    if (!ok) counter.refused += 1;
+    if (counter.measuring) counter.acked += 1;
+    return !counter.stop; // whether to send the next
+  };
+  return counter;
+}
+
+/** Warm up, count acks for SECONDS, stop the joins and close: the acks scenarios' figures. */
+async function measureAcks(counter, clients, close) {
+  await sleep(WARMUP * 1000);
+  const stopMeter = meter();
+  const refused0 = counter.refused;
+  counter.measuring = true;
+  await sleep(SECONDS * 1000);
+  counter.measuring = false;
+  const figures = stopMeter();
+  counter.stop = true;
+  await sleep(200);
+  await close(clients);
+  return {
+    ...figures,
+    clients: clients.length,
+    acks: counter.acked,
+    acks_per_s: counter.acked / figures.seconds,
+    refused: counter.refused - refused0,
+  };
+}
+
 async function acks() {
-  let acked = 0;
-  let refused = 0;
-  let measuring = false;
-  let stop = false;
+  const counter = ackCounter();
   const onAck = (buf, client) => {
-    if (!/"ok":\s*true/.test(buf.toString("utf8"))) refused += 1;
-    if (measuring) acked += 1;
-    if (stop) return;
+    if (!counter.answered(/"ok":\s*true/.test(buf.toString("utf8")))) return;
     client.ackId += 1;
     client.send(JOIN_FRAME(client.ackId)); // exactly one join_room in flight per client
   };
@@ -657,32 +684,13 @@ async function acks() {
     client.ackId = 2; // 1 was the set-up join
     client.send(JOIN_FRAME(client.ackId));
   }
-  await sleep(WARMUP * 1000);
-  const stopMeter = meter();
-  const refused0 = refused;
-  measuring = true;
-  await sleep(SECONDS * 1000);
-  measuring = false;
-  const figures = stopMeter();
-  stop = true;
-  await sleep(200);
-  await closeAll(clients);
-  return {
-    ...figures,
-    clients: clients.length,
-    acks: acked,
-    acks_per_s: acked / figures.seconds,
-    refused: refused - refused0,
-  };
+  return measureAcks(counter, clients, closeAll);
 }
 
 // acks_client: the same with the official socket.io-client (WebSocket only), as an app
 // would: `emit("join_room", ..., ack)`, the next one from the ack's callback
 async function acksClient() {
-  let acked = 0;
-  let refused = 0;
-  let measuring = false;
-  let stop = false;
+  const counter = ackCounter();
   const open = (n) =>
     new Promise((resolve, reject) => {
       const socket = io(opt.url, {
@@ -697,28 +705,12 @@ async function acksClient() {
   const { clients } = await connectMany(CLIENTS, Number(opt["connect-concurrency"]), open);
   const join = (socket) =>
     socket.emit("join_room", { roomId: ROOM }, (answer) => {
-      if (!answer?.ok) refused += 1;
-      if (measuring) acked += 1;
-      if (!stop) join(socket); // exactly one join_room in flight per client
+      if (counter.answered(answer?.ok === true)) join(socket); // one in flight per client
     });
   clients.forEach(join);
-  await sleep(WARMUP * 1000);
-  const stopMeter = meter();
-  const refused0 = refused;
-  measuring = true;
-  await sleep(SECONDS * 1000);
-  measuring = false;
-  const figures = stopMeter();
-  stop = true;
-  await sleep(200);
-  for (const socket of clients) socket.disconnect();
-  return {
-    ...figures,
-    clients: clients.length,
-    acks: acked,
-    acks_per_s: acked / figures.seconds,
-    refused: refused - refused0,
-  };
+  return measureAcks(counter, clients, async (sockets) => {
+    for (const socket of sockets) socket.disconnect();
+  });
 }
 
 // polling_close: each request on a connection of its own, closed after it, as socket.io-client

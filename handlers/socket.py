@@ -129,10 +129,8 @@ class GatewayNamespace(socketio.AsyncNamespace):
         payload = await self._sessions.authenticate(sid, body.get("token"))
         return {"ok": True, **await self._sessions.announce(sid, payload)}
 
-    async def on_join_room(self, sid: str, data: Any) -> dict[str, Any]:
-        return await self._join(sid, events.load(_JOIN, data))
-
     async def _join(self, sid: str, body: dict[str, Any]) -> dict[str, Any]:
+        # (`join_room`: `answer_now` reads it, and comes here when it must wait)
         answer = await self._sessions.join(sid, body["roomId"], body.get("lastEventId"))
         return {"ok": True, **answer}
 

@@ -19,7 +19,6 @@ from realtime.engine import http11
 from tests.clients import make_client
 from tests.raw import RawSocket, _masked_text_frame, read_text_frames, websocket_upgrade
 from tests.test_hostile_lane import exchange_pieces, raw_get, raw_post
-from tests.test_hostile_lane import plain as plain  # (the fixture: the app on aiohttp's runner)
 from tests.test_lane import Http, authenticated, get, post
 from tests.test_transport import eventually
 from tests.tools import require

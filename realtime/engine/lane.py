@@ -143,6 +143,7 @@ class LaneConnection(asyncio.Protocol):
                 self._resume()  # (what was read ahead of it is all taken: read it on)
             request.transport = self._transport
             request.protocol = self
+            request.remote = self._remote or self._remote_address()
             self.close_after = self.close_after or request.closes
             self._poll = request.method == "GET"
             if self._poll:
@@ -158,7 +159,6 @@ class LaneConnection(asyncio.Protocol):
                         if self._answer_poll(eio, request, socket, first, pipelined=False):
                             continue
                         return
-            request.remote = self._remote_address()  # (a poll has no use for it)
             self._serving = self._loop.create_task(self._serve(endpoint, request, raw))
             return
 
